@@ -1,0 +1,1 @@
+"""stagegate: the validating sidecar proxy."""

@@ -1,0 +1,98 @@
+"""Application factories: ``create_app(settings)`` wires the proxy without doing I/O.
+
+Resources live in cleanup contexts (aiohttp "Cleanup Context"): the upstream
+ClientSession, the mode store and its refresh task, the log-flood flusher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+
+from proxy.dataplane import DataPlane
+from proxy.forwarding import Upstream
+from proxy.metrics import Metrics
+from proxy.modes import ModeState
+from proxy.modestore import MemoryModeStore, ModeStore, RedisModeStore
+from proxy.ops import OpsContext
+from proxy.settings import Settings
+
+SETTINGS: Final = web.AppKey("settings", Settings)
+CONTEXT: Final = web.AppKey("context", OpsContext)
+STORE: Final = web.AppKey("store", ModeStore)
+UPSTREAM_POOL_SIZE: Final = 256
+
+
+def make_store(settings: Settings, metrics: Metrics) -> ModeStore:
+    """The configured mode store (no connection is made here)."""
+    if settings.redis_url is None:
+        return MemoryModeStore()
+    return RedisModeStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_ms, metrics)
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if settings.upstream_url is None:
+        raise RuntimeError("upstream_url is unset: start the demo upstream first (proxy.server.running)")
+    connector = aiohttp.TCPConnector(limit=UPSTREAM_POOL_SIZE, keepalive_timeout=30, ttl_dns_cache=60)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # bodies pass through exactly as encoded
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+    )
+    app[CONTEXT].dataplane.upstream = Upstream(settings.upstream_url, session, timeout_s=settings.upstream_timeout_s,
+                                               connect_timeout_s=settings.upstream_connect_timeout_s)
+    yield
+    app[CONTEXT].dataplane.upstream = None
+    await session.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def modes_ctx(app: web.Application) -> AsyncIterator[None]:
+    modes = app[CONTEXT].modes
+    await modes.start()
+    task = asyncio.create_task(modes.run(), name="stagegate-mode-refresh")
+    yield
+    await _cancel(task)
+    await app[STORE].close()
+
+
+async def _flush_forever(dataplane: DataPlane) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        dataplane.flood.flush()
+
+
+async def flood_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_flush_forever(app[CONTEXT].dataplane), name="stagegate-log-flush")
+    yield
+    await _cancel(task)
+    app[CONTEXT].dataplane.flood.flush()
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The main listener's application; its CONTEXT is shared with the admin app."""
+    catalog = settings.catalog
+    metrics = Metrics(catalog.endpoint_names)
+    store = make_store(settings, metrics)
+    modes = ModeState(catalog, store, metrics, state_file=settings.state_file, refresh_ms=settings.refresh_ms)
+    dataplane = DataPlane(catalog, modes, metrics, id_header=settings.request_id_header,
+                          max_body_bytes=settings.max_body_bytes, warn_log_per_s=settings.warn_log_per_s)
+    app = web.Application(handler_args={"max_field_size": 16384, "auto_decompress": False})
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[CONTEXT] = OpsContext(catalog, modes, metrics, dataplane, settings.ops_token, settings.upstream_health_path)
+    app.cleanup_ctx.extend([upstream_ctx, modes_ctx, flood_ctx])
+    app.router.add_route("*", "/{tail:.*}", dataplane.handle)
+    return app

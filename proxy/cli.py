@@ -1,0 +1,39 @@
+"""``stage-proxy`` entry point: thin — settings, logging, event loop, exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from proxy import logs
+from proxy.server import StartupError, serve
+from proxy.settings import SettingsError, load_settings
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # optional: the stdlib loop works, only slower
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the proxy; 0 on clean shutdown, 2 on bad configuration, 1 on startup failure."""
+    try:
+        settings = load_settings(argv)
+    except SettingsError as exc:
+        print(f"stage-proxy: error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    _install_uvloop()
+    try:
+        return asyncio.run(serve(settings))
+    except StartupError as exc:
+        print(f"stage-proxy: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The data plane: every request on the main listener goes through :class:`DataPlane`.
+
+Validated endpoints: read the body (up to the limit), classify, decide by the
+effective mode (DESIGN §2 behaviour table), count, log, then forward, rewrite
+or reject. Everything else is streamed through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+
+from proxy import body as bodies
+from proxy.canary import accept_request_id, new_request_id
+from proxy.catalog import Catalog, Endpoint, Mode
+from proxy.forwarding import Body, Upstream, UpstreamError, request_headers, stream_body
+from proxy.logs import FloodGuard, log_event, safe_text
+from proxy.metrics import PASSTHROUGH, Metrics
+from proxy.modes import ModeState
+from proxy.problems import problem
+from proxy.routes import RouteTable, is_ops_path
+
+log = logging.getLogger("stagegate.requests")
+
+MAX_ERRORS: Final = 100
+_TITLES: Final = {
+    400: "Request body is not readable JSON",
+    413: "Request body is too large to validate",
+    415: "Unsupported content type or encoding",
+    422: "Stage value not allowed by contract v3.4",
+}
+
+
+class ClientGone(Exception):
+    """The client went away while we were reading its body."""
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the validator decided for one request."""
+
+    endpoint: Endpoint
+    mode: Mode
+    inspection: bodies.Inspection
+    raw: bytes
+    rest_pending: bool  # the body was over the limit and its rest is still unread
+
+    @property
+    def rejected(self) -> bool:
+        return self.mode == "enforce" and self.inspection.result in ("unknown", "invalid", "unreadable")
+
+
+def _error_value(value: object) -> object:
+    if isinstance(value, str):
+        return safe_text(value)
+    if value is None or isinstance(value, bool) or (isinstance(value, int) and abs(value) < 2**63):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return value
+    return f"<{bodies._type_name(value)}>"
+
+
+async def read_limited(request: web.BaseRequest, limit: int) -> tuple[bytes, bool]:
+    """Read the body up to ``limit`` bytes: (bytes read, True if the body is larger)."""
+    declared = request.content_length
+    try:
+        if declared is not None:
+            if declared > limit:
+                return b"", True
+            return await request.content.readexactly(declared), False
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks), True
+        return b"".join(chunks), False
+    except (asyncio.IncompleteReadError, aiohttp.ClientError, ConnectionError) as exc:
+        raise ClientGone(type(exc).__name__) from exc
+
+
+class DataPlane:
+    """The main listener's single handler."""
+
+    def __init__(self, catalog: Catalog, modes: ModeState, metrics: Metrics, *, id_header: str,
+                 max_body_bytes: int, warn_log_per_s: int) -> None:
+        self.catalog = catalog
+        self.modes = modes
+        self.metrics = metrics
+        self.routes = RouteTable(catalog.endpoints)
+        self.id_header = id_header
+        self.max_body_bytes = max_body_bytes
+        self.flood = FloodGuard(log, warn_log_per_s)
+        self.upstream: Upstream | None = None  # set once the ClientSession exists (cleanup_ctx)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Route one request: ops paths 404, validated endpoints, or pass-through."""
+        started = time.perf_counter()
+        request_id = accept_request_id(request.headers.get(self.id_header)) or new_request_id()
+        path = request.path
+        if is_ops_path(path):
+            return problem(404, "not-found", "Not Found", "/_ops is served on the admin listener only",
+                           request_id=request_id, headers={self.id_header: request_id})
+        endpoint = self.routes.match(request.method, path)
+        label = endpoint.name if endpoint is not None else PASSTHROUGH
+        try:
+            if endpoint is None:
+                return await self._pass_through(request, request_id)
+            return await self._validated(request, request_id, endpoint)
+        except UpstreamError as exc:
+            return self._upstream_problem(request, request_id, exc)
+        except ClientGone as exc:
+            self.metrics.upstream_children["client_disconnected"].inc()
+            log_event(log, logging.INFO, "client_disconnected", request_id=request_id, error=str(exc))
+            return web.Response(status=400)
+        finally:
+            self.metrics.request_children[label].observe(time.perf_counter() - started)
+
+    async def _pass_through(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
+        upstream = self._upstream()
+        headers = request_headers(request, self.id_header, request_id, buffered=False)
+        data: Body = stream_body(request) if request.body_exists else None
+        return await upstream.forward(request, headers, data, {self.id_header: request_id})
+
+    async def _validated(self, request: web.BaseRequest, request_id: str, endpoint: Endpoint) -> web.StreamResponse:
+        verdict = await self._decide(request, request_id, endpoint)
+        self._account(request, request_id, verdict)
+        result = verdict.inspection.result
+        extra = {self.id_header: request_id, "X-Stage-Validation": f"mode={verdict.mode}; result={result}"}
+        if verdict.rejected:
+            return self._reject(request_id, verdict, extra)
+        data: Body
+        if verdict.rest_pending:
+            data = stream_body(request, verdict.raw)
+        elif verdict.mode == "enforce" and result == "alias":
+            data = bodies.rewrite(verdict.raw, endpoint, verdict.inspection)
+        else:
+            data = verdict.raw
+        headers = request_headers(request, self.id_header, request_id, buffered=not verdict.rest_pending)
+        return await self._upstream().forward(request, headers, data, extra)
+
+    async def _decide(self, request: web.BaseRequest, request_id: str, endpoint: Endpoint) -> Verdict:
+        mode = self.modes.effective(endpoint.name, request_id)
+        reason = bodies.media_problem(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
+        if reason is not None and mode == "enforce":
+            # Nothing to read: the verdict is already known from the headers.
+            return Verdict(endpoint, mode, bodies.unreadable(reason), b"", False)
+        raw, too_large = await read_limited(request, self.max_body_bytes)
+        started = time.perf_counter()
+        if too_large:
+            inspection = bodies.unreadable("too_large")
+        elif reason is not None:
+            inspection = bodies.unreadable(reason)
+        else:
+            inspection = bodies.inspect(raw, self.catalog, endpoint)
+        self.metrics.validator_children[endpoint.name].observe(time.perf_counter() - started)
+        return Verdict(endpoint, mode, inspection, raw, too_large)
+
+    def _account(self, request: web.BaseRequest, request_id: str, verdict: Verdict) -> None:
+        name, mode, inspection = verdict.endpoint.name, verdict.mode, verdict.inspection
+        self.metrics.validation_children[(name, mode, inspection.result)].inc()
+        if verdict.rejected:
+            reason = inspection.reason or inspection.result
+            self.metrics.rejection_children[(name, reason)].inc()
+        if mode == "off" or inspection.result in ("canonical", "absent"):
+            return
+        if self.flood.allow((name, inspection.result)):
+            self._log_verdict(request, request_id, verdict)
+
+    def _log_verdict(self, request: web.BaseRequest, request_id: str, verdict: Verdict) -> None:
+        inspection = verdict.inspection
+        worst = next((f for f in inspection.findings if f.result == inspection.result), None)
+        action = "rejected" if verdict.rejected else "normalized" if verdict.mode == "enforce" else "forwarded"
+        log_event(
+            log, logging.WARNING, "stage_validation",
+            request_id=request_id, endpoint=verdict.endpoint.name, mode=verdict.mode, result=inspection.result,
+            action=action, reason=inspection.reason, pointer=worst.pointer if worst else None,
+            value=safe_text(worst.value) if worst and worst.leaf else None,
+            normalized=worst.normalized if worst else None,
+            offending=sum(1 for f in inspection.findings if f.result == inspection.result) or None,
+            client_ip=request.remote, user_agent=safe_text(request.headers.get("User-Agent", "")),
+        )
+
+    def _reject(self, request_id: str, verdict: Verdict, headers: dict[str, str]) -> web.Response:
+        inspection = verdict.inspection
+        status = inspection.status
+        bad = [f for f in inspection.findings if f.result in ("unknown", "invalid")]
+        errors = [{"pointer": f.pointer, "value": _error_value(f.value), "result": f.result,
+                   **({"detail": f.detail} if f.detail else {})} for f in bad[:MAX_ERRORS]]
+        if status == 422:
+            detail = f"{len(bad)} value(s) at {verdict.endpoint.field!r} are not canonical stages"
+        else:
+            detail = f"the body could not be validated: {inspection.reason}"
+        extra: dict[str, object] = {"endpoint": verdict.endpoint.name, "allowed": list(self.catalog.canonical),
+                                    "errors": errors}
+        if len(bad) > MAX_ERRORS:
+            extra["errors_truncated"] = len(bad) - MAX_ERRORS
+        if inspection.reason:
+            extra["reason"] = inspection.reason
+        slug = "stage-not-allowed" if status == 422 else (inspection.reason or "unreadable").replace("_", "-")
+        return problem(status, slug, _TITLES[status], detail, request_id=request_id, headers=headers, **extra)
+
+    def _upstream_problem(self, request: web.BaseRequest, request_id: str, exc: UpstreamError) -> web.Response:
+        transport = request.transport
+        reason = exc.reason if transport is not None and not transport.is_closing() else "client_disconnected"
+        self.metrics.upstream_children[reason].inc()
+        log_event(log, logging.WARNING, "upstream_error", request_id=request_id, reason=reason, detail=exc.detail)
+        title = "Bad Gateway" if exc.status == 502 else "Gateway Timeout"
+        return problem(exc.status, f"upstream-{exc.reason}", title, exc.detail, request_id=request_id,
+                       headers={self.id_header: request_id})
+
+    def _upstream(self) -> Upstream:
+        if self.upstream is None:
+            raise RuntimeError("DataPlane.upstream is unset: run the app through proxy.app.create_app")
+        return self.upstream

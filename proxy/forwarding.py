@@ -1,0 +1,139 @@
+"""Forwarding to the upstream: header hygiene, pooled connections, streamed bodies.
+
+Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways, together with any
+header the ``Connection`` field names; ``X-Forwarded-For/-Proto/-Host`` are set.
+Responses are streamed chunk by chunk, never buffered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from proxy.logs import log_event
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP: Final = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-authenticate", "proxy-authorization",
+})
+_STRIP_REQUEST: Final = HOP_BY_HOP | {"x-forwarded-proto", "x-forwarded-host"}
+_STRIP_BUFFERED: Final = _STRIP_REQUEST | {"content-length"}
+_STRIP_RESPONSE: Final = HOP_BY_HOP | {"content-length"}  # re-added below when known
+
+Body = bytes | AsyncIterable[bytes] | None
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or answered badly: 502 or 504."""
+
+    def __init__(self, reason: str, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.status = status
+        self.detail = detail
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    values = headers.getall("Connection", ())
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
+
+
+def _copy_headers(source: CIMultiDictProxy[str], strip: frozenset[str]) -> CIMultiDict[str]:
+    named = _connection_tokens(source) if "Connection" in source else frozenset()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in source.items():
+        lowered = name.lower()
+        if lowered not in strip and lowered not in named:
+            out.add(name, value)
+    return out
+
+
+def request_headers(request: web.BaseRequest, id_header: str, request_id: str, *, buffered: bool) -> CIMultiDict[str]:
+    """Headers to send upstream: end-to-end ones, the request ID and X-Forwarded-*."""
+    headers = _copy_headers(request.headers, _STRIP_BUFFERED if buffered else _STRIP_REQUEST)
+    headers[id_header] = request_id
+    peer = request.remote or "unknown"
+    previous = ", ".join(headers.getall("X-Forwarded-For", ()))
+    headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
+    headers["X-Forwarded-Proto"] = request.scheme
+    host = request.headers.get("Host")
+    if host is not None:
+        headers["X-Forwarded-Host"] = host
+    return headers
+
+
+async def stream_body(request: web.BaseRequest, prefix: bytes = b"") -> AsyncIterator[bytes]:
+    """The request body as it arrives, after ``prefix`` (bytes already read)."""
+    if prefix:
+        yield prefix
+    async for chunk in request.content.iter_any():
+        yield chunk
+
+
+def _upstream_error(exc: BaseException) -> UpstreamError:
+    if isinstance(exc, TimeoutError):
+        return UpstreamError("timeout", 504, "the upstream did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError("refused", 502, "the upstream refused the connection")
+    return UpstreamError("reset", 502, f"the upstream connection failed ({type(exc).__name__})")
+
+
+class Upstream:
+    """The legacy service: one pooled ClientSession per process."""
+
+    def __init__(self, base_url: str, session: aiohttp.ClientSession, *, timeout_s: float,
+                 connect_timeout_s: float) -> None:
+        self._base = base_url.rstrip("/")
+        self.session = session
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=timeout_s)
+
+    def url_for(self, request: web.BaseRequest) -> URL:
+        raw = request.raw_path
+        if not raw.startswith("/"):  # absolute-form request target (RFC 9112 §3.2.2)
+            raw = str(request.rel_url)
+        return URL(self._base + raw, encoded=True)
+
+    def url_for_path(self, path: str) -> URL:
+        return URL(self._base + path)
+
+    async def forward(self, request: web.BaseRequest, headers: CIMultiDict[str], body: Body,
+                      extra_headers: dict[str, str]) -> web.StreamResponse:
+        """Send the request upstream and stream the answer back; UpstreamError if none came."""
+        try:
+            upstream = await self.session.request(request.method, self.url_for(request), headers=headers, data=body,
+                                                  allow_redirects=False, timeout=self._timeout)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _upstream_error(exc) from exc
+        try:
+            return await self._relay(request, upstream, extra_headers)
+        finally:
+            upstream.release()
+
+    async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
+                     extra_headers: dict[str, str]) -> web.StreamResponse:
+        headers = _copy_headers(upstream.headers, _STRIP_RESPONSE)
+        headers.update(extra_headers)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            # Headers are gone already: cut the connection so the client sees a truncated response.
+            log_event(log, logging.WARNING, "upstream_body_failed", error=type(exc).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response

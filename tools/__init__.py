@@ -1,0 +1,1 @@
+"""stagectl: rollout tools for stagegate."""
