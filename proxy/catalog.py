@@ -151,9 +151,12 @@ class Catalog:
         return "alias", target
 
 
-def _line_of(text: str, needle: str) -> str:
+def _line_of(text: str, key: str) -> str:
+    """`` (line N)`` of the TOML line assigning ``key`` (bare or quoted), or of ``name = "key"``."""
+    quoted = re.escape(key)
+    pattern = re.compile(rf"""^\s*(?:{quoted}|"{quoted}"|'{quoted}'|name\s*=\s*"{quoted}")\s*(?:=|$|#)""")
     for number, line in enumerate(text.splitlines(), start=1):
-        if needle in line:
+        if pattern.match(line):
             return f" (line {number})"
     return ""
 

@@ -73,6 +73,8 @@ async def read_limited(request: web.BaseRequest, limit: int) -> tuple[bytes, boo
         if declared is not None:
             if declared > limit:
                 return b"", True
+            if declared == 0:
+                return b"", False
             return await request.content.readexactly(declared), False
         chunks: list[bytes] = []
         size = 0

@@ -8,6 +8,7 @@ Responses are streamed chunk by chunk, never buffered whole.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Final
@@ -29,7 +30,8 @@ _STRIP_REQUEST: Final = HOP_BY_HOP | {"x-forwarded-proto", "x-forwarded-host"}
 _STRIP_BUFFERED: Final = _STRIP_REQUEST | {"content-length"}
 _STRIP_RESPONSE: Final = HOP_BY_HOP | {"content-length"}  # re-added below when known
 
-Body = bytes | AsyncIterable[bytes] | None
+Body = bytes | io.BytesIO | AsyncIterable[bytes] | None
+LARGE_BYTES: Final = 1024 * 1024
 
 
 class UpstreamError(Exception):
@@ -108,6 +110,8 @@ class Upstream:
     async def forward(self, request: web.BaseRequest, headers: CIMultiDict[str], body: Body,
                       extra_headers: dict[str, str]) -> web.StreamResponse:
         """Send the request upstream and stream the answer back; UpstreamError if none came."""
+        if isinstance(body, bytes) and len(body) > LARGE_BYTES:
+            body = io.BytesIO(body)  # aiohttp writes big raw bytes in one blocking call
         try:
             upstream = await self.session.request(request.method, self.url_for(request), headers=headers, data=body,
                                                   allow_redirects=False, timeout=self._timeout)

@@ -74,6 +74,7 @@ class ModeState:
         self.degraded = False
         self.resolved = False
         self._from_store = False
+        self._known = False  # modes came from the store, the state file or a change: worth keeping
         self._apply({})
 
     # -- the request path -------------------------------------------------
@@ -108,6 +109,7 @@ class ModeState:
         if self._state_file is not None and (saved := read_state_file(self._state_file)) is not None:
             self._apply(saved)
             self._set_source("state_file")
+            self._known = True
         await self.refresh()
         self.resolved = True
 
@@ -115,6 +117,8 @@ class ModeState:
         """Reload from the store; on failure keep what we have and say so once."""
         try:
             records = await self._store.load()
+            if not records and self._known:
+                records = await self._reseed()
         except StoreUnavailable as exc:
             self._degrade(str(exc))
             return
@@ -122,9 +126,20 @@ class ModeState:
             log_event(log, logging.INFO, "mode_store_recovered", source=self._store.source)
         self.degraded = False
         self._from_store = True
+        self._known = self._known or bool(records)
         self._set_source(self._store.source)
         if self._apply(records) or not self.resolved:
             self._save_state()
+
+    async def _reseed(self) -> dict[str, ModeRecord]:
+        """The store came back empty (restarted without persistence): write our modes back.
+
+        Silently falling back to ``default_mode`` would turn enforcement off on
+        every replica at once; HSETNX keeps any mode an operator set meanwhile.
+        """
+        log_event(log, logging.WARNING, "mode_store_reseeded", modes={n: r.mode for n, r in self.records.items()})
+        await self._store.seed(self.records)
+        return await self._store.load()
 
     def _degrade(self, error: str) -> None:
         if self._from_store:
@@ -170,6 +185,7 @@ class ModeState:
         record = ModeRecord(mode, percent, utc_now(), actor, reason)
         changes = dict.fromkeys(endpoints, record)
         await self._store.save(changes)
+        self._known = True
         self._apply({**self.records, **changes})
         self._save_state()
         log_event(log, logging.INFO, "mode_changed", endpoints=endpoints, mode=mode, percent=percent,

@@ -66,6 +66,8 @@ class ModeStore(Protocol):
 
     async def save(self, changes: Mapping[str, ModeRecord]) -> None: ...
 
+    async def seed(self, records: Mapping[str, ModeRecord]) -> None: ...
+
     async def watch(self, on_change: Callable[[], None]) -> None: ...
 
     async def close(self) -> None: ...
@@ -84,6 +86,10 @@ class MemoryModeStore:
 
     async def save(self, changes: Mapping[str, ModeRecord]) -> None:
         self._records.update(changes)
+
+    async def seed(self, records: Mapping[str, ModeRecord]) -> None:
+        for name, record in records.items():
+            self._records.setdefault(name, record)
 
     async def watch(self, on_change: Callable[[], None]) -> None:
         return None
@@ -140,6 +146,18 @@ class RedisModeStore:
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hset(self.modes_key, mapping=mapping)  # type: ignore[arg-type]
                 pipe.publish(self.channel, orjson.dumps(sorted(changes)))
+                await pipe.execute()
+
+        await self._timed("save", write)
+
+    async def seed(self, records: Mapping[str, ModeRecord]) -> None:
+        """Write records only where the hash has none (HSETNX: a concurrent PUT wins)."""
+
+        async def write() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                for name, record in records.items():
+                    pipe.hsetnx(self.modes_key, name, record.to_json())
+                pipe.publish(self.channel, orjson.dumps(sorted(records)))
                 await pipe.execute()
 
         await self._timed("save", write)

@@ -57,7 +57,7 @@ class Settings:
     upstream_url: str | None
     listen: HostPort = HostPort("0.0.0.0", 8080)
     admin_listen: HostPort = HostPort("127.0.0.1", 9901)
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
     config_path: Path | None = None
     catalog: Catalog = field(default_factory=lambda: parse_catalog(DEFAULT_CATALOG_TOML), repr=False)
     state_file: Path | None = None

@@ -1,0 +1,221 @@
+"""Shared fixtures: real redis-server processes, a recording upstream, proxies on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from proxy.server import Running, running
+from proxy.settings import HostPort, Secret, Settings
+
+TOKEN = "test-token-0123456789"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {port} after {timeout_s}s")
+
+
+class RedisServer:
+    """A real redis-server on a free port; kill() and start() for fault tests."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run scripts/test (it installs it)")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; tests isolate themselves with a key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which the test may kill and restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test:{uuid.uuid4().hex[:8]}:"
+
+
+@dataclass
+class Seen:
+    """One request as the upstream received it."""
+
+    method: str
+    path_qs: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    """A recording upstream (real aiohttp server); ``delay_s`` slows every answer."""
+
+    url: str
+    seen: list[Seen] = field(default_factory=list)
+    delay_s: float = 0.0
+
+    @property
+    def last(self) -> Seen:
+        return self.seen[-1]
+
+
+def _upstream_app(state: Upstream) -> web.Application:
+    async def record(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        state.seen.append(Seen(request.method, request.raw_path, request.headers, body))
+        if state.delay_s:
+            await asyncio.sleep(state.delay_s)
+        if request.path == "/stream":
+            response = web.StreamResponse(headers={"X-Upstream": "yes"})
+            await response.prepare(request)
+            for i in range(5):
+                await response.write(f"chunk-{i};".encode())
+            await response.write_eof()
+            return response
+        headers = {"X-Upstream": "yes", "Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1"}
+        response = web.Response(body=body or b"{}", headers=headers, content_type="application/json")
+        response.headers.add("Set-Cookie", "a=1")
+        response.headers.add("Set-Cookie", "b=2")
+        return response
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_route("*", "/{tail:.*}", record)
+    return app
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    state = Upstream(url="")
+    runner = web.AppRunner(_upstream_app(state), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    state.url = f"http://{host}:{port}"
+    yield state
+    await runner.cleanup()
+
+
+def make_settings(upstream_url: str | None, **overrides: Any) -> Settings:
+    base = Settings(
+        upstream_url=upstream_url,
+        listen=HostPort("127.0.0.1", 0),
+        admin_listen=HostPort("127.0.0.1", 0),
+        ops_token=Secret(TOKEN),
+        refresh_ms=200,
+        shutdown_timeout_s=1.0,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+ProxyFactory = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def make_proxy(upstream: Upstream) -> AsyncIterator[ProxyFactory]:
+    """Start in-process proxies in front of ``upstream``; all stopped at teardown."""
+    async with AsyncExitStack() as stack:
+
+        async def factory(**overrides: Any) -> Running:
+            settings = make_settings(overrides.pop("upstream_url", upstream.url), **overrides)
+            return await stack.enter_async_context(running(settings))
+
+        yield factory
+
+
+@pytest.fixture
+async def proxy(make_proxy: ProxyFactory) -> Running:
+    return await make_proxy()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding")) as session:
+        yield session
+
+
+async def set_mode(http: aiohttp.ClientSession, run: Running, endpoint: str, mode: str,
+                   percent: float | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"endpoint": endpoint, "mode": mode, "reason": "test"}
+    if percent is not None:
+        body["percent"] = percent
+    async with http.put(f"{run.admin_url}/_ops/mode", json=body,
+                        headers={"Authorization": f"Bearer {TOKEN}"}) as response:
+        assert response.status == 200, await response.text()
+        data: dict[str, Any] = await response.json()
+        return data
+
+
+def spawn_proxy(upstream_url: str, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes],
+                                                                                             int, int]:
+    """A real ``python -m proxy`` process; returns (process, main port, admin port)."""
+    main, admin = free_port(), free_port()
+    command = [sys.executable, "-m", "proxy", "--upstream", upstream_url, "--listen", f"127.0.0.1:{main}",
+               "--admin-listen", f"127.0.0.1:{admin}", *args]
+    full_env = {**os.environ, "STAGE_OPS_TOKEN": TOKEN, **(env or {})}
+    proc = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return proc, main, admin

@@ -1,0 +1,89 @@
+"""stage-proxy's command line: bad configuration is one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.settings import Secret, SettingsError, load_settings
+from tests.conftest import REPO, free_port
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=30, env={"PATH": "/usr/bin:/bin", **(env or {})})
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
+    assert result.returncode == code, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("stage-proxy: error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_option() -> None:
+    """--help documents the contract's options."""
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in ("--upstream", "--listen", "--admin-listen", "--redis-url", "--config", "--state-file",
+                   "--ops-token-file", "--demo"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [((), "--upstream URL (or STAGE_UPSTREAM_URL) is required"),
+     (("--upstream", "ftp://x"), "--upstream: expected a http/https URL"),
+     (("--upstream", "http://x:99999"), "bad port"),
+     (("--upstream", "http://x", "--listen", "nope"), "--listen: expected HOST:PORT"),
+     (("--upstream", "http://x", "--redis-url", "mysql://db"), "--redis-url"),
+     (("--upstream", "http://x", "--config", "/nonexistent/c.toml"), "cannot read '/nonexistent/c.toml'"),
+     (("--upstream", "http://x", "--state-file", "/nonexistent/dir/s.json"), "does not exist"),
+     (("--upstream", "http://x", "--ops-token-file", "/nonexistent/t"), "--ops-token-file"),
+     (("--upstream", "http://x", "--max-body-bytes", "-5"), "must be positive"),
+     (("--upstream", "http://x", "--bogus"), "unrecognized arguments")],
+)
+def test_bad_configuration(args: tuple[str, ...], fragment: str) -> None:
+    """Each bad option exits 2 with one line naming it."""
+    assert_one_line_error(run_cli(*args), 2, fragment)
+
+
+def test_bad_catalog_file(tmp_path: Path) -> None:
+    """A catalog that does not parse exits 2 naming the file and the problem."""
+    config = tmp_path / "bad.toml"
+    config.write_text("[stages\ncanonical = 1\n")
+    assert_one_line_error(run_cli("--upstream", "http://x", "--config", str(config)), 2, "not valid TOML")
+
+
+def test_env_is_read(tmp_path: Path) -> None:
+    """Options fall back to their environment variables."""
+    settings = load_settings([], {"STAGE_UPSTREAM_URL": "http://up:81", "STAGE_LISTEN": "127.0.0.1:1",
+                                  "STAGE_OPS_TOKEN": "tok", "STAGE_REDIS_URL": "redis://h:1/0"})
+    assert settings.upstream_url == "http://up:81" and settings.listen.port == 1
+    assert settings.ops_token is not None and settings.ops_token.matches("tok")
+    with pytest.raises(SettingsError, match="STAGE_MAX_BODY_BYTES"):
+        load_settings(["--upstream", "http://x"], {"STAGE_MAX_BODY_BYTES": "lots"})
+
+
+def test_secrets_never_print() -> None:
+    """repr/str of settings and secrets mask the token and the Redis URL (which may hold a password)."""
+    settings = load_settings(["--upstream", "http://x", "--redis-url", "redis://:hunter2@h:1/0"],
+                             {"STAGE_OPS_TOKEN": "tok-abcdef"})
+    assert "tok-abcdef" not in repr(settings) and "hunter2" not in repr(settings)
+    assert str(Secret("tok-abcdef")) == "Secret('**********')"
+
+
+def test_port_in_use_exits_1() -> None:
+    """A listener port already taken exits 1 with one line naming it."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("--upstream", "http://127.0.0.1:1", "--listen", f"127.0.0.1:{port}",
+                         "--admin-listen", f"127.0.0.1:{free_port()}")
+    assert_one_line_error(result, 1, f"cannot listen on --listen 127.0.0.1:{port}")

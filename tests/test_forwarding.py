@@ -1,0 +1,155 @@
+"""Forwarding: everything but validated endpoints passes through untouched (DESIGN §2)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from proxy.server import Running
+from tests.conftest import ProxyFactory, Upstream, free_port
+
+
+async def raw_http(run: Running, request: bytes) -> bytes:
+    """Send raw bytes on a fresh connection and read the whole answer."""
+    reader, writer = await asyncio.open_connection(run.main.host, run.main.port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return data
+
+
+async def test_pass_through_is_untouched(proxy: Running, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """Method, raw path, query string, headers and body arrive as sent; the answer comes back whole."""
+    async with http.post(URL(f"{proxy.url}/other/a%2Fb%20c?x=%2F&y=1&y=2", encoded=True), data=b"\x00binary\xff",
+                         headers={"X-Custom": "1", "Content-Type": "application/octet-stream",
+                                  "X-Request-ID": "rid-1"}) as response:
+        assert response.status == 200
+        assert await response.read() == b"\x00binary\xff"
+        assert response.headers["X-Request-ID"] == "rid-1"
+        assert response.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+        assert "X-Stage-Validation" not in response.headers
+    seen = upstream.last
+    assert (seen.method, seen.path_qs, seen.body) == ("POST", "/other/a%2Fb%20c?x=%2F&y=1&y=2", b"\x00binary\xff")
+    assert seen.headers["X-Custom"] == "1"
+    assert seen.headers["X-Request-ID"] == "rid-1"
+    assert seen.headers["Content-Type"] == "application/octet-stream"
+    assert not {"User-Agent", "Accept", "Accept-Encoding"} & set(seen.headers)  # the proxy adds none of its own
+
+
+async def test_hop_by_hop_headers_are_dropped(proxy: Running, upstream: Upstream,
+                                             http: aiohttp.ClientSession) -> None:
+    """Connection, Keep-Alive, TE, Upgrade and headers named by Connection never cross (RFC 9110 §7.6.1)."""
+    headers = {"Connection": "keep-alive, X-Hop", "X-Hop": "secret", "Keep-Alive": "timeout=5", "TE": "trailers",
+               "Proxy-Authorization": "Basic eA==", "Upgrade": "websocket", "X-End": "kept"}
+    async with http.get(f"{proxy.url}/h", headers=headers) as response:
+        assert response.status == 200
+        assert "X-Secret-Hop" not in response.headers  # named by the upstream's Connection header
+        assert response.headers["X-Upstream"] == "yes"
+    seen = upstream.last.headers
+    for name in ("X-Hop", "Keep-Alive", "TE", "Proxy-Authorization", "Upgrade"):
+        assert name not in seen, name
+    assert seen["X-End"] == "kept"
+
+
+async def test_x_forwarded_headers(proxy: Running, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """X-Forwarded-For appends the peer; -Proto and -Host describe the client's request."""
+    async with http.get(f"{proxy.url}/x", headers={"X-Forwarded-For": "203.0.113.9", "Host": "deals.example",
+                                                   "X-Forwarded-Host": "spoofed"}):
+        pass
+    seen = upstream.last.headers
+    assert seen["X-Forwarded-For"] == "203.0.113.9, 127.0.0.1"
+    assert seen["X-Forwarded-Proto"] == "http"
+    assert seen.getall("X-Forwarded-Host") == ["deals.example"]
+    assert seen["Host"] == "deals.example"
+
+
+async def test_request_id_generated_and_returned(proxy: Running, upstream: Upstream,
+                                                 http: aiohttp.ClientSession) -> None:
+    """Without X-Request-ID the proxy makes one, sends it upstream and returns it."""
+    async with http.get(f"{proxy.url}/x") as response:
+        rid = response.headers["X-Request-ID"]
+    assert len(rid) == 32
+    assert upstream.last.headers["X-Request-ID"] == rid
+
+
+async def test_bad_request_ids_are_replaced(proxy: Running, upstream: Upstream) -> None:
+    """Empty, 10 KB and non-ASCII request IDs are replaced by a generated one, never a crash."""
+    for value in (b"", b"x" * 10_000, "é-ü".encode()):
+        answer = await raw_http(proxy, b"GET /x HTTP/1.1\r\nHost: h\r\nConnection: close\r\nX-Request-ID: " + value
+                                + b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        rid = upstream.last.headers["X-Request-ID"]
+        assert len(rid) == 32 and rid.encode() != value
+
+
+async def test_chunked_upload_is_streamed(proxy: Running, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """A chunked upload on a pass-through path reaches the upstream complete."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(50):
+            yield f"part-{i};".encode()
+
+    async with http.post(f"{proxy.url}/upload", data=body()) as response:
+        assert response.status == 200
+    assert upstream.last.body == b"".join(f"part-{i};".encode() for i in range(50))
+
+
+async def test_streamed_response(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """A chunked upstream response is relayed chunk by chunk and complete."""
+    async with http.get(f"{proxy.url}/stream") as response:
+        assert await response.read() == b"".join(f"chunk-{i};".encode() for i in range(5))
+
+
+async def test_ops_paths_are_not_forwarded(proxy: Running, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """/_ops/* on the main listener answers 404 problem+json and never reaches the upstream."""
+    for path in ("/_ops/mode", "/_ops", "//_ops/mode", "/%5Fops/mode", "/_ops/healthz/"):
+        async with http.put(URL(f"{proxy.url}{path}", encoded=True), json={"mode": "off"}) as response:
+            assert response.status == 404, path
+            assert response.content_type == "application/problem+json"
+    assert upstream.seen == []
+
+
+async def test_upstream_refused_is_502(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    """A refused upstream connection answers 502 problem+json with the request ID."""
+    run = await make_proxy(upstream_url=f"http://127.0.0.1:{free_port()}")
+    async with http.post(f"{run.url}/api/v1/deals", json={"stage": "lead"},
+                         headers={"X-Request-ID": "r-502"}) as response:
+        assert response.status == 502
+        body = orjson.loads(await response.read())
+        assert response.content_type == "application/problem+json"
+    assert body["request_id"] == "r-502" and body["status"] == 502
+    async with http.get(f"{run.admin_url}/metrics") as response:
+        assert 'stage_upstream_errors_total{reason="refused"} 1.0' in await response.text()
+
+
+async def test_upstream_timeout_is_504(make_proxy: ProxyFactory, upstream: Upstream,
+                                       http: aiohttp.ClientSession) -> None:
+    """An upstream slower than --upstream-timeout-s answers 504 problem+json."""
+    run = await make_proxy(upstream_timeout_s=0.2)
+    upstream.delay_s = 1.0
+    async with http.get(f"{run.url}/slow", headers={"X-Request-ID": "r-504"}) as response:
+        assert response.status == 504
+        body = orjson.loads(await response.read())
+    assert body["request_id"] == "r-504" and body["title"] == "Gateway Timeout"
+
+
+async def test_keep_alive_pool_reuses_connections(proxy: Running, upstream: Upstream,
+                                                  http: aiohttp.ClientSession) -> None:
+    """Sequential requests reuse one pooled upstream connection."""
+    for _ in range(20):
+        async with http.get(f"{proxy.url}/x") as response:
+            await response.read()
+    peers = {seen.headers.get("X-Forwarded-For") for seen in upstream.seen}
+    assert peers == {"127.0.0.1"}
+    connector = proxy.app  # the pool lives on the dataplane's session
+    from proxy.app import CONTEXT
+
+    dataplane_upstream = connector[CONTEXT].dataplane.upstream
+    assert dataplane_upstream is not None
+    assert dataplane_upstream.session.connector is not None
+    assert len(dataplane_upstream.session.connector._conns) == 1  # one idle keep-alive connection

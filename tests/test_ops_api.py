@@ -1,0 +1,146 @@
+"""The admin listener: health, readiness, mode reads and authenticated, validated mode changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.server import Running
+from tests.conftest import TOKEN, ProxyFactory, free_port
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def put(http: aiohttp.ClientSession, run: Running, body: bytes | dict[str, Any],
+              headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with http.put(f"{run.admin_url}/_ops/mode", data=data, headers=headers if headers is not None else AUTH) as r:
+        return r.status, orjson.loads(await r.read())
+
+
+async def test_healthz_and_readyz(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """healthz is 200; readyz is 200 with details once modes are resolved and the upstream answers."""
+    async with http.get(f"{proxy.admin_url}/_ops/healthz") as response:
+        assert response.status == 200
+    async with http.get(f"{proxy.admin_url}/_ops/readyz") as response:
+        body = await response.json()
+        assert response.status == 200
+    assert body["ready"] is True and body["modes"]["source"] == "memory" and body["upstream"]["ok"] is True
+
+
+async def test_readyz_fails_when_upstream_is_down(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    """readyz is 503 and says why when the upstream does not answer."""
+    run = await make_proxy(upstream_url=f"http://127.0.0.1:{free_port()}")
+    async with http.get(f"{run.admin_url}/_ops/readyz") as response:
+        body = await response.json()
+        assert response.status == 503
+    assert body["upstream"]["ok"] is False and body["upstream"]["error"]
+
+
+async def test_get_mode_shape(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """GET /_ops/mode has source, enforce_blocked and every endpoint with the contract's fields."""
+    async with http.get(f"{proxy.admin_url}/_ops/mode") as response:
+        body = await response.json()
+    assert set(body) == {"source", "enforce_blocked", "endpoints"}
+    assert set(body["endpoints"]) == {"create_deal", "update_deal", "import_deals"}
+    for record in body["endpoints"].values():
+        assert set(record) == {"mode", "percent", "updated_at", "updated_by", "reason"}
+        assert record["mode"] == "off"
+
+
+async def test_put_mode_records_who_and_why(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """A valid PUT applies at once and records actor, reason and time."""
+    status, body = await put(http, proxy, {"endpoint": "update_deal", "mode": "enforce", "percent": 12.5,
+                                           "reason": "canary step 1", "actor": "alice"})
+    assert status == 200
+    record = body["endpoints"]["update_deal"]
+    assert (record["mode"], record["percent"], record["updated_by"], record["reason"]) == (
+        "enforce", 12.5, "alice", "canary step 1")
+    assert record["updated_at"].startswith("20")
+    assert body["endpoints"]["create_deal"]["mode"] == "off"
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": TOKEN}, 401),
+     ({"Authorization": f"Basic {TOKEN}"}, 401), ({"Authorization": f"Bearer {TOKEN}x"}, 401)],
+)
+async def test_put_needs_the_token(proxy: Running, http: aiohttp.ClientSession, headers: dict[str, str],
+                                   status: int) -> None:
+    """No token or a wrong one: 401 problem, nothing changes."""
+    got, body = await put(http, proxy, {"endpoint": "*", "mode": "warn", "reason": "x"}, headers)
+    assert got == status and body["status"] == status
+    async with http.get(f"{proxy.admin_url}/_ops/mode") as response:
+        assert all(r["mode"] == "off" for r in (await response.json())["endpoints"].values())
+
+
+async def test_put_without_configured_token_is_403(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    """With no ops token configured every mutation answers 403."""
+    run = await make_proxy(ops_token=None)
+    got, _ = await put(http, run, {"endpoint": "*", "mode": "warn", "reason": "x"})
+    assert got == 403
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [(b"not json", "JSON object"), (b"[]", "JSON object"), ({"mode": "warn", "reason": "x"}, "'endpoint'"),
+     ({"endpoint": "nope", "mode": "warn", "reason": "x"}, "'endpoint'"),
+     ({"endpoint": "*", "mode": "strict", "reason": "x"}, "'mode'"),
+     ({"endpoint": "*", "mode": "enforce", "percent": 101, "reason": "x"}, "'percent'"),
+     ({"endpoint": "*", "mode": "enforce", "percent": "ten", "reason": "x"}, "'percent'"),
+     ({"endpoint": "*", "mode": "enforce", "percent": -1, "reason": "x"}, "'percent'"),
+     ({"endpoint": "*", "mode": "enforce", "percent": 10.001, "reason": "x"}, "two decimals"),
+     ({"endpoint": "*", "mode": "enforce", "percent": True, "reason": "x"}, "'percent'"),
+     ({"endpoint": "*", "mode": "warn", "percent": 50, "reason": "x"}, "only to mode 'enforce'"),
+     ({"endpoint": "*", "mode": "warn"}, "'reason'"), ({"endpoint": "*", "mode": "warn", "reason": " "}, "'reason'"),
+     ({"endpoint": "*", "mode": "warn", "reason": "x" * 501}, "longer than"),
+     ({"endpoint": "*", "mode": "warn", "reason": "x", "force": "yes"}, "'force'"),
+     ({"endpoint": "*", "mode": "warn", "reason": "x", "colour": "red"}, "unknown field")],
+)
+async def test_put_bad_bodies(proxy: Running, http: aiohttp.ClientSession, body: bytes | dict[str, Any],
+                              fragment: str) -> None:
+    """Each malformed PUT body is a 400 problem naming the field."""
+    status, problem = await put(http, proxy, body)
+    assert status == 400
+    assert fragment in problem["detail"]
+
+
+async def test_enforce_defaults_to_100_percent(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """enforce without percent means the whole endpoint."""
+    status, body = await put(http, proxy, {"endpoint": "create_deal", "mode": "enforce", "reason": "full"})
+    assert status == 200 and body["endpoints"]["create_deal"]["percent"] == 100.0
+
+
+async def test_enforce_blocked_is_409_unless_forced(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """While enforce is blocked, PUT enforce answers 409; force=true goes through."""
+    from proxy.app import CONTEXT
+
+    proxy.app[CONTEXT].modes.enforce_blocked = True
+    status, body = await put(http, proxy, {"endpoint": "*", "mode": "enforce", "reason": "go"})
+    assert status == 409 and body["status"] == 409
+    status, _ = await put(http, proxy, {"endpoint": "*", "mode": "warn", "reason": "warn is fine"})
+    assert status == 200
+    status, body = await put(http, proxy, {"endpoint": "*", "mode": "enforce", "reason": "go", "force": True})
+    assert status == 200 and body["endpoints"]["create_deal"]["mode"] == "enforce"
+
+
+async def test_metrics_exposition(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """/metrics serves every contract metric in Prometheus text format."""
+    async with http.get(f"{proxy.admin_url}/metrics") as response:
+        text = await response.text()
+        assert response.headers["Content-Type"].startswith("text/plain")
+    for name in ("stage_validation_total", "stage_enforce_rejections_total", "stage_validator_seconds",
+                 "stage_proxy_request_seconds", "stage_upstream_errors_total", "stage_mode", "stage_enforce_percent",
+                 "stage_mode_source", "stage_enforce_blocked", "stage_mode_store_seconds"):
+        assert f"# TYPE {name} " in text, name
+    assert 'stage_mode{endpoint="create_deal",mode="off"} 1.0' in text
+    assert 'stage_mode_source{source="memory"} 1.0' in text
+
+
+async def test_admin_is_not_the_main_listener(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """The admin listener serves only its routes (no forwarding)."""
+    async with http.get(f"{proxy.admin_url}/api/v1/deals") as response:
+        assert response.status == 404
