@@ -136,6 +136,10 @@ class Catalog:
         return None
 
     @property
+    def canonical_set(self) -> frozenset[str]:
+        return self._canonical_set
+
+    @property
     def endpoint_names(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.endpoints)
 

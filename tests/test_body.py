@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.body import inspect, media_problem, parse_json, rewrite
+from proxy.body import _literal_spans, _Scanner, inspect, media_problem, parse_json, rewrite
 from proxy.catalog import Endpoint, default_catalog
 
 CATALOG = default_catalog()
@@ -78,13 +78,14 @@ def test_huge_stage_value_is_unknown() -> None:
 
 
 def test_import_worst_result_and_pointers() -> None:
-    """Arrays take the worst result; each finding carries its RFC 6901 pointer."""
+    """Arrays take the worst result; each non-canonical value is a finding with its RFC 6901 pointer."""
     raw = b'{"deals": [{"stage": "lead"}, {"stage": "won"}, {"stage": "nope"}, 7, {}]}'
     inspection = inspect(raw, CATALOG, IMPORT)
     assert inspection.result == "invalid"
     assert [(f.pointer, f.result) for f in inspection.findings] == [
-        ("/deals/0/stage", "canonical"), ("/deals/1/stage", "alias"), ("/deals/2/stage", "unknown"),
-        ("/deals/3", "invalid"), ("/deals/4/stage", "invalid")]
+        ("/deals/1/stage", "alias"), ("/deals/2/stage", "unknown"), ("/deals/3", "invalid"),
+        ("/deals/4/stage", "invalid")]
+    assert inspection.leaves == 3  # lead, won, nope: the values present
 
 
 @pytest.mark.parametrize(
@@ -195,3 +196,19 @@ def test_duplicates_found_only_on_the_path(document: dict[str, Any], style: int,
     expected_dup = duplicate == "stage" and "stage" in document
     result = inspect(injected, CATALOG, CREATE).result
     assert (result == "unreadable") == expected_dup
+
+
+@settings(max_examples=300, deadline=None)
+@given(deals=st.lists(st.tuples(STAGES, st.dictionaries(KEYS.filter(lambda k: k != "stage"), JSON_VALUES,
+                                                        max_size=3)), min_size=1, max_size=6),
+       style=st.integers(0, 2))
+def test_fast_splice_agrees_with_the_scanner(deals: list[tuple[str, dict[str, Any]]], style: int) -> None:
+    """Where the literal-key fast path applies, it finds exactly the spans the full token scanner finds."""
+    raw = _dump({"deals": [{**fields, "stage": stage} for stage, fields in deals]}, style)
+    inspection = inspect(raw, CATALOG, IMPORT)
+    fast = _literal_spans(raw, IMPORT, inspection) if inspection.literal_keys else None
+    if fast is None:
+        return
+    slow = _Scanner(IMPORT.field_path).scan(raw).spans
+    assert fast == {pointer: slow[pointer] for pointer in fast}
+    assert set(fast) == {f.pointer for f in inspection.findings if f.leaf}

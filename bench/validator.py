@@ -1,0 +1,126 @@
+"""Validator micro-benchmark: body → classification → decision, against bare orjson.loads.
+
+Run:  .venv/bin/python bench/validator.py [--quick] [--out bench/results]
+Writes validator.md and validator.json; the figures are per call, median and p99,
+with the ratio to ``orjson.loads`` of the same bytes measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from proxy import body as bodies
+from proxy.catalog import Endpoint, default_catalog
+
+CATALOG = default_catalog()
+CREATE, _UPDATE, IMPORT = CATALOG.endpoints
+
+
+def _deal(i: int, stage: str) -> dict[str, object]:
+    return {"id": 10_000 + i, "name": f"Deal {i} for Acme Corporation", "amount": 1234.5 + i, "currency": "EUR",
+            "owner": "alice@example.com", "stage": stage, "tags": ["renewal", "enterprise"]}
+
+
+def _padded(size: int, stage: str) -> bytes:
+    base = {"name": "Acme renewal", "amount": 1200, "stage": stage, "notes": ""}
+    pad = size - len(orjson.dumps(base))
+    base["notes"] = "n" * max(pad, 0)
+    return orjson.dumps(base)
+
+
+def cases() -> dict[str, tuple[bytes, Endpoint]]:
+    return {
+        "200 B canonical": (_padded(200, "lead"), CREATE),
+        "1 KB canonical": (_padded(1024, "closed_won"), CREATE),
+        "1 KB alias (enforce rewrite)": (_padded(1024, "Closed Won"), CREATE),
+        "64 KB canonical": (_padded(64 * 1024, "proposal"), CREATE),
+        "import 500 deals": (orjson.dumps({"deals": [_deal(i, "lead") for i in range(500)]}), IMPORT),
+    }
+
+
+def validate(raw: bytes, endpoint: Endpoint) -> bytes | int:
+    """What the data plane does between reading the body and forwarding it (enforce)."""
+    if bodies.media_problem("application/json", None) is not None:
+        return 415
+    inspection = bodies.inspect(raw, CATALOG, endpoint)
+    if inspection.result in ("unknown", "invalid", "unreadable"):
+        return inspection.status
+    if inspection.result == "alias":
+        return bodies.rewrite(raw, endpoint, inspection)
+    return raw
+
+
+def sample(call: Callable[[], object], n: int) -> list[float]:
+    for _ in range(min(n, 200)):
+        call()
+    timings = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        started = clock()
+        call()
+        timings.append((clock() - started) / 1000)
+    return timings
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def measure(quick: bool) -> list[dict[str, object]]:
+    rows = []
+    for name, (raw, endpoint) in cases().items():
+        n = 2000 if quick else 20000
+        if len(raw) > 20_000:
+            n //= 10
+        ours = sample(lambda raw=raw, endpoint=endpoint: validate(raw, endpoint), n)  # type: ignore[misc]
+        base = sample(lambda raw=raw: orjson.loads(raw), n)  # type: ignore[misc]
+        rows.append({
+            "case": name, "bytes": len(raw), "samples": n,
+            "validator_median_us": round(statistics.median(ours), 2), "validator_p99_us": round(p99(ours), 2),
+            "orjson_median_us": round(statistics.median(base), 2), "orjson_p99_us": round(p99(base), 2),
+            "median_ratio": round(statistics.median(ours) / statistics.median(base), 2),
+        })
+    return rows
+
+
+def render(rows: list[dict[str, object]]) -> str:
+    lines = [
+        "# Validator micro-benchmark",
+        "",
+        f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}; measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "Command: `.venv/bin/python bench/validator.py` (per call, µs; ratio = validator / orjson.loads medians).",
+        "",
+        "| case | bytes | validator median | validator p99 | orjson.loads median | ratio |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(f"| {row['case']} | {row['bytes']} | {row['validator_median_us']} | {row['validator_p99_us']} | "
+                     f"{row['orjson_median_us']} | {row['median_ratio']}× |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="fewer samples (CI)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    rows = measure(args.quick)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "validator.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.out / "validator.md").write_text(render(rows))
+    print(render(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
