@@ -122,7 +122,8 @@ def escape_pointer(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
+    """The JSON type name of a decoded value."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -200,7 +201,7 @@ class _Walker:
         result, normalized = self.catalog.classify(node)
         if result == "canonical":
             return
-        detail = f"expected a string, got {_type_name(node)}" if result == "invalid" else None
+        detail = f"expected a string, got {type_name(node)}" if result == "invalid" else None
         self.findings.append(Finding(pointer, node, result, normalized, detail, leaf_index=position))
 
     def _missing(self, pointer: str) -> None:
@@ -208,7 +209,7 @@ class _Walker:
             self.findings.append(Finding(pointer, None, "invalid", detail="required field is missing"))
 
     def _wrong_type(self, node: object, pointer: str, expected: str) -> None:
-        detail = f"expected an {expected}, got {_type_name(node)}"
+        detail = f"expected an {expected}, got {type_name(node)}"
         self.findings.append(Finding(pointer, node, "invalid", detail=detail))
 
 

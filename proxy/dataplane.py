@@ -63,7 +63,7 @@ def _error_value(value: object) -> object:
         return value
     if isinstance(value, float) and value == value and abs(value) != float("inf"):
         return value
-    return f"<{bodies._type_name(value)}>"
+    return f"<{bodies.type_name(value)}>"
 
 
 async def read_limited(request: web.BaseRequest, limit: int) -> tuple[bytes, bool]:
@@ -119,7 +119,6 @@ class DataPlane:
         except UpstreamError as exc:
             return self._upstream_problem(request, request_id, exc)
         except ClientGone as exc:
-            self.metrics.upstream_children["client_disconnected"].inc()
             log_event(log, logging.INFO, "client_disconnected", request_id=request_id, error=str(exc))
             return web.Response(status=400)
         finally:
@@ -211,9 +210,13 @@ class DataPlane:
 
     def _upstream_problem(self, request: web.BaseRequest, request_id: str, exc: UpstreamError) -> web.Response:
         transport = request.transport
-        reason = exc.reason if transport is not None and not transport.is_closing() else "client_disconnected"
-        self.metrics.upstream_children[reason].inc()
-        log_event(log, logging.WARNING, "upstream_error", request_id=request_id, reason=reason, detail=exc.detail)
+        if transport is None or transport.is_closing():
+            # The client went away mid-upload and took the upstream request with it: not an upstream fault.
+            log_event(log, logging.INFO, "client_disconnected", request_id=request_id, error=exc.detail)
+        else:
+            self.metrics.upstream_children[exc.reason].inc()
+            log_event(log, logging.WARNING, "upstream_error", request_id=request_id, reason=exc.reason,
+                      detail=exc.detail)
         title = "Bad Gateway" if exc.status == 502 else "Gateway Timeout"
         return problem(exc.status, f"upstream-{exc.reason}", title, exc.detail, request_id=request_id,
                        headers={self.id_header: request_id})

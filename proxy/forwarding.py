@@ -26,7 +26,9 @@ HOP_BY_HOP: Final = frozenset({
     "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
     "proxy-authenticate", "proxy-authorization",
 })
-_STRIP_REQUEST: Final = HOP_BY_HOP | {"x-forwarded-proto", "x-forwarded-host"}
+# Expect is answered by our own server (100 Continue); forwarding it would make the
+# client side of the proxy wait for an interim response the upstream may never send.
+_STRIP_REQUEST: Final = HOP_BY_HOP | {"x-forwarded-proto", "x-forwarded-host", "expect"}
 _STRIP_BUFFERED: Final = _STRIP_REQUEST | {"content-length"}
 _STRIP_RESPONSE: Final = HOP_BY_HOP | {"content-length"}  # re-added below when known
 

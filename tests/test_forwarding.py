@@ -153,3 +153,22 @@ async def test_keep_alive_pool_reuses_connections(proxy: Running, upstream: Upst
     assert dataplane_upstream is not None
     assert dataplane_upstream.session.connector is not None
     assert len(dataplane_upstream.session.connector._conns) == 1  # one idle keep-alive connection
+
+
+async def test_expect_100_continue(proxy: Running, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """A client asking for 100-continue gets it from the proxy; the upstream gets the body without Expect."""
+    for path in ("/api/v1/deals", "/other"):
+        async with http.post(f"{proxy.url}{path}", data=b'{"stage": "lead"}', expect100=True,
+                             headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 200
+        assert upstream.last.body == b'{"stage": "lead"}'
+        assert "Expect" not in upstream.last.headers
+
+
+async def test_head_and_empty_bodies(proxy: Running, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """HEAD and body-less DELETE pass through with the upstream's status."""
+    async with http.head(f"{proxy.url}/x") as response:
+        assert response.status == 200
+    async with http.delete(f"{proxy.url}/api/v1/deals/3") as response:
+        assert response.status == 200
+    assert [s.method for s in upstream.seen] == ["HEAD", "DELETE"]

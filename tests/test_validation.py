@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.app import CONTEXT
 from proxy.server import Running
 from tests.conftest import ProxyFactory, Upstream, set_mode
 
@@ -259,7 +260,7 @@ async def test_warn_flood_is_capped(make_proxy: ProxyFactory, http: aiohttp.Clie
     caplog.set_level(logging.INFO)
     for _ in range(60):
         await post(http, run, "/api/v1/deals", {"stage": "nope"})
-    run.app[__import__("proxy.app", fromlist=["CONTEXT"]).CONTEXT].dataplane.flood.flush()
+    run.app[CONTEXT].dataplane.flood.flush()
     lines = stage_lines(caplog)
     suppressed = [r for r in caplog.records if getattr(r, "event", None) == "log_suppressed"]
     assert 5 <= len(lines) <= 15  # at most two one-second windows
