@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,17 +147,26 @@ def _upstream_app(state: Upstream) -> web.Application:
     return app
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[Upstream]:
+@asynccontextmanager
+async def recording_upstream() -> AsyncIterator[Upstream]:
+    """A recording upstream on a free loopback port, stopped on exit."""
     state = Upstream(url="")
     runner = web.AppRunner(_upstream_app(state), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    state.url = f"http://{host}:{port}"
-    yield state
-    await runner.cleanup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        state.url = f"http://{host}:{port}"
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    async with recording_upstream() as state:
+        yield state
 
 
 def make_settings(upstream_url: str | None, **overrides: Any) -> Settings:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.server import Running, running
-from tests.conftest import TOKEN, Upstream, _upstream_app, make_settings, set_mode
+from tests.conftest import TOKEN, Upstream, make_settings, recording_upstream, set_mode
 
 JSON = "application/json"
 
@@ -54,16 +54,8 @@ class ThreadedProxy:
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
 
     async def _main(self) -> None:
-        from aiohttp import web
-
         self.stop = asyncio.Event()
-        state = Upstream(url="")
-        runner = web.AppRunner(_upstream_app(state), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        async with running(make_settings(f"http://{host}:{port}", max_body_bytes=4096)) as run:
+        async with recording_upstream() as state, running(make_settings(state.url, max_body_bytes=4096)) as run:
             self.run = run
             async with aiohttp.ClientSession() as session:
                 await set_mode(session, run, "create_deal", "enforce")
@@ -71,7 +63,6 @@ class ThreadedProxy:
                 await set_mode(session, run, "import_deals", "enforce", 50)
             self.ready.set()
             await self.stop.wait()
-        await runner.cleanup()
 
     def __enter__(self) -> Running:
         self.thread.start()
