@@ -75,6 +75,7 @@ class ModeState:
         self.resolved = False
         self._from_store = False
         self._known = False  # modes came from the store, the state file or a change: worth keeping
+        self._generation = 0  # bumped by every local change, so a slower concurrent load cannot undo it
         self._apply({})
 
     # -- the request path -------------------------------------------------
@@ -115,12 +116,16 @@ class ModeState:
 
     async def refresh(self) -> None:
         """Reload from the store; on failure keep what we have and say so once."""
+        generation = self._generation
         try:
             records = await self._store.load()
             if not records and self._known:
                 records = await self._reseed()
         except StoreUnavailable as exc:
             self._degrade(str(exc))
+            return
+        if generation != self._generation:
+            self.nudge()  # a change landed while we were loading: this result may predate it
             return
         if self.degraded:
             log_event(log, logging.INFO, "mode_store_recovered", source=self._store.source)
@@ -185,6 +190,7 @@ class ModeState:
         record = ModeRecord(mode, percent, utc_now(), actor, reason)
         changes = dict.fromkeys(endpoints, record)
         await self._store.save(changes)
+        self._generation += 1
         self._known = True
         self._apply({**self.records, **changes})
         self._save_state()

@@ -143,6 +143,8 @@ async def put_mode(request: web.Request) -> web.Response:
         endpoints, mode, percent, reason, actor, force = parse_put(await request.read(), ctx.catalog)
     except BadRequest as exc:
         return problem(400, "bad-request", "Bad Request", str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
     if mode == "enforce" and ctx.modes.enforce_blocked and not force:
         return problem(409, "enforce-blocked", "Enforce is blocked",
                        "enforce is blocked while unknown values are high; retry later or send force=true")

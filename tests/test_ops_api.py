@@ -144,3 +144,9 @@ async def test_admin_is_not_the_main_listener(proxy: Running, http: aiohttp.Clie
     """The admin listener serves only its routes (no forwarding)."""
     async with http.get(f"{proxy.admin_url}/api/v1/deals") as response:
         assert response.status == 404
+
+
+async def test_put_oversized_body_is_413_problem(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """A PUT body over the admin limit is a 413 problem, not a crash."""
+    status, body = await put(http, proxy, b"{" + b" " * 100_000 + b"}")
+    assert status == 413 and body["status"] == 413
