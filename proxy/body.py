@@ -9,15 +9,15 @@ everything but the stage values is preserved exactly (big integers included).
 
 from __future__ import annotations
 
-import functools
 import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import orjson
 
 from proxy.catalog import SEVERITY, Catalog, Endpoint, Result
+from proxy.jsonscan import Scanner, literal_spans
+from proxy.pointer import escape_pointer
 
 UTF8_BOM: Final = b"\xef\xbb\xbf"
 MISSING: Final = object()
@@ -34,8 +34,6 @@ UNREADABLE_STATUS: Final = {
     "unsupported_encoding": 415,
 }
 
-# Strings as "unrolled loops" (Friedl): linear, no per-character alternation.
-_TOKEN = re.compile(rb'[ \t\n\r]*(?:("[^"\\]*(?:\\.[^"\\]*)*")|([{}\[\]:,])|([^ \t\n\r{}\[\]:,"]+))', re.DOTALL)
 
 
 @dataclass(slots=True)
@@ -55,12 +53,12 @@ class Finding:
         return self.leaf_index is not None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Inspection:
     """The verdict on one body: the worst result, each finding, why unreadable."""
 
     result: Result
-    findings: list[Finding] = field(default_factory=list)  # every non-canonical value, in document order
+    findings: tuple[Finding, ...] = ()  # every non-canonical value, in document order
     reason: str | None = None
     leaves: int = 0  # values present at the end of the path, canonical ones included
     literal_keys: bool = False  # every occurrence of the leaf key in the bytes is a path key (fast splice)
@@ -77,8 +75,27 @@ def unreadable(reason: str) -> Inspection:
     return Inspection("unreadable", reason=reason)
 
 
+_MEDIA_VERDICTS: dict[tuple[str | None, str | None], str | None] = {}
+_MEDIA_CACHE_SIZE: Final = 256
+
+
 def media_problem(content_type: str | None, content_encoding: str | None) -> str | None:
-    """Why the headers make the body unreadable, or None: JSON, UTF-8, identity only."""
+    """Why the headers make the body unreadable, or None: JSON, UTF-8, identity only.
+
+    Clients send a handful of distinct header pairs: verdicts are memoized, in a
+    table capped so that junk headers cannot grow it without bound.
+    """
+    key = (content_type, content_encoding)
+    try:
+        return _MEDIA_VERDICTS[key]
+    except KeyError:
+        verdict = _media_problem(content_type, content_encoding)
+    if len(_MEDIA_VERDICTS) < _MEDIA_CACHE_SIZE:
+        _MEDIA_VERDICTS[key] = verdict
+    return verdict
+
+
+def _media_problem(content_type: str | None, content_encoding: str | None) -> str | None:
     if content_encoding and content_encoding.strip().lower() not in ("identity", ""):
         return "unsupported_encoding"
     if not content_type:
@@ -115,11 +132,6 @@ def parse_json(raw: bytes) -> tuple[object, str | None]:
         return json.loads(text, parse_constant=_reject_constant), None
     except (ValueError, RecursionError):
         return None, "malformed_json"
-
-
-def escape_pointer(key: str) -> str:
-    """RFC 6901 reference token escaping."""
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 def type_name(value: object) -> str:
@@ -213,164 +225,101 @@ class _Walker:
         self.findings.append(Finding(pointer, node, "invalid", detail=detail))
 
 
-def _keys_are_literal(raw: bytes, key_counts: dict[str, int]) -> bool:
-    """True when raw bytes prove no key on the path is duplicated (the fast screen).
+def _needle(key: str) -> bytes | None:
+    """How ``key`` must appear in the bytes when no ``\\u`` escape is used; None if JSON could spell it otherwise."""
+    if not key.isascii() or not key.isprintable() or any(c in key for c in '"\\/'):
+        return None
+    return b'"' + key.encode() + b'"'
 
-    Without ``\\u`` escapes a key that decodes to ``stage`` is spelled ``"stage"``
-    in the bytes, so if the literal occurs exactly as often as the parsed document
-    has that key on the path, no path object holds it twice (orjson keeps the
-    last duplicate silently, so this must be proven, not assumed).
-    """
-    if b"\\" in raw and b"\\u" in raw:  # the one-byte test is a memchr: most bodies stop there
-        return False
-    for key, count in key_counts.items():
-        if not key.isascii() or any(c in key for c in '"\\/') or not key.isprintable():
+
+def _no_unicode_escapes(raw: bytes) -> bool:
+    return b"\\" not in raw or b"\\u" not in raw  # the one-byte test is a memchr: most bodies stop there
+
+
+class Inspector:
+    """Inspection of one endpoint's bodies, with everything computable once done once."""
+
+    __slots__ = ("catalog", "endpoint", "_needles", "_single", "_canonical")
+
+    def __init__(self, catalog: Catalog, endpoint: Endpoint) -> None:
+        self.catalog = catalog
+        self.endpoint = endpoint
+        self._needles = {key: _needle(key) for key in endpoint.field_path if key != "*"}
+        parts = endpoint.field_path
+        self._single = parts[0] if len(parts) == 1 and self._needles[parts[0]] is not None else None
+        self._canonical = catalog.canonical_set
+
+    def inspect(self, raw: bytes) -> Inspection:
+        """Classify a JSON body (headers already checked)."""
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            document, reason = parse_json(raw)
+            if reason is not None:
+                return unreadable(reason)
+        single = self._single
+        if single is not None and type(document) is dict:
+            # The hot path: one top-level field holding a canonical stage, spelled once.
+            value = document.get(single, MISSING)
+            if type(value) is str and value in self._canonical and self._spelled_once(raw, single):
+                return CANONICAL_ONE
+        return self._inspect_document(raw, document)
+
+    def _spelled_once(self, raw: bytes, key: str) -> bool:
+        needle = self._needles[key]
+        return needle is not None and _no_unicode_escapes(raw) and raw.count(needle) == 1
+
+    def _keys_are_literal(self, raw: bytes, key_counts: dict[str, int]) -> bool:
+        """True when raw bytes prove no key on the path is duplicated (the fast screen).
+
+        Without ``\\u`` escapes a key that decodes to ``stage`` is spelled ``"stage"``
+        in the bytes, so if the literal occurs exactly as often as the parsed document
+        has that key on the path, no path object holds it twice (orjson keeps the
+        last duplicate silently, so this must be proven, not assumed).
+        """
+        if not _no_unicode_escapes(raw):
             return False
-        if raw.count(b'"' + key.encode() + b'"') != count:
-            return False
-    return True
+        for key, count in key_counts.items():
+            needle = self._needles.get(key)
+            if needle is None or raw.count(needle) != count:
+                return False
+        return True
+
+    def _inspect_document(self, raw: bytes, document: object) -> Inspection:
+        walker = _Walker(self.catalog, self.endpoint)
+        walker.walk(document, 0, "")
+        literal = self._keys_are_literal(raw, walker.key_counts)
+        if not literal and Scanner(self.endpoint.field_path).scan(raw).duplicate:
+            return unreadable("duplicate_key")
+        findings = tuple(walker.findings)
+        if not findings:
+            return Inspection("canonical" if walker.leaves else "absent", leaves=walker.leaves, literal_keys=literal)
+        worst = max({f.result for f in findings}, key=SEVERITY.__getitem__)
+        return Inspection(worst, findings, leaves=walker.leaves, literal_keys=literal)
 
 
-@dataclass(slots=True)
-class _Frame:
-    is_object: bool
-    level: int | None  # index into the field path its children sit at; None: off the path
-    pointer: str
-    index: int = 0
-    expect_key: bool = True
-    child_level: int | None = None
-    child_pointer: str = ""
-    seen: set[str] | None = None
-
-
-def _decode_key(token: bytes) -> str:
-    if b"\\" not in token:
-        return token[1:-1].decode("utf-8", "surrogatepass")
-    decoded = json.loads(token.decode("utf-8", "surrogatepass"))
-    return decoded if isinstance(decoded, str) else ""
-
-
-class _Scanner:
-    """Token-level walk of raw JSON bytes along the field path (the exact path).
-
-    Finds duplicate keys on the path and the byte span of every leaf value.
-    Only called on bodies orjson/json already accepted, so tokens are well formed.
-    """
-
-    def __init__(self, parts: tuple[str, ...]) -> None:
-        self.parts = parts
-        self.stack: list[_Frame] = []
-        self.spans: dict[str, tuple[int, int]] = {}
-        self.duplicate = False
-
-    def _value_context(self) -> tuple[int | None, str]:
-        if not self.stack:
-            return 0, ""
-        top = self.stack[-1]
-        if top.is_object:
-            return top.child_level, top.child_pointer
-        level = top.level
-        if level is not None and level < len(self.parts) and self.parts[level] == "*":
-            return level + 1, f"{top.pointer}/{top.index}"
-        return None, ""
-
-    def _key(self, top: _Frame, token: bytes) -> None:
-        top.expect_key = False
-        level = top.level
-        if level is None or level >= len(self.parts) or self.parts[level] == "*":
-            top.child_level = None
-            return
-        key = _decode_key(token)
-        if key != self.parts[level]:
-            top.child_level = None
-            return
-        if top.seen is None:
-            top.seen = set()
-        if key in top.seen:
-            self.duplicate = True
-        top.seen.add(key)
-        top.child_level, top.child_pointer = level + 1, f"{top.pointer}/{escape_pointer(key)}"
-
-    def _punct(self, char: int) -> None:
-        if char in b"{[":
-            level, pointer = self._value_context()
-            if level is not None and level >= len(self.parts):
-                level = None  # a container where a leaf belongs: invalid, nothing to splice
-            self.stack.append(_Frame(char == ord("{"), level, pointer))
-        elif char in b"}]":
-            self.stack.pop()
-        elif char == ord(",") and self.stack:
-            top = self.stack[-1]
-            top.index += 1
-            top.expect_key = top.is_object
-
-    def scan(self, raw: bytes) -> _Scanner:
-        pos, match_token = 0, _TOKEN.match
-        while (match := match_token(raw, pos)) is not None and match.end() > pos:
-            pos = match.end()
-            string, punct, literal = match.groups()
-            if punct is not None:
-                self._punct(punct[0])
-                continue
-            top = self.stack[-1] if self.stack else None
-            if string is not None and top is not None and top.is_object and top.expect_key:
-                self._key(top, string)
-                continue
-            level, pointer = self._value_context()
-            if level == len(self.parts):
-                self.spans[pointer] = (match.start(1 if string is not None else 3), pos)
-        return self
+CANONICAL_ONE: Final = Inspection("canonical", leaves=1, literal_keys=True)
 
 
 def inspect(raw: bytes, catalog: Catalog, endpoint: Endpoint) -> Inspection:
-    """Classify a JSON body for one endpoint (headers already checked)."""
-    document, reason = parse_json(raw)
-    if reason is not None:
-        return unreadable(reason)
-    walker = _Walker(catalog, endpoint)
-    walker.walk(document, 0, "")
-    literal = _keys_are_literal(raw, walker.key_counts)
-    if not literal and _Scanner(endpoint.field_path).scan(raw).duplicate:
-        return unreadable("duplicate_key")
-    findings = walker.findings
-    if not findings:
-        return Inspection("canonical" if walker.leaves else "absent", leaves=walker.leaves, literal_keys=literal)
-    worst = max({f.result for f in findings}, key=SEVERITY.__getitem__)
-    return Inspection(worst, findings, leaves=walker.leaves, literal_keys=literal)
-
-
-def _literal_spans(raw: bytes, endpoint: Endpoint, inspection: Inspection) -> dict[str, tuple[int, int]] | None:
-    """Spans of string leaf values found by their literal key, when the fast screen proved that exact.
-
-    Every ``"stage"`` in the bytes is then a path key, in document order, the
-    same order as the leaf findings. None when anything does not line up.
-    """
-    matches = list(_leaf_regex(endpoint.field_path[-1]).finditer(raw))
-    if len(matches) != inspection.leaves:
-        return None
-    return {f.pointer: matches[f.leaf_index].span(1) for f in inspection.findings
-            if f.leaf_index is not None and matches[f.leaf_index].group(1) is not None}
-
-
-@functools.cache
-def _leaf_regex(key: str) -> re.Pattern[bytes]:
-    return re.compile(b'"' + re.escape(key.encode()) + rb'"[ \t\n\r]*:[ \t\n\r]*("[^"\\]*(?:\\.[^"\\]*)*")?',
-                      re.DOTALL)
+    """Classify a JSON body for one endpoint (builds an Inspector: hold one where speed matters)."""
+    return Inspector(catalog, endpoint).inspect(raw)
 
 
 def rewrite(raw: bytes, endpoint: Endpoint, inspection: Inspection) -> bytes:
     """Splice canonical values over alias values; every other byte stays as it was."""
-    spans = _literal_spans(raw, endpoint, inspection) if inspection.literal_keys else None
+    aliases = [f for f in inspection.findings if f.result == "alias" and f.normalized is not None]
+    spans = None
+    if inspection.literal_keys:
+        wanted = [(f.pointer, f.leaf_index) for f in aliases if f.leaf_index is not None]
+        spans = literal_spans(raw, endpoint.field_path[-1], inspection.leaves, wanted)
     if spans is None:
-        spans = _Scanner(endpoint.field_path).scan(raw).spans
+        spans = Scanner(endpoint.field_path).scan(raw).spans
     pieces: list[bytes] = []
     cursor = 0
-    for finding in inspection.findings:
-        if finding.result != "alias" or finding.normalized is None:
-            continue
+    for finding in aliases:
         start, end = spans[finding.pointer]
-        pieces.append(raw[cursor:start])
-        pieces.append(orjson.dumps(finding.normalized))
+        pieces += (raw[cursor:start], orjson.dumps(finding.normalized))
         cursor = end
     pieces.append(raw[cursor:])
     return b"".join(pieces)

@@ -97,6 +97,7 @@ class DataPlane:
         self.modes = modes
         self.metrics = metrics
         self.routes = RouteTable(catalog.endpoints)
+        self.inspectors = {e.name: bodies.Inspector(catalog, e) for e in catalog.endpoints}
         self.id_header = id_header
         self.max_body_bytes = max_body_bytes
         self.flood = FloodGuard(log, warn_log_per_s)
@@ -160,7 +161,7 @@ class DataPlane:
         elif reason is not None:
             inspection = bodies.unreadable(reason)
         else:
-            inspection = bodies.inspect(raw, self.catalog, endpoint)
+            inspection = self.inspectors[endpoint.name].inspect(raw)
         self.metrics.validator_children[endpoint.name].observe(time.perf_counter() - started)
         return Verdict(endpoint, mode, inspection, raw, too_large)
 

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.body import _literal_spans, _Scanner, inspect, media_problem, parse_json, rewrite
+from proxy.body import inspect, media_problem, parse_json, rewrite
 from proxy.catalog import Endpoint, default_catalog
+from proxy.jsonscan import Scanner, literal_spans
 
 CATALOG = default_catalog()
 CREATE, UPDATE, IMPORT = CATALOG.endpoints
@@ -206,9 +207,10 @@ def test_fast_splice_agrees_with_the_scanner(deals: list[tuple[str, dict[str, An
     """Where the literal-key fast path applies, it finds exactly the spans the full token scanner finds."""
     raw = _dump({"deals": [{**fields, "stage": stage} for stage, fields in deals]}, style)
     inspection = inspect(raw, CATALOG, IMPORT)
-    fast = _literal_spans(raw, IMPORT, inspection) if inspection.literal_keys else None
+    wanted = [(f.pointer, f.leaf_index) for f in inspection.findings if f.leaf_index is not None]
+    fast = literal_spans(raw, "stage", inspection.leaves, wanted) if inspection.literal_keys else None
     if fast is None:
         return
-    slow = _Scanner(IMPORT.field_path).scan(raw).spans
+    slow = Scanner(IMPORT.field_path).scan(raw).spans
     assert fast == {pointer: slow[pointer] for pointer in fast}
     assert set(fast) == {f.pointer for f in inspection.findings if f.leaf}
