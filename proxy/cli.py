@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from proxy import logs
 from proxy.server import StartupError, serve
 from proxy.settings import SettingsError, load_settings
+from proxy.workers import Supervisor, is_worker
 
 
 def _install_uvloop() -> None:
@@ -27,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stage-proxy: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    if settings.workers > 1 and not is_worker():
+        return Supervisor(sys.argv[1:] if argv is None else argv, settings.workers).run()
     _install_uvloop()
     try:
         return asyncio.run(serve(settings))

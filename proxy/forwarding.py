@@ -34,6 +34,7 @@ _STRIP_RESPONSE: Final = HOP_BY_HOP | {"content-length"}  # re-added below when 
 
 Body = bytes | io.BytesIO | AsyncIterable[bytes] | None
 LARGE_BYTES: Final = 1024 * 1024
+SMALL_RESPONSE: Final = 64 * 1024  # declared-length responses up to one read buffer are relayed in one write
 
 
 class UpstreamError(Exception):
@@ -128,9 +129,17 @@ class Upstream:
                      extra_headers: dict[str, str]) -> web.StreamResponse:
         headers = _copy_headers(upstream.headers, _STRIP_RESPONSE)
         headers.update(extra_headers)
+        length = upstream.content_length
+        if length is not None and length <= SMALL_RESPONSE and request.method != "HEAD":
+            # One read of what is (nearly always) already in the buffer, one write of headers + body.
+            try:
+                payload = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+                raise _upstream_error(exc) from exc
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=payload)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
+        if length is not None:
+            response.content_length = length
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():

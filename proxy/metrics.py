@@ -7,11 +7,13 @@ parse, and client-supplied strings can never become label values.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from proxy.body import UNREADABLE_STATUS
 from proxy.catalog import MODES, RESULTS
@@ -24,6 +26,7 @@ UPSTREAM_ERRORS: Final = ("refused", "reset", "timeout")
 REJECTION_REASONS: Final = ("unknown", "invalid", *UNREADABLE_STATUS)
 STORE_OPS: Final = ("load", "save", "publish")
 PASSTHROUGH: Final = "passthrough"
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"  # set by the --workers supervisor before workers start
 
 # `*_created` series double the exposition and no rule or dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
@@ -45,10 +48,15 @@ class Metrics:
         self.request = Histogram("stage_proxy_request_seconds", "Whole request through the proxy",
                                  ["endpoint"], buckets=REQUEST_BUCKETS, registry=reg)
         self.upstream_errors = Counter("stage_upstream_errors_total", "Upstream failures", ["reason"], registry=reg)
-        self.mode = Gauge("stage_mode", "1 for the current mode of each endpoint", ["endpoint", "mode"], registry=reg)
-        self.percent = Gauge("stage_enforce_percent", "Canary share enforced", ["endpoint"], registry=reg)
-        self.source = Gauge("stage_mode_source", "1 for where modes come from now", ["source"], registry=reg)
-        self.blocked = Gauge("stage_enforce_blocked", "1 while enforce is blocked", registry=reg)
+        live: Literal["livemostrecent"] = "livemostrecent"  # with --workers: the latest value a live worker wrote
+        self.mode = Gauge("stage_mode", "1 for the current mode of each endpoint", ["endpoint", "mode"], registry=reg,
+                          multiprocess_mode=live)
+        self.percent = Gauge("stage_enforce_percent", "Canary share enforced", ["endpoint"], registry=reg,
+                             multiprocess_mode=live)
+        self.source = Gauge("stage_mode_source", "1 for where modes come from now", ["source"], registry=reg,
+                            multiprocess_mode=live)
+        self.blocked = Gauge("stage_enforce_blocked", "1 while enforce is blocked", registry=reg,
+                             multiprocess_mode=live)
         self.store = Histogram("stage_mode_store_seconds", "Mode store round trips", ["op"],
                                buckets=STORE_BUCKETS, registry=reg)
         self._prebind()
@@ -76,4 +84,9 @@ class Metrics:
             self.source.labels(candidate).set(1 if candidate == source else 0)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition; with --workers, every worker's values aggregated (prometheus multiprocess mode)."""
+        if MULTIPROC_ENV not in os.environ:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+        return generate_latest(registry)

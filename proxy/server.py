@@ -46,11 +46,12 @@ class Running:
 
 
 async def _start(stack: AsyncExitStack, app: web.Application, where: HostPort, what: str,
-                 shutdown_timeout_s: float) -> HostPort:
+                 shutdown_timeout_s: float, *, reuse_port: bool = False) -> HostPort:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, where.host, where.port, reuse_address=True, backlog=1024)
+    site = web.TCPSite(runner, where.host, where.port, reuse_address=True, reuse_port=reuse_port or None,
+                       backlog=1024)
     try:
         await site.start()
     except OSError as exc:
@@ -67,8 +68,10 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
             demo = await _start(stack, create_demo_app(), HostPort("127.0.0.1", 0), "demo upstream", 1.0)
             settings = dataclasses.replace(settings, upstream_url=f"http://{demo}")
         app = create_app(settings)
-        main = await _start(stack, app, settings.listen, "--listen", settings.shutdown_timeout_s)
-        admin = await _start(stack, create_admin_app(app[CONTEXT]), settings.admin_listen, "--admin-listen", 1.0)
+        shared = settings.workers > 1  # every worker binds the same ports (SO_REUSEPORT)
+        main = await _start(stack, app, settings.listen, "--listen", settings.shutdown_timeout_s, reuse_port=shared)
+        admin = await _start(stack, create_admin_app(app[CONTEXT]), settings.admin_listen, "--admin-listen", 1.0,
+                             reuse_port=shared)
         yield Running(settings, main, admin, app)
 
 

@@ -74,6 +74,7 @@ class Settings:
     warn_log_per_s: int = 20
     log_level: str = "INFO"
     shutdown_timeout_s: float = 10.0
+    workers: int = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--redis-prefix", metavar="PREFIX", help="key prefix in Redis (default 'stagegate:') [STAGE_REDIS_PREFIX]")
     add("--refresh-ms", metavar="MS", type=int, help="background mode refresh interval (default 500)")
     add("--warn-log-per-s", metavar="N", type=int, help="WARN lines per second per endpoint+result (default 20)")
+    add("--workers", metavar="N", type=int, help="processes sharing the ports (SO_REUSEPORT); >1 needs --redis-url "
+        "[STAGE_WORKERS]")
     add("--log-level", metavar="LEVEL", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
     return parser
 
@@ -203,17 +206,24 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
         ops_token=_token(args.ops_token_file, env),
         demo=demo,
         request_id_header=pick(args.request_id_header, "STAGE_REQUEST_ID_HEADER") or defaults.request_id_header,
-        max_body_bytes=args.max_body_bytes or _int_env(env, "STAGE_MAX_BODY_BYTES", defaults.max_body_bytes),
-        upstream_timeout_s=args.upstream_timeout_s or defaults.upstream_timeout_s,
+        max_body_bytes=args.max_body_bytes if args.max_body_bytes is not None else _int_env(
+            env, "STAGE_MAX_BODY_BYTES", defaults.max_body_bytes),
+        upstream_timeout_s=defaults.upstream_timeout_s if args.upstream_timeout_s is None else args.upstream_timeout_s,
         upstream_health_path=args.upstream_health_path or defaults.upstream_health_path,
         redis_prefix=pick(args.redis_prefix, "STAGE_REDIS_PREFIX") or defaults.redis_prefix,
-        refresh_ms=args.refresh_ms or defaults.refresh_ms,
+        refresh_ms=defaults.refresh_ms if args.refresh_ms is None else args.refresh_ms,
         warn_log_per_s=args.warn_log_per_s if args.warn_log_per_s is not None else defaults.warn_log_per_s,
         log_level=args.log_level or env.get("STAGE_LOG_LEVEL") or defaults.log_level,
+        workers=args.workers if args.workers is not None else _int_env(env, "STAGE_WORKERS", defaults.workers),
     )
     _positive(settings.max_body_bytes, "--max-body-bytes")
     _positive(settings.upstream_timeout_s, "--upstream-timeout-s")
     _positive(settings.refresh_ms, "--refresh-ms")
+    if not 1 <= settings.workers <= 64:
+        raise SettingsError(f"--workers must be from 1 to 64, got {settings.workers}")
+    if settings.workers > 1 and settings.redis_url is None:
+        raise SettingsError("--workers > 1 needs --redis-url: the embedded in-memory mode store cannot share modes "
+                            "between processes")
     if not settings.upstream_health_path.startswith("/"):
         raise SettingsError("--upstream-health-path must start with '/'")
     return settings

@@ -46,6 +46,8 @@ def test_help_lists_every_option() -> None:
      (("--upstream", "http://x", "--state-file", "/nonexistent/dir/s.json"), "does not exist"),
      (("--upstream", "http://x", "--ops-token-file", "/nonexistent/t"), "--ops-token-file"),
      (("--upstream", "http://x", "--max-body-bytes", "-5"), "must be positive"),
+     (("--upstream", "http://x", "--max-body-bytes", "0"), "must be positive"),
+     (("--upstream", "http://x", "--refresh-ms", "0"), "must be positive"),
      (("--upstream", "http://x", "--bogus"), "unrecognized arguments")],
 )
 def test_bad_configuration(args: tuple[str, ...], fragment: str) -> None:

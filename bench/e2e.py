@@ -1,0 +1,281 @@
+"""The full benchmark: validator, end-to-end against nginx and a bare aiohttp proxy, propagation, memory, profile.
+
+Run:  ./scripts/bench            (or .venv/bin/python bench/e2e.py [--quick])
+Writes bench/results/README.md (tables) and bench/results/results.json.
+Every figure is a median over repetitions that alternate targets in one run;
+ratios compare targets measured side by side, so a noisy machine moves both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench import validator
+from bench.harness import (
+    PY,
+    REPO,
+    TOKEN,
+    free_port,
+    nginx_proxy,
+    nginx_upstream,
+    open_loop,
+    process,
+    rss_kib,
+    set_mode,
+    stagegate,
+    wait_port,
+    wrk,
+)
+
+RESULTS = REPO / "bench" / "results"
+BODY_PAD = 1024
+
+
+def body(stage: str) -> bytes:
+    doc = {"name": "Acme renewal", "amount": 1200, "owner": "alice@example.com", "stage": stage, "notes": ""}
+    doc["notes"] = "n" * (BODY_PAD - len(orjson.dumps(doc)))
+    return orjson.dumps(doc)
+
+
+class Bench:
+    """Owns the servers of one run and measures targets against them."""
+
+    def __init__(self, work: Path, stack: ExitStack, workers: int) -> None:
+        self.work = work
+        self.ports = {name: free_port() for name in ("upstream", "nginx", "bare", "sg", "sg_admin", "sg2",
+                                                     "sg2_admin", "redis")}
+        p = self.ports
+        self.canonical = work / "canonical.json"
+        self.canonical.write_bytes(body("closed_won"))
+        self.alias = work / "alias.json"
+        self.alias.write_bytes(body("Closed Won"))
+        env = {"STAGE_OPS_TOKEN": TOKEN}
+        stack.enter_context(process(nginx_upstream(work, p["upstream"]), p["upstream"], work / "upstream.log"))
+        stack.enter_context(process(nginx_proxy(work, p["nginx"], p["upstream"]), p["nginx"], work / "nginx.log"))
+        stack.enter_context(process([PY, str(REPO / "bench" / "bare_proxy.py"), str(p["bare"]),
+                                     f"http://127.0.0.1:{p['upstream']}"], p["bare"], work / "bare.log"))
+        command = stagegate(p["sg"], p["sg_admin"], p["upstream"], "--log-level", "WARNING")
+        self.sg = stack.enter_context(process(command, p["sg"], work / "stagegate.log", env))
+        wait_port(p["sg_admin"])
+        self.workers = workers
+        if workers > 1:
+            stack.enter_context(process(["redis-server", "--port", str(p["redis"]), "--save", "", "--appendonly", "no"],
+                                        p["redis"], work / "redis.log"))
+            extra = ("--workers", str(workers), "--redis-url", f"redis://127.0.0.1:{p['redis']}/0", "--log-level",
+                     "WARNING")
+            stack.enter_context(process(stagegate(p["sg2"], p["sg2_admin"], p["upstream"], *extra), p["sg2"],
+                                        work / "stagegate2.log", env, cpus="0,1"))
+            wait_port(p["sg2_admin"])
+
+    def targets(self) -> dict[str, tuple[int, str, Path, Callable[[], None]]]:
+        """name -> (port, path, body, setup)."""
+        p, nothing = self.ports, (lambda: None)
+
+        def mode(name: str, admin: str = "sg_admin") -> Callable[[], None]:
+            return lambda: set_mode(p[admin], "create_deal", name)
+
+        targets = {
+            "upstream direct (nginx return 200)": (p["upstream"], "/api/v1/deals", self.canonical, nothing),
+            "nginx proxy_pass": (p["nginx"], "/api/v1/deals", self.canonical, nothing),
+            "bare aiohttp proxy": (p["bare"], "/api/v1/deals", self.canonical, nothing),
+            "stagegate pass-through": (p["sg"], "/other", self.canonical, nothing),
+            "stagegate off": (p["sg"], "/api/v1/deals", self.canonical, mode("off")),
+            "stagegate warn": (p["sg"], "/api/v1/deals", self.canonical, mode("warn")),
+            "stagegate enforce": (p["sg"], "/api/v1/deals", self.canonical, mode("enforce")),
+            "stagegate enforce + alias rewrite": (p["sg"], "/api/v1/deals", self.alias, mode("enforce")),
+        }
+        if self.workers > 1:
+            targets[f"stagegate enforce --workers {self.workers}"] = (p["sg2"], "/api/v1/deals", self.canonical,
+                                                                      mode("enforce", "sg2_admin"))
+        return targets
+
+    def measure(self, reps: int, seconds: float, rate: int) -> dict[str, dict[str, Any]]:
+        samples: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+        for rep in range(reps):
+            for name, (port, path, payload, setup) in self.targets().items():
+                setup()
+                samples[name]["rps"].append(wrk(f"http://127.0.0.1:{port}{path}", payload, seconds))
+                fixed = open_loop(port, path, payload, rate, seconds)
+                for key in ("p50_ms", "p99_ms", "errors", "send_late_p99_ms"):
+                    samples[name][key].append(fixed[key])
+                print(f"  rep {rep + 1}/{reps} {name}: {samples[name]['rps'][-1]:.0f} req/s, "
+                      f"p50 {fixed['p50_ms']} ms, p99 {fixed['p99_ms']} ms", flush=True)
+        return {name: {key: statistics.median(values) for key, values in metrics.items()}
+                for name, metrics in samples.items()}
+
+
+async def _propagation(admin_a: int, admin_b: int, changes: int) -> list[float]:
+    timings = []
+    modes = ("warn", "enforce", "off")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as session:
+        for i in range(changes):
+            target = modes[i % 3]
+            started = time.perf_counter()
+            async with session.put(f"http://127.0.0.1:{admin_a}/_ops/mode", headers=auth,
+                                   json={"endpoint": "update_deal", "mode": target, "reason": "propagation"}) as r:
+                assert r.status == 200
+            while True:
+                async with session.get(f"http://127.0.0.1:{admin_b}/_ops/mode") as r:
+                    if (await r.json())["endpoints"]["update_deal"]["mode"] == target:
+                        break
+            timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def propagation(work: Path, changes: int) -> dict[str, float]:
+    """PUT on one replica until the other applies it, over Redis pub/sub (poll backstop set to 5 s)."""
+    redis_port, a, a_admin, b, b_admin, up = (free_port() for _ in range(6))
+    env = {"STAGE_OPS_TOKEN": TOKEN}
+    extra = ("--redis-url", f"redis://127.0.0.1:{redis_port}/0", "--refresh-ms", "5000", "--log-level", "WARNING")
+    with ExitStack() as stack:
+        stack.enter_context(process(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+                                    redis_port, work / "redis-prop.log"))
+        stack.enter_context(process(nginx_upstream(work, up), up, work / "up-prop.log"))
+        stack.enter_context(process(stagegate(a, a_admin, up, *extra), a, work / "prop-a.log", env))
+        stack.enter_context(process(stagegate(b, b_admin, up, *extra), b, work / "prop-b.log", env))
+        wait_port(a_admin)
+        wait_port(b_admin)
+        time.sleep(0.5)
+        timings = asyncio.run(_propagation(a_admin, b_admin, changes))
+    ordered = sorted(timings)
+    return {"changes": changes, "p50_ms": round(statistics.median(timings), 2),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+            "max_ms": round(ordered[-1], 2)}
+
+
+def memory(bench: Bench, total: int) -> list[dict[str, int]]:
+    """stagegate RSS at idle, then after every quarter of ``total`` enforce requests."""
+    port, pid = bench.ports["sg"], bench.sg.pid
+    set_mode(bench.ports["sg_admin"], "create_deal", "enforce")
+    points = [{"requests": 0, "rss_kib": rss_kib(pid)}]
+    done = 0
+    while done < total:
+        started = time.monotonic()
+        rate = wrk(f"http://127.0.0.1:{port}/api/v1/deals", bench.canonical, 10)
+        done += int(rate * (time.monotonic() - started))
+        if done >= (len(points)) * total / 4 or done >= total:
+            points.append({"requests": done, "rss_kib": rss_kib(pid)})
+            print(f"  memory: {done} requests, RSS {points[-1]['rss_kib']} KiB", flush=True)
+    return points
+
+
+def profile(bench: Bench, seconds: int) -> list[tuple[str, float]]:
+    """py-spy samples of stagegate under enforce load: the functions holding the most samples (inclusive)."""
+    out = bench.work / "profile.txt"
+    set_mode(bench.ports["sg_admin"], "create_deal", "enforce")
+    spy = subprocess.Popen([str(Path(PY).parent / "py-spy"), "record", "--pid", str(bench.sg.pid), "--duration",
+                            str(seconds), "--rate", "200", "--format", "raw", "--nonblocking", "--output", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    wrk(f"http://127.0.0.1:{bench.ports['sg']}/api/v1/deals", bench.canonical, seconds)
+    spy.wait(seconds + 30)
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        total += count
+        for frame in set(stack.split(";")):
+            name = frame.split(" (")[0]
+            inclusive[name] += count
+    return [(name, round(100 * count / total, 1)) for name, count in inclusive.most_common(25)]
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    return f"{cpu}, {Path('/proc/cpuinfo').read_text().count('processor')} CPUs, {platform.python_implementation()} " \
+           f"{platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def render(results: dict[str, Any]) -> str:
+    e2e = results["e2e"]
+    up, bare, ngx = (e2e[k] for k in ("upstream direct (nginx return 200)", "bare aiohttp proxy", "nginx proxy_pass"))
+    lines = [
+        "# stagegate benchmark results", "",
+        f"Machine: {results['machine']}. Run {results['when']} with `{results['command']}`; "
+        f"{results['reps']} repetitions alternating targets, medians. Servers pinned to CPU 0, load to CPU 1.", "",
+        "## Validator (body → classification → decision, per call, µs)", "",
+        "| case | bytes | median | p99 | orjson.loads median | ratio |", "|---|---:|---:|---:|---:|---:|",
+        *[f"| {r['case']} | {r['bytes']} | {r['validator_median_us']} | {r['validator_p99_us']} | "
+          f"{r['orjson_median_us']} | {r['median_ratio']}× |" for r in results["validator"]], "",
+        f"## End to end (1 KB JSON POST; saturation: wrk -t1 -c32; latency: open loop at {results['rate']} req/s)", "",
+        "| target | req/s | × bare aiohttp | × nginx proxy_pass | p50 ms | p99 ms | p50 added over upstream ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in e2e.items():
+        lines.append(f"| {name} | {m['rps']:.0f} | {m['rps'] / bare['rps']:.2f} | {m['rps'] / ngx['rps']:.2f} | "
+                     f"{m['p50_ms']:.3f} | {m['p99_ms']:.3f} | {m['p50_ms'] - up['p50_ms']:+.3f} |")
+    if "propagation" in results:
+        prop = results["propagation"]
+        lines += ["", "## Mode propagation (PUT on replica A → applied on replica B, Redis pub/sub)", "",
+                  f"{prop['changes']} changes: p50 {prop['p50_ms']} ms, p99 {prop['p99_ms']} ms, "
+                  f"max {prop['max_ms']} ms (includes the PUT round trip and the polling of B)."]
+    if "memory" in results:
+        lines += ["", "## Memory (stagegate RSS under enforce load)", "", "| requests | RSS KiB |", "|---:|---:|",
+                  *[f"| {p['requests']} | {p['rss_kib']} |" for p in results["memory"]]]
+    if "profile" in results:
+        lines += ["", "## Where the time goes (py-spy, share of samples including callees, enforce load)", "",
+                  "| function | % |", "|---|---:|", *[f"| `{name}` | {share} |" for name, share in results["profile"]]]
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="stagegate-bench-") as name:
+        yield Path(name)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="stagegate benchmark harness")
+    parser.add_argument("--quick", action="store_true", help="short runs, no memory soak (a minute or two)")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--seconds", type=float, default=None, help="per wrk and open-loop run")
+    parser.add_argument("--rate", type=int, default=1000, help="fixed rate for latency (req/s)")
+    parser.add_argument("--workers", type=int, default=1, help="also measure stagegate --workers N (needs redis)")
+    parser.add_argument("--memory-requests", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    reps = args.reps or (1 if args.quick else 3)
+    seconds = args.seconds or (2 if args.quick else 5)
+    results: dict[str, Any] = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                               "command": "./scripts/bench" + (" --quick" if args.quick else ""), "reps": reps,
+                               "rate": args.rate}
+    print("validator micro-benchmark …", flush=True)
+    results["validator"] = validator.measure(args.quick)
+    with workdir() as work, ExitStack() as stack:
+        bench = Bench(work, stack, args.workers)
+        print("end to end …", flush=True)
+        results["e2e"] = bench.measure(reps, seconds, args.rate)
+        print("propagation …", flush=True)
+        results["propagation"] = propagation(work, 20 if args.quick else 100)
+        if not args.quick:
+            print("profile …", flush=True)
+            results["profile"] = profile(bench, 8)
+            print("memory …", flush=True)
+            results["memory"] = memory(bench, args.memory_requests)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "README.md").write_text(render(results))
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

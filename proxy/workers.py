@@ -1,0 +1,88 @@
+"""``--workers N``: a supervisor running N proxy processes on the same ports (SO_REUSEPORT).
+
+Each worker is a fresh ``python -m proxy`` with the same arguments, so it reads
+the same settings; modes are shared through Redis (the in-memory store is
+refused for N > 1). Metrics use prometheus-client's multiprocess mode: every
+worker writes to a shared directory and ``/metrics`` on any worker shows the
+sum (counters, histograms) or the latest live value (mode gauges).
+
+Shutdown, step by step: SIGTERM/SIGINT is forwarded to every worker, each
+drains its requests, the supervisor reaps them and removes the metrics
+directory. A worker dying on its own takes the others down with it (exit 1):
+a half-capacity sidecar should be restarted by its orchestrator, not limp on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from types import FrameType
+from typing import Final
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from proxy.logs import log_event
+from proxy.metrics import MULTIPROC_ENV
+
+WORKER_ENV: Final = "STAGE_WORKER"
+log = logging.getLogger(__name__)
+
+
+def is_worker() -> bool:
+    return os.environ.get(WORKER_ENV) == "1"
+
+
+class Supervisor:
+    """Starts, watches and stops the worker processes."""
+
+    def __init__(self, argv: Sequence[str], count: int) -> None:
+        self.argv = list(argv)
+        self.count = count
+        self.stopping = False
+        self.workers: dict[int, subprocess.Popen[bytes]] = {}
+
+    def _forward(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    def run(self) -> int:
+        metrics_dir = tempfile.mkdtemp(prefix="stagegate-metrics-")
+        env = {**os.environ, WORKER_ENV: "1", MULTIPROC_ENV: metrics_dir}
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._forward)
+        try:
+            for _ in range(self.count):
+                proc = subprocess.Popen([sys.executable, "-m", "proxy", *self.argv], env=env)
+                self.workers[proc.pid] = proc
+            log_event(log, logging.INFO, "workers_started", workers=sorted(self.workers))
+            return self._reap(metrics_dir)
+        finally:
+            self._forward(signal.SIGTERM, None)
+            for proc in self.workers.values():
+                proc.wait()
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _reap(self, metrics_dir: str) -> int:
+        code = 0
+        while any(proc.poll() is None for proc in self.workers.values()):
+            pid, status = os.wait()
+            proc = self.workers.get(pid)
+            if proc is None:
+                continue
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]  # untyped in prometheus-client
+            if not self.stopping:
+                log_event(log, logging.ERROR, "worker_died", pid=pid, code=proc.returncode)
+                self._forward(signal.SIGTERM, None)
+                code = 1
+            elif proc.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
+                code = 1
+        return code
