@@ -123,8 +123,8 @@ def wrk(url: str, body_file: Path, seconds: float, connections: int = 32) -> flo
     script = body_file.with_suffix(".lua")
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
-    out = subprocess.run(pinned(CLIENT_CPUS, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script),
-                                              url]), capture_output=True, text=True, timeout=seconds + 30).stdout
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script), url]
+    out = subprocess.run(pinned(CLIENT_CPUS, command), capture_output=True, text=True, timeout=seconds + 30).stdout
     match = re.search(r"Requests/sec:\s+([0-9.]+)", out)
     if match is None:
         raise RuntimeError(f"wrk printed no rate:\n{out}")

@@ -1,8 +1,9 @@
 """Validator micro-benchmark: body → classification → decision, against bare orjson.loads.
 
-Run:  .venv/bin/python bench/validator.py [--quick] [--out bench/results]
-Writes validator.md and validator.json; the figures are per call, median and p99,
-with the ratio to ``orjson.loads`` of the same bytes measured in the same run.
+Run:  .venv/bin/python -m bench.validator [--quick] [--out DIR]
+Prints a table (and with --out writes validator.md and validator.json); figures are
+per call, median and p99, with the ratio to ``orjson.loads`` of the same bytes
+measured in the same run. ``./scripts/bench`` includes it in bench/results/.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def render(rows: list[dict[str, object]]) -> str:
         "",
         f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.system()} {platform.release()}; measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        "Command: `.venv/bin/python bench/validator.py` (per call, µs; ratio = validator / orjson.loads medians).",
+        "Command: `.venv/bin/python -m bench.validator` (per call, µs; ratio = validator / orjson.loads medians).",
         "",
         "| case | bytes | validator median | validator p99 | orjson.loads median | ratio |",
         "|---|---:|---:|---:|---:|---:|",
@@ -115,12 +116,13 @@ def render(rows: list[dict[str, object]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer samples (CI)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=None, help="also write validator.md and validator.json here")
     args = parser.parse_args()
     rows = measure(args.quick)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "validator.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (args.out / "validator.md").write_text(render(rows))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "validator.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (args.out / "validator.md").write_text(render(rows))
     print(render(rows))
     return 0
 
