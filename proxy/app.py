@@ -18,8 +18,9 @@ from proxy.dataplane import DataPlane
 from proxy.forwarding import Upstream
 from proxy.metrics import Metrics
 from proxy.modes import ModeState
-from proxy.modestore import MemoryModeStore, ModeStore, RedisModeStore
+from proxy.modestore import MemoryModeStore, ModeStore
 from proxy.ops import OpsContext
+from proxy.redisstore import RedisModeStore
 from proxy.settings import Settings
 
 SETTINGS: Final = web.AppKey("settings", Settings)

@@ -12,48 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import Mapping
-from dataclasses import asdict
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-import orjson
 
 from proxy.canary import is_enforced
 from proxy.catalog import Catalog, Mode
 from proxy.logs import log_event
 from proxy.metrics import Metrics
-from proxy.modestore import ModeRecord, ModeStore, StoreUnavailable
+from proxy.modestore import ModeStore, StoreUnavailable
+from proxy.records import Block, HistoryEntry, ModeRecord, StoreState, utc_now
+from proxy.statefile import read_state_file, write_state_file
 
 log = logging.getLogger(__name__)
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def read_state_file(path: Path) -> dict[str, ModeRecord] | None:
-    """Modes saved by an earlier run, or None (missing or unreadable file: logged)."""
-    try:
-        data = orjson.loads(path.read_bytes())
-        return {str(name): ModeRecord.from_obj(record) for name, record in data["endpoints"].items()}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        log_event(log, logging.WARNING, "state_file_unreadable", path=str(path), error=str(exc)[:200])
-        return None
-
-
-def write_state_file(path: Path, records: Mapping[str, ModeRecord]) -> None:
-    """Atomically replace the state file (temporary name, fsync, rename)."""
-    payload = orjson.dumps({"saved_at": utc_now(), "endpoints": {k: asdict(v) for k, v in records.items()}})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class ModeState:
@@ -70,7 +40,7 @@ class ModeState:
         self.records: dict[str, ModeRecord] = {}
         self._fast: dict[str, tuple[Mode, float]] = {}
         self.source = "default"
-        self.enforce_blocked = False
+        self.blocks: dict[str, Block] = {}
         self.degraded = False
         self.resolved = False
         self._from_store = False
@@ -86,6 +56,11 @@ class ModeState:
         if mode != "enforce" or percent >= 100:
             return mode
         return "enforce" if is_enforced(request_id, percent) else "warn"
+
+    @property
+    def enforce_blocked(self) -> bool:
+        """True while any block_enforce alert is firing."""
+        return bool(self.blocks)
 
     # -- keeping it fresh -------------------------------------------------
 
@@ -118,9 +93,9 @@ class ModeState:
         """Reload from the store; on failure keep what we have and say so once."""
         generation = self._generation
         try:
-            records = await self._store.load()
-            if not records and self._known:
-                records = await self._reseed()
+            state = await self._store.load()
+            if not state.records and self._known:
+                state = await self._reseed()
         except StoreUnavailable as exc:
             self._degrade(str(exc))
             return
@@ -131,19 +106,26 @@ class ModeState:
             log_event(log, logging.INFO, "mode_store_recovered", source=self._store.source)
         self.degraded = False
         self._from_store = True
-        self._known = self._known or bool(records)
+        self._known = self._known or bool(state.records)
         self._set_source(self._store.source)
-        if self._apply(records) or not self.resolved:
+        self._set_blocks(state.blocks)
+        if self._apply(state.records) or not self.resolved:
             self._save_state()
 
-    async def _reseed(self) -> dict[str, ModeRecord]:
+    def _set_blocks(self, blocks: dict[str, Block]) -> None:
+        self.blocks = blocks
+        self._metrics.blocked.set(1 if blocks else 0)
+
+    async def _reseed(self) -> StoreState:
         """The store came back empty (restarted without persistence): write our modes back.
 
         Silently falling back to ``default_mode`` would turn enforcement off on
         every replica at once; HSETNX keeps any mode an operator set meanwhile.
         """
         log_event(log, logging.WARNING, "mode_store_reseeded", modes={n: r.mode for n, r in self.records.items()})
-        await self._store.seed(self.records)
+        history = [HistoryEntry("mode", "stagegate", "startup", "mode store was empty: last-known mode restored",
+                                endpoint=name, to_mode=r.mode, percent=r.percent) for name, r in self.records.items()]
+        await self._store.seed(self.records, history)
         return await self._store.load()
 
     def _degrade(self, error: str) -> None:
@@ -185,14 +167,61 @@ class ModeState:
 
     # -- changes ------------------------------------------------------------
 
-    async def change(self, endpoints: list[str], mode: Mode, percent: float, actor: str, reason: str) -> None:
-        """Store a new mode for ``endpoints`` and apply it here at once."""
+    async def change(self, endpoints: Sequence[str], mode: Mode, percent: float, actor: str, reason: str, *,
+                     source: str = "api", forced: bool = False, alertname: str | None = None,
+                     group_key: str | None = None) -> None:
+        """Store a new mode for ``endpoints`` (with its history) and apply it here at once."""
         record = ModeRecord(mode, percent, utc_now(), actor, reason)
         changes = dict.fromkeys(endpoints, record)
-        await self._store.save(changes)
+        history = [HistoryEntry("mode", actor, source, reason, endpoint=name, from_mode=self.records[name].mode,
+                                to_mode=mode, percent=percent, forced=forced, alertname=alertname,
+                                group_key=group_key) for name in endpoints]
+        await self._store.save(changes, history)
         self._generation += 1
         self._known = True
         self._apply({**self.records, **changes})
         self._save_state()
-        log_event(log, logging.INFO, "mode_changed", endpoints=endpoints, mode=mode, percent=percent,
-                  actor=actor, reason=reason)
+        log_event(log, logging.INFO, "mode_changed", endpoints=list(endpoints), mode=mode, percent=percent,
+                  actor=actor, reason=reason, source=source, forced=forced, alertname=alertname)
+
+    async def downgrade(self, endpoints: Sequence[str] | None, alertname: str, group_key: str) -> list[str]:
+        """Put enforcing endpoints (all, if None) back to warn; returns those changed (re-sends change none)."""
+        await self._fresh()
+        names = self._catalog.endpoint_names if endpoints is None else endpoints
+        enforcing = [name for name in names if self.records[name].mode == "enforce"]
+        if enforcing:
+            await self.change(enforcing, "warn", 0.0, alertname, f"auto-downgrade: alert {alertname} firing",
+                              source="alertmanager", alertname=alertname, group_key=group_key)
+        return enforcing
+
+    async def update_blocks(self, firing: Sequence[Block], resolved: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Record firing block_enforce alerts and drop resolved ones; returns (added, removed) fingerprints."""
+        await self._fresh()
+        add = [block for block in firing if block.fingerprint not in self.blocks]
+        remove = [fp for fp in dict.fromkeys(resolved) if fp in self.blocks and fp not in {b.fingerprint for b in add}]
+        if not add and not remove:
+            return [], []
+        history = [HistoryEntry("block_enforce", b.alertname, "alertmanager", f"alert {b.alertname} firing",
+                                endpoint=b.endpoint, alertname=b.alertname, group_key=b.group_key) for b in add]
+        history += [HistoryEntry("unblock_enforce", self.blocks[fp].alertname, "alertmanager",
+                                 f"alert {self.blocks[fp].alertname} resolved", endpoint=self.blocks[fp].endpoint,
+                                 alertname=self.blocks[fp].alertname, group_key=self.blocks[fp].group_key)
+                    for fp in remove]
+        await self._store.set_blocks(add, remove, history)
+        blocks = {**self.blocks, **{b.fingerprint: b for b in add}}
+        for fingerprint in remove:
+            blocks.pop(fingerprint, None)
+        self._generation += 1
+        self._set_blocks(blocks)
+        log_event(log, logging.WARNING if add else logging.INFO, "enforce_block_changed", blocked=bool(blocks),
+                  added=[b.alertname for b in add], removed=len(remove))
+        return [b.fingerprint for b in add], remove
+
+    async def _fresh(self) -> None:
+        """Read the store now (decisions must not rest on a stale view); StoreUnavailable if it cannot."""
+        await self.refresh()
+        if self.degraded:
+            raise StoreUnavailable("the mode store is unreachable")
+
+    async def history(self, limit: int) -> list[HistoryEntry]:
+        return await self._store.history(limit)

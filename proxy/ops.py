@@ -16,12 +16,13 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy import alerts
 from proxy.catalog import MODES, Catalog, Mode
 from proxy.dataplane import DataPlane
 from proxy.logs import log_event, safe_text
 from proxy.metrics import Metrics
 from proxy.modes import ModeState
-from proxy.modestore import StoreUnavailable
+from proxy.modestore import HISTORY_LIMIT, StoreUnavailable
 from proxy.problems import problem
 from proxy.settings import Secret
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 PUT_FIELDS: Final = frozenset({"endpoint", "mode", "percent", "reason", "actor", "force"})
 MAX_REASON: Final = 500
 MAX_ACTOR: Final = 100
+ADMIN_MAX_BODY: Final = 8 * 1024 * 1024  # Alertmanager can batch thousands of alerts in one notification
 
 
 @dataclass(slots=True)
@@ -146,14 +148,37 @@ async def put_mode(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
     if mode == "enforce" and ctx.modes.enforce_blocked and not force:
+        alerts = sorted({f"{b.alertname}" + (f" ({b.endpoint})" if b.endpoint else "") for b in
+                         ctx.modes.blocks.values()})
         return problem(409, "enforce-blocked", "Enforce is blocked",
-                       "enforce is blocked while unknown values are high; retry later or send force=true")
+                       f"enforce is blocked while these alerts fire: {', '.join(alerts)}; wait for them to resolve "
+                       "or send force=true", blocked_by=alerts)
     try:
-        await ctx.modes.change(endpoints, mode, percent, actor, reason)
+        await ctx.modes.change(endpoints, mode, percent, actor, reason, forced=force and ctx.modes.enforce_blocked)
     except StoreUnavailable as exc:
         log_event(log, logging.WARNING, "mode_change_failed", error=str(exc)[:200])
         return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
     return _json(mode_view(ctx))
+
+
+async def get_history(request: web.Request) -> web.Response:
+    ctx = request.app[OPS]
+    text = request.query.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= HISTORY_LIMIT:
+        return problem(400, "bad-request", "Bad Request", f"'limit' must be an integer from 1 to {HISTORY_LIMIT}")
+    try:
+        entries = await ctx.modes.history(int(text))
+    except StoreUnavailable:
+        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
+    return _json({"entries": [entry.to_obj() for entry in entries]})
+
+
+async def post_alertmanager(request: web.Request) -> web.Response:
+    ctx = request.app[OPS]
+    denied = _authorize(request, ctx.token)
+    if denied is not None:
+        return denied
+    return await alerts.webhook(request, ctx.catalog, ctx.modes)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -196,18 +221,19 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[OPS]
-    ctx.metrics.blocked.set(1 if ctx.modes.enforce_blocked else 0)
     return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def create_admin_app(ctx: OpsContext) -> web.Application:
     """The admin listener's application (no I/O here)."""
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=ADMIN_MAX_BODY)
     app[OPS] = ctx
     app[PROBE] = UpstreamProbe()
     app.router.add_get("/_ops/healthz", healthz)
     app.router.add_get("/_ops/readyz", readyz)
     app.router.add_get("/_ops/mode", get_mode)
     app.router.add_put("/_ops/mode", put_mode)
+    app.router.add_get("/_ops/mode/history", get_history)
+    app.router.add_post("/_ops/alertmanager", post_alertmanager)
     app.router.add_get("/metrics", metrics)
     return app

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from proxy.catalog import default_catalog
 from proxy.metrics import Metrics
-from proxy.modes import ModeState, read_state_file, write_state_file
-from proxy.modestore import MemoryModeStore, ModeRecord
+from proxy.modes import ModeState
+from proxy.modestore import MemoryModeStore
+from proxy.records import ModeRecord, StoreState
+from proxy.statefile import read_state_file, write_state_file
 
 CATALOG = default_catalog()
 
@@ -21,7 +23,7 @@ class GatedStore(MemoryModeStore):
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def load(self) -> dict[str, ModeRecord]:
+    async def load(self) -> StoreState:
         snapshot = await super().load()
         await self.gate.wait()
         return snapshot

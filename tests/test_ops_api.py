@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import aiohttp
@@ -17,7 +18,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 async def put(http: aiohttp.ClientSession, run: Running, body: bytes | dict[str, Any],
               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    async with http.put(f"{run.admin_url}/_ops/mode", data=data, headers=headers if headers is not None else AUTH) as r:
+    headers = headers if headers is not None else AUTH
+    async with http.put(f"{run.admin_url}/_ops/mode", data=io.BytesIO(data), headers=headers) as r:
         return r.status, orjson.loads(await r.read())
 
 
@@ -117,8 +119,9 @@ async def test_enforce_defaults_to_100_percent(proxy: Running, http: aiohttp.Cli
 async def test_enforce_blocked_is_409_unless_forced(proxy: Running, http: aiohttp.ClientSession) -> None:
     """While enforce is blocked, PUT enforce answers 409; force=true goes through."""
     from proxy.app import CONTEXT
+    from proxy.records import Block
 
-    proxy.app[CONTEXT].modes.enforce_blocked = True
+    await proxy.app[CONTEXT].modes.update_blocks([Block("fp", "StageUnknownHighInWarn", None, "g", "t")], [])
     status, body = await put(http, proxy, {"endpoint": "*", "mode": "enforce", "reason": "go"})
     assert status == 409 and body["status"] == 409
     status, _ = await put(http, proxy, {"endpoint": "*", "mode": "warn", "reason": "warn is fine"})
@@ -148,5 +151,5 @@ async def test_admin_is_not_the_main_listener(proxy: Running, http: aiohttp.Clie
 
 async def test_put_oversized_body_is_413_problem(proxy: Running, http: aiohttp.ClientSession) -> None:
     """A PUT body over the admin limit is a 413 problem, not a crash."""
-    status, body = await put(http, proxy, b"{" + b" " * 100_000 + b"}")
+    status, body = await put(http, proxy, b"{" + b" " * (9 * 1024 * 1024) + b"}")
     assert status == 413 and body["status"] == 413

@@ -14,9 +14,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from proxy.modes import write_state_file
-from proxy.modestore import ModeRecord
+from proxy.records import ModeRecord
 from proxy.server import Running
+from proxy.statefile import write_state_file
 from tests.conftest import TOKEN, ProxyFactory, RedisServer, Upstream, free_port, set_mode, spawn_proxy
 
 

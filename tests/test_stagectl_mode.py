@@ -65,9 +65,10 @@ async def test_unreachable_admin_url() -> None:
 async def test_blocked_enforce_has_its_own_exit_code(make_proxy: ProxyFactory) -> None:
     """409 (enforce blocked) exits 4; --force goes through."""
     from proxy.app import CONTEXT
+    from proxy.records import Block
 
     run = await make_proxy()
-    run.app[CONTEXT].modes.enforce_blocked = True
+    await run.app[CONTEXT].modes.update_blocks([Block("fp", "StageUnknownHighInWarn", None, "g", "t")], [])
     result = await stagectl("mode", "--admin-url", run.admin_url, "set", "*", "enforce", "--reason", "go")
     assert result.returncode == 4, result.stderr
     result = await stagectl("mode", "--admin-url", run.admin_url, "set", "*", "enforce", "--reason", "go", "--force")
