@@ -17,6 +17,8 @@ from typing import Any, NoReturn
 import aiohttp
 import orjson
 
+from tools import offenders
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_BLOCKED, EXIT_STORE = 0, 1, 2, 3, 4, 5
 _STATUS_EXIT = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 409: EXIT_BLOCKED, 503: EXIT_STORE}
 
@@ -53,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--reason", required=True, help="why (recorded with the change)")
     change.add_argument("--actor", default=None, help="who (default $USER)")
     change.add_argument("--force", action="store_true", help="enforce even while enforce is blocked")
+    offenders = commands.add_parser("offenders", help="top consumers and values per endpoint from the proxy's logs")
+    offenders.add_argument("logs", nargs="+", metavar="LOG", help="proxy JSON log files; '-' reads standard input")
+    offenders.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
+    offenders.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -110,11 +116,27 @@ async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
+def run_offenders(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise CommandError("--top must be at least 1", EXIT_USAGE)
+    try:
+        report = offenders.build(args.logs)
+    except OSError as exc:
+        raise CommandError(f"cannot read {exc.filename!r}: {exc.strerror}", EXIT_USAGE) from None
+    if args.json:
+        print(orjson.dumps(offenders.as_json(report, args.top), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(offenders.as_text(report, args.top))
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run one stagectl command; errors are one line on stderr and a meaningful exit code."""
     env = os.environ if environ is None else environ
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "offenders":
+            return run_offenders(args)
         return asyncio.run(run_mode(args, env))
     except CommandError as exc:
         print(f"stagectl: error: {exc}", file=sys.stderr)
