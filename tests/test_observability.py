@@ -134,3 +134,22 @@ def test_dashboard_json_is_what_the_builder_writes(tmp_path: Path) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert json.loads((OBS / "grafana" / "stagegate.json").read_text()) == module.dashboard()
+
+
+async def test_client_input_never_becomes_a_label(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """Random paths, methods, headers and stages add no series to /metrics: cardinality is fixed."""
+    async with http.get(f"{proxy.admin_url}/metrics") as response:
+        before = {line.rsplit(" ", 1)[0] for line in (await response.text()).splitlines() if not line.startswith("#")}
+    await set_mode(http, proxy, "create_deal", "warn")
+    for i in range(50):
+        async with http.request("POST" if i % 2 else "PURGE", f"{proxy.url}/random/{i}?q={i}",
+                                headers={"X-Request-ID": f"id-{i}", "User-Agent": f"ua-{i}"}) as response:
+            await response.read()
+        async with http.post(f"{proxy.url}/api/v1/deals", json={"stage": f"stage-{i}"},
+                             headers={"User-Agent": f"agent-{i}"}) as response:
+            await response.read()
+    async with http.get(f"{proxy.admin_url}/metrics") as response:
+        text = await response.text()
+    after = {line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")}
+    assert after == before
+    assert "stage-1" not in text and "agent-1" not in text and "/random" not in text
