@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -228,3 +229,77 @@ def spawn_proxy(upstream_url: str, *args: str, env: dict[str, str] | None = None
     full_env = {**os.environ, "STAGE_OPS_TOKEN": TOKEN, **(env or {})}
     proc = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return proc, main, admin
+
+
+class PostgresServer:
+    """A real PostgreSQL cluster in a temp dir, run as an unprivileged user (initdb refuses root)."""
+
+    PASSWORD_ROLE = "stage_pw"
+    PASSWORD = "s3cret-db-pw"
+
+    def __init__(self, base: Path) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not found:
+            raise RuntimeError("PostgreSQL server binaries are missing: scripts/test installs 'postgresql'")
+        self.bin = found[-1].parent
+        self.base = base
+        self.data = base / "data"
+        self.port = free_port()
+        self.user = "postgres" if os.geteuid() == 0 else None
+
+    def _run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        prefix = ["runuser", "-u", self.user, "--"] if self.user else []
+        return subprocess.run([*prefix, *command], capture_output=True, text=True, check=check, timeout=120)
+
+    def dsn(self, database: str = "postgres", user: str = "postgres", password: str | None = None) -> str:
+        auth = f"{user}:{password}@" if password else f"{user}@"
+        return f"postgresql://{auth}127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        if self.user:
+            shutil.chown(self.base, self.user)
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                  "--locale=C.UTF-8")
+        (self.data / "pg_hba.conf").write_text(
+            f"host all {self.PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n"
+            "local all all trust\n")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "pg.log"), "-w", "-o",
+                  f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
+                  "-c synchronous_commit=off -c full_page_writes=off", "start")
+        self.psql(f"CREATE ROLE {self.PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{self.PASSWORD}'")
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", self.dsn(database), "-c", sql],
+                                capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"psql failed: {result.stderr}")
+        return result.stdout.strip()
+
+    def stop(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop", check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session; tests take their own databases (see ``database``).
+
+    Its directory is made outside pytest's root-only temp tree: the server runs as ``postgres``.
+    """
+    base = Path(tempfile.mkdtemp(prefix="stagegate-pg-"))
+    base.chmod(0o755)
+    server = PostgresServer(base)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database for this test; its DSN."""
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    postgres.psql(f"CREATE DATABASE {name}")
+    yield postgres.dsn(name)
+    postgres.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

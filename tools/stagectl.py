@@ -1,8 +1,9 @@
 """``stagectl``: the rollout tools (DESIGN §4). Entry point is :func:`main`.
 
-Exit codes: 0 ok; 1 service unreachable or failed; 2 bad usage or rejected
-input; 3 authentication refused; 4 enforce blocked (409); 5 mode store
-unavailable (503).
+Exit codes (tools/errors.py): 0 ok; 1 service unreachable, run failed or
+verification failed; 2 bad usage or rejected input; 3 credentials refused;
+4 enforce blocked (409); 5 mode store unavailable (503); 6 another migration
+holds the lock; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -17,18 +18,10 @@ from typing import Any, NoReturn
 import aiohttp
 import orjson
 
-from tools import offenders
+from tools import migrate_cli, offenders
+from tools.errors import EXIT_AUTH, EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, EXIT_STORE, EXIT_USAGE, CommandError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_BLOCKED, EXIT_STORE = 0, 1, 2, 3, 4, 5
 _STATUS_EXIT = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 409: EXIT_BLOCKED, 503: EXIT_STORE}
-
-
-class CommandError(Exception):
-    """A failure worded for the operator, with the exit code it maps to."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stagectl", description="stagegate rollout tools.",
                      epilog="exit codes: 0 ok, 1 unreachable/failed, 2 usage or rejected input, 3 auth refused, "
-                            "4 enforce blocked, 5 mode store unavailable")
+                            "4 enforce blocked, 5 mode store unavailable, 6 migration lock held, 130 interrupted")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     mode = commands.add_parser("mode", help="read or change endpoint modes through the proxy's _ops API")
     mode.add_argument("--admin-url", default=None,
@@ -48,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--timeout-s", type=float, default=5.0, help="HTTP timeout (default 5)")
     actions = mode.add_subparsers(dest="action", required=True, parser_class=_Parser)
     actions.add_parser("get", help="show every endpoint's mode, the source and the enforce block")
+    mode.set_defaults(handler=run_mode)
     change = actions.add_parser("set", help="change a mode (token from $STAGE_OPS_TOKEN)")
     change.add_argument("endpoint", help="endpoint name, or '*' for all")
     change.add_argument("mode", choices=["off", "warn", "enforce"])
@@ -59,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     offenders.add_argument("logs", nargs="+", metavar="LOG", help="proxy JSON log files; '-' reads standard input")
     offenders.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
     offenders.add_argument("--json", action="store_true", help="machine-readable output")
+    offenders.set_defaults(handler=run_offenders)
+    migrate_cli.register(commands)
     return parser
 
 
@@ -116,7 +112,7 @@ async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return EXIT_OK
 
 
-def run_offenders(args: argparse.Namespace) -> int:
+async def run_offenders(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.top < 1:
         raise CommandError("--top must be at least 1", EXIT_USAGE)
     try:
@@ -135,9 +131,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     env = os.environ if environ is None else environ
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "offenders":
-            return run_offenders(args)
-        return asyncio.run(run_mode(args, env))
+        code: int = asyncio.run(args.handler(args, env))
+        return code
     except CommandError as exc:
         print(f"stagectl: error: {exc}", file=sys.stderr)
         return exc.code

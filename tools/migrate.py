@@ -1,0 +1,248 @@
+"""``stagectl migrate``: batched, resumable normalization of stored stages (DESIGN §4).
+
+Each batch is one transaction holding the data update, its log rows and the
+control row, so a crash at any instant loses nothing and repeats nothing. The
+data update is a compare-and-set (``WHERE stage = old``): a row the application
+changed meanwhile keeps the application's value and is counted as skipped.
+Keyset pagination on the key, never OFFSET. Every distinct value is classified
+by the proxy's own catalog (proxy.catalog), so what the migration writes is
+exactly what the proxy accepts; the SQL is in tools/migrate_sql.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+
+import asyncpg
+
+from proxy.catalog import Catalog
+from tools.db import Target, quote_ident, read_only
+from tools.errors import EXIT_BUSY, EXIT_USAGE, CommandError
+from tools.migrate_sql import CREATE_KNOWN, REMEMBER, batch_sql
+from tools.progress import Progress
+
+MIN_BATCH, MAX_BATCH = 50, 50_000
+TIMEOUTS = (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the operator asked for (stagectl migrate …)."""
+
+    apply: bool = False
+    batch_size: int = 1000
+    target_batch_ms: float | None = None
+    sleep_ms: float = 0.0
+    lock_timeout_ms: int = 2000
+    statement_timeout_ms: int = 30_000
+    retries: int = 5
+    resume: bool = False
+    resume_from: str | None = None
+    transactional: bool = False
+    progress_interval_s: float = 5.0
+
+
+@dataclass
+class Tally:
+    """What this process saw, batch by batch."""
+
+    scanned: int = 0
+    changed: int = 0
+    unknown: int = 0
+    null: int = 0
+    skipped: int = 0
+    batches: int = 0
+    batch_ms: list[float] = field(default_factory=list)
+
+
+def ddl() -> str:
+    return resources.files("tools").joinpath("migrate.sql").read_text(encoding="utf-8")
+
+
+def catalog_digest(catalog: Catalog) -> str:
+    text = repr((catalog.canonical, sorted(catalog.aliases.items())))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Migration:
+    """One run of ``stagectl migrate`` on one connection."""
+
+    def __init__(self, connection: asyncpg.Connection, target: Target, catalog: Catalog, options: Options,
+                 stop: asyncio.Event) -> None:
+        self.db = connection
+        self.target = target
+        self.catalog = catalog
+        self.options = options
+        self.stop = stop
+        self.tally = Tally()
+        self.run_id = 0
+        self.last_id: str | None = None
+        self.batch_no = 0
+        self.size = options.batch_size
+        self.sql = batch_sql(target, options.apply)
+
+    # -- setting up ----------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Refuse read-only databases, create the control/log tables, take the advisory lock."""
+        if await read_only(self.db):
+            raise CommandError("the database is read-only (default_transaction_read_only or a standby): "
+                               "nothing can be migrated", EXIT_USAGE)
+        await self.db.execute(ddl())
+        await self.db.execute(CREATE_KNOWN)
+        key = f"stagegate-migrate:{self.target.label}"
+        if not await self.db.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
+            raise CommandError(f"another stagectl migrate is running on {self.target.label} "
+                               "(its advisory lock is held); wait for it or stop it", EXIT_BUSY)
+
+    async def open_run(self) -> None:
+        """Start a run, or pick up the one --resume names."""
+        if self.options.resume:
+            await self._resume_latest()
+            return
+        if self.options.resume_from is not None:
+            await self._check_resume_from(self.options.resume_from)
+            self.last_id = self.options.resume_from
+        self.run_id = await self.db.fetchval(
+            "INSERT INTO stage_migration_control (table_name, column_name, pk_name, dry_run, transactional, status, "
+            "last_id, catalog_sha256) VALUES ($1, $2, $3, $4, $5, 'running', $6, $7) RETURNING run_id",
+            f"{self.target.schema}.{self.target.table}", self.target.column, self.target.pk, not self.options.apply,
+            self.options.transactional, self.last_id, catalog_digest(self.catalog))
+
+    async def _resume_latest(self) -> None:
+        row = await self.db.fetchrow(
+            "SELECT run_id, last_id, batch_no FROM stage_migration_control WHERE table_name = $1 AND column_name = $2 "
+            "AND dry_run = $3 AND status <> 'completed' ORDER BY run_id DESC LIMIT 1",
+            f"{self.target.schema}.{self.target.table}", self.target.column, not self.options.apply)
+        if row is None:
+            kind = "--apply" if self.options.apply else "dry"
+            raise CommandError(f"nothing to resume: no unfinished {kind} run on {self.target.label}", EXIT_USAGE)
+        self.run_id, self.last_id, self.batch_no = row["run_id"], row["last_id"], row["batch_no"]
+        await self.db.execute("UPDATE stage_migration_control SET status = 'running', error = NULL, "
+                              "updated_at = now() WHERE run_id = $1", self.run_id)
+
+    async def _check_resume_from(self, value: str) -> None:
+        t, pk = self.target.qualified, quote_ident(self.target.pk)
+        try:
+            beyond = await self.db.fetchval(
+                f"SELECT $1::text::{self.target.pk_type} >= coalesce(max({pk}), $1::text::{self.target.pk_type}) "
+                f"FROM {t}", value)
+        except (asyncpg.DataError, asyncpg.InvalidTextRepresentationError) as exc:
+            raise CommandError(f"--resume-from {value!r} is not a valid {self.target.pk_type}: {exc}",
+                               EXIT_USAGE) from None
+        if beyond:
+            raise CommandError(f"--resume-from {value!r} is at or beyond the last {self.target.pk} of "
+                               f"{self.target.label}: nothing would be migrated", EXIT_USAGE)
+
+    async def total_rows(self) -> int:
+        estimate = await self.db.fetchval("SELECT reltuples::bigint FROM pg_class WHERE oid = $1::regclass",
+                                          self.target.qualified)
+        if estimate is None or estimate < 0:
+            estimate = await self.db.fetchval(f"SELECT count(*) FROM {self.target.qualified}")
+        return int(estimate or 0)
+
+    # -- the batches -----------------------------------------------------------
+
+    async def run(self, progress: Progress) -> str:
+        """Batches until the table is done or a stop is asked for; returns the final status."""
+        while not self.stop.is_set():
+            started = time.perf_counter()
+            batch = await self._batch_with_retry()
+            if batch is None:
+                return "completed"
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self.tally.batch_ms.append(elapsed_ms)
+            self._tune(elapsed_ms)
+            progress.update(self.tally.scanned, run_id=self.run_id, batch=self.batch_no, changed=self.tally.changed)
+            if self.options.sleep_ms:
+                await asyncio.sleep(self.options.sleep_ms / 1000)
+        return "aborted"
+
+    def _tune(self, elapsed_ms: float) -> None:
+        target = self.options.target_batch_ms
+        if target is None or elapsed_ms <= 0:
+            return
+        factor = min(2.0, max(0.5, target / elapsed_ms))
+        self.size = min(MAX_BATCH, max(MIN_BATCH, int(self.size * factor)))
+
+    async def _batch_with_retry(self) -> asyncpg.Record | None:
+        for attempt in range(self.options.retries + 1):
+            try:
+                return await self._batch()
+            except TIMEOUTS as exc:
+                if attempt == self.options.retries:
+                    raise CommandError(f"batch {self.batch_no + 1} timed out {attempt + 1} times "
+                                       f"({type(exc).__name__}); the run stops here and can be resumed") from None
+                self.size = max(1, self.size // 2)  # a smaller batch holds fewer locks for less time
+        return None
+
+    def _page_args(self) -> tuple[object, ...]:
+        return (self.size,) if self.last_id is None else (self.last_id, self.size)
+
+    async def _batch(self) -> asyncpg.Record | None:
+        """Classify the page's new values, then plan, write, log and advance the control row in one statement."""
+        first = self.last_id is None
+        async with self.db.transaction():
+            await self.db.execute(f"SET LOCAL lock_timeout = {int(self.options.lock_timeout_ms)}; "
+                                  f"SET LOCAL statement_timeout = {int(self.options.statement_timeout_ms)}")
+            unseen = await self.db.fetch(self.sql.unseen_first if first else self.sql.unseen_next, *self._page_args())
+            if unseen:
+                await self._remember([row["v"] for row in unseen])
+            tally = await self.db.fetchrow(self.sql.write_first if first else self.sql.write_next,
+                                           *self._page_args(), self.run_id, self.batch_no + 1)
+        if tally is None or not tally["scanned"]:
+            return None
+        self._count(tally)
+        return tally
+
+    async def _remember(self, values: list[str]) -> None:
+        """Classify values never seen in this run with the proxy's catalog."""
+        classes = [self.catalog.classify(value) for value in values]
+        await self.db.execute(REMEMBER, values, [result for result, _ in classes],
+                              [normalized if result == "alias" else None for result, normalized in classes])
+
+    def _count(self, tally: asyncpg.Record) -> None:
+        self.batch_no += 1
+        self.last_id = tally["last_id"]
+        t = self.tally
+        t.batches += 1
+        t.scanned += tally["scanned"]
+        t.changed += tally["changed"]
+        t.unknown += tally["unknown"]
+        t.null += tally["nulls"]
+        t.skipped += tally["planned"] - tally["changed"]
+
+    async def finish(self, status: str, error: str | None = None) -> None:
+        await self.db.execute(
+            "UPDATE stage_migration_control SET status = $2, error = $3, updated_at = now(), "
+            "finished_at = CASE WHEN $2 = 'completed' THEN now() ELSE finished_at END WHERE run_id = $1",
+            self.run_id, status, error)
+
+
+async def summary(connection: asyncpg.Connection, run_id: int, target: Target, catalog: Catalog) -> dict[str, object]:
+    """What the run changed (from its log) and what it could not (distinct unknown values in the table)."""
+    control = await connection.fetchrow("SELECT * FROM stage_migration_control WHERE run_id = $1", run_id)
+    if control is None:
+        raise CommandError(f"run {run_id} does not exist", EXIT_USAGE)
+    variants = await connection.fetch(
+        "SELECT old_value, new_value, count(*) AS n FROM stage_normalization_log WHERE run_id = $1 "
+        "GROUP BY 1, 2 ORDER BY n DESC, old_value", run_id)
+    col = quote_ident(target.column)
+    distinct = await connection.fetch(f"SELECT {col} AS value, count(*) AS n FROM {target.qualified} "
+                                      f"WHERE {col} IS NOT NULL GROUP BY 1")
+    unknown = collections.Counter({r["value"]: r["n"] for r in distinct
+                                   if catalog.classify(r["value"])[0] == "unknown"})
+    return {
+        "run_id": run_id, "status": control["status"], "dry_run": control["dry_run"],
+        "rows_scanned": control["rows_scanned"], "rows_changed": control["rows_changed"],
+        "rows_skipped": control["rows_skipped"], "rows_unknown": control["rows_unknown"],
+        "rows_null": control["rows_null"], "batches": control["batch_no"], "last_id": control["last_id"],
+        "variants": [{"from": r["old_value"], "to": r["new_value"], "rows": r["n"]} for r in variants],
+        "unknown_values": [{"value": v, "rows": n} for v, n in unknown.most_common(50)],
+        "unknown_distinct": len(unknown),
+    }

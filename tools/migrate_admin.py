@@ -1,0 +1,118 @@
+"""``stagectl migrate status | verify | revert``: inspect runs, check the table, undo a run from its log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from proxy.catalog import Catalog
+from tools.db import Target, introspect, quote_ident
+from tools.errors import EXIT_USAGE, CommandError
+
+STATUS_COLUMNS = ("run_id", "table_name", "column_name", "dry_run", "transactional", "status", "batch_no",
+                  "rows_scanned", "rows_changed", "rows_unknown", "rows_null", "rows_skipped", "last_id",
+                  "started_at", "updated_at", "finished_at", "reverted_at", "error")
+
+
+async def _has_control(connection: asyncpg.Connection) -> bool:
+    return bool(await connection.fetchval("SELECT to_regclass('stage_migration_control') IS NOT NULL"))
+
+
+async def status(connection: asyncpg.Connection, run_id: int | None, limit: int) -> list[dict[str, Any]]:
+    """The latest runs (or one), newest first."""
+    if not await _has_control(connection):
+        return []
+    columns = ", ".join(STATUS_COLUMNS)
+    if run_id is not None:
+        rows = await connection.fetch(f"SELECT {columns} FROM stage_migration_control WHERE run_id = $1", run_id)
+        if not rows:
+            raise CommandError(f"run {run_id} does not exist", EXIT_USAGE)
+    else:
+        rows = await connection.fetch(f"SELECT {columns} FROM stage_migration_control ORDER BY run_id DESC LIMIT $1",
+                                      limit)
+    return [{key: (value.isoformat() if hasattr(value, "isoformat") else value) for key, value in row.items()}
+            for row in rows]
+
+
+@dataclass
+class Verdict:
+    """Distinct stored values by class."""
+
+    canonical: dict[str, int]
+    alias: dict[str, int]
+    unknown: dict[str, int]
+    null: int
+
+    @property
+    def clean(self) -> bool:
+        return not self.alias and not self.unknown
+
+    def as_json(self) -> dict[str, Any]:
+        return {"clean": self.clean, "canonical": self.canonical, "alias": self.alias, "unknown": self.unknown,
+                "null": self.null}
+
+
+async def verify(connection: asyncpg.Connection, target: Target, catalog: Catalog) -> Verdict:
+    """Every distinct stage with its count, classified by the proxy's catalog."""
+    col = quote_ident(target.column)
+    rows = await connection.fetch(f"SELECT {col} AS value, count(*) AS n FROM {target.qualified} GROUP BY 1 "
+                                  "ORDER BY n DESC, value")
+    verdict = Verdict({}, {}, {}, 0)
+    for row in rows:
+        value, count = row["value"], int(row["n"])
+        if value is None:
+            verdict.null = count
+            continue
+        result, _ = catalog.classify(value)
+        {"canonical": verdict.canonical, "alias": verdict.alias}.get(result, verdict.unknown)[value] = count
+    return verdict
+
+
+async def _run_target(connection: asyncpg.Connection, run_id: int) -> tuple[Target, bool]:
+    if not await _has_control(connection):
+        raise CommandError("no migration has run on this database", EXIT_USAGE)
+    row = await connection.fetchrow("SELECT table_name, column_name, pk_name, dry_run FROM stage_migration_control "
+                                    "WHERE run_id = $1", run_id)
+    if row is None:
+        raise CommandError(f"run {run_id} does not exist", EXIT_USAGE)
+    target = await introspect(connection, row["table_name"], row["column_name"], row["pk_name"])
+    return target, bool(row["dry_run"])
+
+
+async def revert(connection: asyncpg.Connection, run_id: int, apply: bool, batch_size: int) -> dict[str, int]:
+    """Restore a run's old values where the row still holds the value the run wrote; report the rest."""
+    target, dry_run = await _run_target(connection, run_id)
+    if dry_run:
+        raise CommandError(f"run {run_id} was a dry run: it changed nothing, there is nothing to revert", EXIT_USAGE)
+    t, col, pk = target.qualified, quote_ident(target.column), quote_ident(target.pk)
+    matching = (f"FROM stage_normalization_log l JOIN {t} AS t ON t.{pk} = l.row_id::{target.pk_type} "
+                f"WHERE l.run_id = $1 AND NOT l.dry_run")
+    logged = int(await connection.fetchval("SELECT count(*) FROM stage_normalization_log WHERE run_id = $1", run_id))
+    restorable = int(await connection.fetchval(f"SELECT count(*) {matching} AND t.{col} IS NOT DISTINCT FROM "
+                                               "l.new_value", run_id))
+    if not apply:
+        return {"logged": logged, "restorable": restorable, "changed_since": logged - restorable, "restored": 0}
+    restored = await _revert_batches(connection, run_id, target, batch_size)
+    await connection.execute("UPDATE stage_migration_control SET reverted_at = now(), updated_at = now() "
+                             "WHERE run_id = $1", run_id)
+    return {"logged": logged, "restorable": restorable, "changed_since": logged - restored, "restored": restored}
+
+
+async def _revert_batches(connection: asyncpg.Connection, run_id: int, target: Target, batch_size: int) -> int:
+    t, col, pk = target.qualified, quote_ident(target.column), quote_ident(target.pk)
+    # Pages through the log on its (run_id, row_id) index; row_id is text, so the page order is text order.
+    sql = (f"WITH l AS (SELECT row_id, old_value, new_value FROM stage_normalization_log "
+           f"WHERE run_id = $1 AND NOT dry_run AND row_id > $2 ORDER BY row_id LIMIT $3), "
+           f"r AS (UPDATE {t} AS t SET {col} = l.old_value FROM l WHERE t.{pk} = l.row_id::{target.pk_type} "
+           f"AND t.{col} IS NOT DISTINCT FROM l.new_value RETURNING 1) "
+           "SELECT (SELECT l.row_id FROM l ORDER BY l.row_id DESC LIMIT 1) AS last, "
+           "(SELECT count(*) FROM r) AS restored")
+    last, restored = "", 0
+    while True:
+        async with connection.transaction():
+            row = await connection.fetchrow(sql, run_id, last, batch_size)
+        if row is None or row["last"] is None:
+            return restored
+        last, restored = str(row["last"]), restored + int(row["restored"])

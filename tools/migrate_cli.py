@@ -1,0 +1,247 @@
+"""Command-line wiring for ``stagectl seed-db`` and ``stagectl migrate [status|verify|revert]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import statistics
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from proxy.catalog import DEFAULT_CATALOG_TOML, Catalog, CatalogError, parse_catalog
+from tools import migrate_admin
+from tools.db import connect, introspect, resolve_dsn
+from tools.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
+from tools.migrate import Migration, Options, summary
+from tools.progress import Progress
+from tools.seed import seed
+
+
+class _Rollback(Exception):
+    """Raised inside a --transactional run to undo everything."""
+
+
+def _common(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
+    """Options every migrate action takes; on action parsers they must not reset what came before."""
+    default: Any = argparse.SUPPRESS if inherited else None
+    parser.add_argument("--dsn", default=default, help="PostgreSQL URL (default $DATABASE_URL)")
+    parser.add_argument("--table", default=argparse.SUPPRESS if inherited else "deals", help="default deals")
+    parser.add_argument("--column", default=argparse.SUPPRESS if inherited else "stage", help="default stage")
+    parser.add_argument("--pk", default=default, help="key column (default: the primary key)")
+    parser.add_argument("--config", default=default, help="stage catalog TOML, as the proxy's (default $STAGE_CONFIG)")
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if inherited else False,
+                        help="machine-readable output")
+
+
+def register(commands: Any) -> None:
+    """Add seed-db and migrate to stagectl's subcommands."""
+    seeder = commands.add_parser("seed-db", help="create and fill the legacy deals table (COPY)")
+    seeder.add_argument("--dsn", help="PostgreSQL URL (default $DATABASE_URL)")
+    seeder.add_argument("--rows", type=int, default=1000, help="rows to add (default 1000)")
+    seeder.add_argument("--table", default="deals")
+    seeder.add_argument("--seed", type=int, default=42, help="random seed (default 42): same seed, same rows")
+    seeder.add_argument("--truncate", action="store_true", help="empty the table first")
+    seeder.set_defaults(handler=run_seed)
+
+    migrate = commands.add_parser("migrate", help="normalize stored stages: dry run by default, --apply to write",
+                                  description="Batched, resumable normalization of stored stages (DESIGN §4).")
+    _common(migrate, inherited=False)
+    add = migrate.add_argument
+    add("--apply", action="store_true", help="write the changes (default: dry run, plan logged for review)")
+    add("--batch-size", type=int, default=1000, help="rows per batch (default 1000)")
+    add("--target-batch-ms", type=float, help="auto-tune the batch size towards this batch time")
+    add("--sleep-ms", type=float, default=0.0, help="pause between batches")
+    add("--lock-timeout-ms", type=int, default=2000, help="per batch (default 2000); on timeout the batch halves")
+    add("--statement-timeout-ms", type=int, default=30_000, help="per batch (default 30000)")
+    add("--retries", type=int, default=5, help="timeouts tolerated per batch (default 5)")
+    add("--resume", action="store_true", help="continue the latest unfinished run")
+    add("--resume-from", metavar="LAST_GOOD_ID", help="start a new run after this key")
+    add("--transactional", action="store_true", help="the whole run in one transaction (all or nothing)")
+    add("--progress-interval-s", type=float, default=5.0, help="JSON progress line interval when not on a terminal")
+    migrate.set_defaults(handler=run_migrate)
+    actions = migrate.add_subparsers(dest="action", parser_class=type(migrate))
+    status = actions.add_parser("status", help="runs, their state and progress")
+    _common(status, inherited=True)
+    status.add_argument("--run", type=int, help="one run")
+    status.add_argument("--limit", type=int, default=20)
+    status.set_defaults(handler=run_status)
+    verify = actions.add_parser("verify", help="distinct stages with counts; exit 1 if any is not canonical")
+    _common(verify, inherited=True)
+    verify.set_defaults(handler=run_verify)
+    revert = actions.add_parser("revert", help="restore a run's old values (dry by default)")
+    _common(revert, inherited=True)
+    revert.add_argument("--run", type=int, required=True, help="the run to revert")
+    revert.add_argument("--apply", action="store_true", default=argparse.SUPPRESS, help="write (default: report)")
+    revert.add_argument("--batch-size", type=int, default=argparse.SUPPRESS)
+    revert.set_defaults(handler=run_revert)
+
+
+def load_catalog(path: str | None, environ: Mapping[str, str]) -> Catalog:
+    source = path or environ.get("STAGE_CONFIG")
+    try:
+        text = Path(source).read_text(encoding="utf-8") if source else DEFAULT_CATALOG_TOML
+        return parse_catalog(text)
+    except OSError as exc:
+        raise CommandError(f"--config: cannot read {source!r}: {exc.strerror}", EXIT_USAGE) from None
+    except CatalogError as exc:
+        raise CommandError(f"--config {source}: {exc}", EXIT_USAGE) from None
+
+
+@contextlib.asynccontextmanager
+async def database(args: argparse.Namespace) -> AsyncIterator[asyncpg.Connection]:
+    connection = await connect(resolve_dsn(args.dsn))
+    try:
+        yield connection
+    except asyncpg.ReadOnlySQLTransactionError:
+        raise CommandError("the database is read-only: nothing can be written", EXIT_USAGE) from None
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        raise CommandError(f"database error: {type(exc).__name__}: {exc}") from None
+    finally:
+        await connection.close()
+
+
+def emit(args: argparse.Namespace, data: object, text: str) -> None:
+    print(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() if args.json else text)
+
+
+async def run_seed(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.rows < 0:
+        raise CommandError("--rows must be 0 or more", EXIT_USAGE)
+    async with database(args) as connection:
+        total = await seed(connection, args.table, args.rows, args.seed, args.truncate)
+    print(f"seeded {args.rows} rows into {args.table}; it now holds {total}")
+    return EXIT_OK
+
+
+def _options(args: argparse.Namespace) -> Options:
+    if args.batch_size < 1 or (args.target_batch_ms is not None and args.target_batch_ms <= 0):
+        raise CommandError("--batch-size and --target-batch-ms must be positive", EXIT_USAGE)
+    if args.resume and args.resume_from is not None:
+        raise CommandError("--resume and --resume-from exclude each other", EXIT_USAGE)
+    return Options(apply=args.apply, batch_size=args.batch_size, target_batch_ms=args.target_batch_ms,
+                   sleep_ms=args.sleep_ms, lock_timeout_ms=args.lock_timeout_ms,
+                   statement_timeout_ms=args.statement_timeout_ms, retries=args.retries, resume=args.resume,
+                   resume_from=args.resume_from, transactional=args.transactional,
+                   progress_interval_s=args.progress_interval_s)
+
+
+async def run_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    options = _options(args)
+    catalog = load_catalog(args.config, environ)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with database(args) as connection:
+        target = await introspect(connection, args.table, args.column, args.pk)
+        migration = Migration(connection, target, catalog, options, stop)
+        await migration.prepare()
+        progress = Progress(await migration.total_rows(), interval_s=options.progress_interval_s)
+        status = await (_transactional(migration, progress) if options.transactional else _batched(migration, progress))
+        progress.finish(migration.tally.scanned)
+        if status == "rolled back":
+            print("interrupted: the --transactional run was rolled back; nothing changed")
+            return EXIT_INTERRUPTED
+        report = await summary(connection, migration.run_id, target, catalog)
+    report["batch_ms_p50"], report["batch_ms_p99"] = _percentiles(migration.tally.batch_ms)
+    report["batches_s"] = round(sum(migration.tally.batch_ms) / 1000, 3)
+    emit(args, report, render(report, options.apply))
+    return EXIT_INTERRUPTED if status == "aborted" else EXIT_OK
+
+
+async def _batched(migration: Migration, progress: Progress) -> str:
+    await migration.open_run()
+    try:
+        status = await migration.run(progress)
+    except CommandError as exc:
+        await migration.finish("failed", str(exc))
+        raise
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
+            await migration.finish("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    await migration.finish(status)
+    return status
+
+
+async def _transactional(migration: Migration, progress: Progress) -> str:
+    try:
+        async with migration.db.transaction():
+            await migration.open_run()
+            if await migration.run(progress) == "aborted":
+                raise _Rollback
+            await migration.finish("completed")
+    except _Rollback:
+        return "rolled back"
+    return "completed"
+
+
+def _percentiles(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    ordered = sorted(values)
+    return round(statistics.median(ordered), 2), round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2)
+
+
+def render(report: dict[str, Any], applied: bool) -> str:
+    verb = "changed" if applied else "would change (dry run; plan in stage_normalization_log)"
+    lines = [f"run {report['run_id']}: {report['status']} — {report['rows_scanned']} rows scanned in "
+             f"{report['batches']} batches; {report['rows_changed']} {verb}; {report['rows_skipped']} skipped "
+             f"(changed meanwhile); {report['rows_unknown']} unknown; {report['rows_null']} NULL"]
+    if not report["variants"]:
+        lines.append("nothing to change: every stored stage is canonical, unknown or NULL")
+    else:
+        lines += ["", f"  {'ROWS':>9}  VARIANT -> CANONICAL"]
+        lines += [f"  {v['rows']:>9}  {v['from']!r} -> {v['to']}" for v in report["variants"][:50]]
+    if report["unknown_values"]:
+        lines += ["", f"unknown values left ({report['unknown_distinct']} distinct; add aliases or fix by hand):"]
+        lines += [f"  {u['rows']:>9}  {u['value']!r}" for u in report["unknown_values"][:20]]
+    return "\n".join(lines)
+
+
+async def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    async with database(args) as connection:
+        runs = await migrate_admin.status(connection, args.run, args.limit)
+    header = f"{'RUN':>5}  {'TARGET':<22} {'KIND':<6} {'STATUS':<10} {'BATCHES':>7} {'SCANNED':>10} {'CHANGED':>9} " \
+             f"{'UNKNOWN':>8} {'SKIPPED':>8}  LAST ID"
+    rows = [f"{r['run_id']:>5}  {r['table_name'] + '.' + r['column_name']:<22} "
+            f"{'dry' if r['dry_run'] else 'apply':<6} {r['status']:<10} {r['batch_no']:>7} {r['rows_scanned']:>10} "
+            f"{r['rows_changed']:>9} {r['rows_unknown']:>8} {r['rows_skipped']:>8}  {r['last_id']}"
+            + (f"  error: {r['error']}" if r["error"] else "") for r in runs]
+    emit(args, runs, "\n".join([header, *rows]) if runs else "no migration runs yet")
+    return EXIT_OK
+
+
+async def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    catalog = load_catalog(getattr(args, "config", None), environ)
+    async with database(args) as connection:
+        target = await introspect(connection, args.table, args.column, getattr(args, "pk", None))
+        verdict = await migrate_admin.verify(connection, target, catalog)
+    lines = [f"{target.label}: " + ("all canonical" if verdict.clean else "NOT all canonical")]
+    for label, table in (("canonical", verdict.canonical), ("alias (migrate can fix)", verdict.alias),
+                         ("unknown (needs a decision)", verdict.unknown)):
+        lines += [f"  {label}:"] + [f"    {n:>9}  {v!r}" for v, n in table.items()]
+    lines.append(f"  NULL: {verdict.null}")
+    emit(args, verdict.as_json(), "\n".join(lines))
+    return EXIT_OK if verdict.clean else EXIT_FAILED
+
+
+async def run_revert(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    async with database(args) as connection:
+        result = await migrate_admin.revert(connection, args.run, getattr(args, "apply", False),
+                                            getattr(args, "batch_size", 1000))
+    if getattr(args, "apply", False):
+        text = (f"run {args.run}: restored {result['restored']} of {result['logged']} rows; "
+                f"{result['changed_since']} were changed since and were left alone")
+    else:
+        text = (f"run {args.run}: {result['restorable']} of {result['logged']} rows can be restored; "
+                f"{result['changed_since']} were changed since. Add --apply to restore.")
+    emit(args, result, text)
+    return EXIT_OK
+

@@ -1,0 +1,79 @@
+"""The SQL of one migration batch, built once per run for its table, column and key.
+
+A batch is a keyset page (``key > last ORDER BY key LIMIT n``, never OFFSET).
+The page's distinct values are classified in Python by the proxy's catalog and
+remembered in a session temp table ``stage_known``; one statement then plans
+(page values whose class is alias), writes (compare-and-set: only rows still
+holding the value that was read), logs what changed and advances the control
+row — so the data change, its log rows and the control row commit together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tools.db import Target, quote_ident
+
+CREATE_KNOWN = ("CREATE TEMP TABLE IF NOT EXISTS stage_known (v text PRIMARY KEY, result text NOT NULL, new text) "
+                "ON COMMIT PRESERVE ROWS")
+REMEMBER = ("INSERT INTO stage_known (v, result, new) SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
+            "ON CONFLICT (v) DO NOTHING")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSql:
+    """Statements with ``$1`` = last key (``next`` variants only) and the page size after it."""
+
+    unseen_first: str
+    unseen_next: str
+    write_first: str
+    write_next: str
+
+
+def _page(target: Target, first: bool) -> str:
+    t, col, pk = target.qualified, quote_ident(target.column), quote_ident(target.pk)
+    where = "" if first else f"WHERE t.{pk} > $1::text::{target.pk_type} "
+    size = "$1" if first else "$2"
+    return f"page AS (SELECT t.{pk} AS k, t.{col} AS v FROM {t} AS t {where}ORDER BY t.{pk} LIMIT {size})"
+
+
+def _unseen(target: Target, first: bool) -> str:
+    return (f"WITH {_page(target, first)} SELECT DISTINCT page.v FROM page WHERE page.v IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM stage_known k WHERE k.v = page.v)")
+
+
+def _write(target: Target, first: bool, apply: bool) -> str:
+    t, col, pk = target.qualified, quote_ident(target.column), quote_ident(target.pk)
+    n = 1 if first else 2  # parameters after the page's: run id, batch number
+    run, batch = f"${n + 1}", f"${n + 2}"
+    if apply:
+        changed = (f"changed AS (UPDATE {t} AS t SET {col} = plan.new FROM plan WHERE t.{pk} = plan.k "
+                   f"AND t.{col} = plan.old RETURNING plan.k, plan.old, plan.new), ")
+        source, dry = "changed", "false"
+    else:
+        changed, source, dry = "", "plan", "true"
+    return (
+        f"WITH {_page(target, first)}, "
+        "plan AS (SELECT page.k, page.v AS old, known.new FROM page JOIN stage_known known ON known.v = page.v "
+        "WHERE known.result = 'alias'), "
+        f"{changed}"
+        "logged AS (INSERT INTO stage_normalization_log (run_id, row_id, old_value, new_value, batch_no, dry_run) "
+        f"SELECT {run}, k::text, old, new, {batch}, {dry} FROM {source} RETURNING 1), "
+        # Sort the key itself, not its text (an unqualified ORDER BY k would pick a text output column), and
+        # no max(): uuid keys have none.
+        "tally AS (SELECT (SELECT page.k FROM page ORDER BY page.k DESC LIMIT 1)::text AS last_id, "
+        "(SELECT count(*) FROM page) AS scanned, (SELECT count(*) FROM plan) AS planned, "
+        "(SELECT count(*) FROM logged) AS changed, (SELECT count(*) FROM page WHERE v IS NULL) AS nulls, "
+        "(SELECT count(*) FROM page JOIN stage_known known ON known.v = page.v WHERE known.result = 'unknown') "
+        "AS unknown), "
+        "control AS (UPDATE stage_migration_control c SET last_id = coalesce(tally.last_id, c.last_id), "
+        f"batch_no = {batch}, rows_scanned = rows_scanned + tally.scanned, "
+        "rows_changed = rows_changed + tally.changed, rows_unknown = rows_unknown + tally.unknown, "
+        "rows_null = rows_null + tally.nulls, rows_skipped = rows_skipped + tally.planned - tally.changed, "
+        f"updated_at = now() FROM tally WHERE c.run_id = {run} AND tally.scanned > 0 RETURNING 1) "
+        "SELECT tally.*, (SELECT count(*) FROM control) AS control_rows FROM tally")
+
+
+def batch_sql(target: Target, apply: bool) -> BatchSql:
+    return BatchSql(_unseen(target, True), _unseen(target, False), _write(target, True, apply),
+                    _write(target, False, apply))
