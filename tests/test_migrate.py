@@ -367,3 +367,60 @@ async def test_uuid_and_text_keys(database: str, db: asyncpg.Connection) -> None
         assert result.returncode == 0, result.stderr
         counts = {r["stage"]: r["n"] for r in await db.fetch("SELECT stage, count(*) AS n FROM things GROUP BY 1")}
         assert counts == {"closed_won": 750, "lead": 750, "x": 750, None: 750}
+
+
+async def test_lock_timeout_halves_then_fails_resumably(database: str, db: asyncpg.Connection) -> None:
+    """A row locked by the application: the batch retries at half size, then the run fails (resumable) and
+    --resume completes once the lock is gone."""
+    await seeded(database, 4000)
+    expected = await reference(db)
+    victim = await db.fetchval("SELECT min(id) FROM deals WHERE stage = 'WON'")
+    app = await asyncpg.connect(database)
+    transaction = app.transaction()
+    await transaction.start()
+    await app.execute("SELECT 1 FROM deals WHERE id = $1 FOR UPDATE", victim)
+    result = await stagectl(database, "migrate", "--apply", "--batch-size", "4000", "--lock-timeout-ms", "100",
+                            "--retries", "3")
+    await transaction.rollback()
+    await app.close()
+    one_line_error(result, 1, "timed out 4 times")
+    row = await db.fetchrow("SELECT status, error FROM stage_migration_control")
+    assert row is not None and row["status"] == "failed" and "timed out" in row["error"]
+    resumed = await stagectl(database, "migrate", "--apply", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert await table(db) == expected
+
+
+async def test_resume_from_starts_after_the_given_key(database: str, db: asyncpg.Connection) -> None:
+    """--resume-from N leaves rows up to N alone and migrates the rest."""
+    await seeded(database, 3000)
+    before = await table(db)
+    expected = await reference(db)
+    result = await stagectl(database, "migrate", "--apply", "--resume-from", "1500")
+    assert result.returncode == 0, result.stderr
+    after = await table(db)
+    assert all(after[k] == before[k] for k in after if k <= 1500)
+    assert all(after[k] == expected[k] for k in after if k > 1500)
+
+
+async def test_target_batch_ms_tunes_the_batch_size(database: str, db: asyncpg.Connection) -> None:
+    """--target-batch-ms grows small batches towards the target (fewer batches than the starting size implies)."""
+    await seeded(database, 20_000)
+    result = await stagectl(database, "migrate", "--apply", "--json", "--batch-size", "50", "--target-batch-ms", "200")
+    report = orjson.loads(result.stdout)
+    assert result.returncode == 0 and report["rows_scanned"] == 20_000
+    assert report["batches"] < 20_000 // 50 // 2
+
+
+async def test_custom_catalog_drives_the_mapping(database: str, db: asyncpg.Connection, tmp_path: Path) -> None:
+    """--config: the proxy's catalog file decides; an alias added there is normalized."""
+    from proxy.catalog import DEFAULT_CATALOG_TOML
+
+    await seeded(database, 2000)
+    config = tmp_path / "stages.toml"
+    config.write_text(DEFAULT_CATALOG_TOML.replace('won = "closed_won"', 'won = "closed_won"\n"on hold" = "lead"'))
+    held = await db.fetchval("SELECT count(*) FROM deals WHERE stage = 'on hold'")
+    result = await stagectl(database, "migrate", "--apply", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert held > 0 and await db.fetchval("SELECT count(*) FROM deals WHERE stage = 'on hold'") == 0
+    assert {"from": "on hold", "to": "lead", "rows": held} in orjson.loads(result.stdout)["variants"]
