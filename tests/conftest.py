@@ -66,7 +66,7 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed: run scripts/test (it installs it)")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--protected-mode", "no"],
+             "--dir", str(self.dir), "--protected-mode", "no", "--enable-debug-command", "local"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port)

@@ -1,0 +1,111 @@
+"""``stagectl test-restore FILE``: restore into a scratch database, run smoke queries, drop it, time it all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from tools.backup import pg_binary, sha256, split_password
+from tools.db import connect, quote_ident
+from tools.errors import EXIT_USAGE, CommandError
+
+
+@dataclass
+class Receipt:
+    """What a restore test found; ``ok`` only when every step passed within the budget."""
+
+    file: str
+    sha256: str
+    seconds: float = 0.0
+    rows: int | None = None
+    distinct_stages: int | None = None
+    smoke_queries: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def as_json(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "ok": self.ok, "seconds": round(self.seconds, 3),
+                "rows": self.rows, "distinct_stages": self.distinct_stages, "smoke_queries": self.smoke_queries,
+                "failures": self.failures}
+
+
+def _with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _restore(dsn: str, file: Path, deadline: float) -> None:
+    url, secret = split_password(dsn)
+    if file.suffix == ".dump":
+        command = [pg_binary("pg_restore"), "--exit-on-error", "--no-owner", "--no-password", f"--dbname={url}",
+                   str(file)]
+    else:  # plain SQL: one transaction, stop at the first error so a half restore cannot pass
+        command = [pg_binary("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "--no-password",
+                   f"--dbname={url}", "-f", str(file)]
+    proc = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE, env={**os.environ, **secret})
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), max(0.01, deadline - time.monotonic()))
+    except TimeoutError:
+        proc.kill()  # at the budget, not after: a slow restore is a failed restore
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        lines = err.decode(errors="replace").strip().splitlines()
+        raise CommandError(f"restore failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
+
+
+async def _smoke(dsn: str, receipt: Receipt, table: str, column: str, min_rows: int, queries: list[str]) -> None:
+    db = await connect(dsn)
+    try:
+        t = ".".join(quote_ident(part) for part in table.split("."))
+        receipt.rows = int(await db.fetchval(f"SELECT count(*) FROM {t}"))
+        receipt.distinct_stages = int(await db.fetchval(f"SELECT count(DISTINCT {quote_ident(column)}) FROM {t}"))
+        if receipt.rows < min_rows:
+            receipt.failures.append(f"{table} has {receipt.rows} rows, fewer than --min-rows {min_rows}")
+        for query in queries:
+            await db.fetch(query)
+            receipt.smoke_queries += 1
+    except asyncpg.PostgresError as exc:
+        receipt.failures.append(f"smoke query failed: {type(exc).__name__}: {exc}")
+    finally:
+        await db.close()
+
+
+async def run_restore_test(dsn: str, file: Path, *, budget_s: float, min_rows: int, table: str, column: str,
+                       queries: list[str]) -> Receipt:
+    """Restore ``file`` into a fresh scratch database on ``dsn``'s server; the scratch database is always dropped."""
+    if not file.is_file():
+        raise CommandError(f"{file} does not exist", EXIT_USAGE)
+    receipt = Receipt(str(file), sha256(file))
+    scratch = f"stagegate_restore_{uuid.uuid4().hex[:12]}"
+    admin = await connect(dsn)
+    started = time.monotonic()
+    try:
+        await admin.execute(f"CREATE DATABASE {quote_ident(scratch)}")
+        try:
+            await _restore(_with_database(dsn, scratch), file, started + budget_s)
+            await _smoke(_with_database(dsn, scratch), receipt, table, column, min_rows, queries)
+        except TimeoutError:
+            receipt.failures.append(f"restore exceeded the budget of {budget_s:g} s and was stopped")
+        except CommandError as exc:
+            receipt.failures.append(str(exc))
+        finally:
+            await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(scratch)} WITH (FORCE)")
+    finally:
+        await admin.close()
+    receipt.seconds = time.monotonic() - started
+    if receipt.ok and receipt.seconds > budget_s:
+        receipt.failures.append(f"took {receipt.seconds:.1f} s, over the budget of {budget_s:g} s")
+    return receipt

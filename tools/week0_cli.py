@@ -1,0 +1,182 @@
+"""Command-line wiring for the Week-0 pre-flight tools: backup, verify-backup, test-restore, audit-consumers,
+redis-latency and preflight."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tools import audit, backup, preflight, redis_latency
+from tools.db import resolve_dsn
+from tools.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
+from tools.migrate_cli import load_catalog
+from tools.offenders import read_lines
+from tools.restore import run_restore_test
+
+
+def _json(data: object) -> str:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode()
+
+
+def register(commands: Any) -> None:
+    """Add the Week-0 commands to stagectl's subcommands."""
+    p = commands.add_parser("backup", help="pg_dump to a timestamped file; latest link and SHA256SUMS updated")
+    p.add_argument("--dsn", help="PostgreSQL URL (default $DATABASE_URL)")
+    p.add_argument("--out", required=True, type=Path, help="backup directory")
+    p.add_argument("--format", choices=["plain", "custom"], default="plain")
+    p.add_argument("--keep", type=int, help="keep only the newest N dumps")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run_backup)
+
+    p = commands.add_parser("verify-backup", help="check SHA256SUMS, completeness and the latest link")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run_verify_backup)
+
+    p = commands.add_parser("test-restore", help="restore into a scratch database, smoke-test it, drop it")
+    p.add_argument("file", type=Path)
+    p.add_argument("--dsn", help="server to restore on (default $DATABASE_URL)")
+    p.add_argument("--budget", type=float, default=300.0, help="seconds; the restore is stopped at the budget")
+    p.add_argument("--min-rows", type=int, default=1, help="rows the stage table must hold (default 1)")
+    p.add_argument("--table", default="deals")
+    p.add_argument("--column", default="stage")
+    p.add_argument("--smoke-query", action="append", default=[], help="extra SQL that must succeed (repeatable)")
+    p.add_argument("--json", action="store_true", help="a JSON receipt")
+    p.set_defaults(handler=run_test_restore)
+
+    p = commands.add_parser("audit-consumers", help="who calls the three endpoints; exit 3 external, 4 unclassified")
+    p.add_argument("logs", nargs="+", metavar="LOG", help="proxy JSON logs or combined access logs; '-' is stdin")
+    p.add_argument("--internal-cidr", action="append", help="internal networks (default RFC 1918, loopback, ULA)")
+    p.add_argument("--trusted-proxy", action="append", default=[], help="CIDRs whose X-Forwarded-For is believed")
+    p.add_argument("--classifications", type=Path, help="TOML of manual decisions ([[consumer]] ip, class, note)")
+    p.add_argument("--record", action="store_true", help="write the consumers seen into --classifications")
+    p.add_argument("--config", help="stage catalog TOML (default $STAGE_CONFIG or built-in)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run_audit)
+
+    p = commands.add_parser("redis-latency", help="GET p50/p95/p99/p99.9/max at a fixed rate; exit 1 if p99 >= 10 ms")
+    p.add_argument("--redis-url", help="default $STAGE_REDIS_URL")
+    p.add_argument("--samples", type=int, default=1000)
+    p.add_argument("--rate", type=float, default=200.0, help="GETs per second (default 200)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run_redis_latency)
+
+    p = commands.add_parser("preflight", help="the Week-0 exit criteria table; exit 0 only when all pass")
+    p.add_argument("--dsn", help="default $DATABASE_URL")
+    p.add_argument("--redis-url", help="default $STAGE_REDIS_URL")
+    p.add_argument("--admin-url", help="a running proxy's admin listener (default $STAGE_ADMIN_URL)")
+    p.add_argument("--backup-dir", type=Path)
+    p.add_argument("--logs", nargs="*", default=[], help="logs for the consumer audit")
+    p.add_argument("--internal-cidr", action="append")
+    p.add_argument("--trusted-proxy", action="append", default=[])
+    p.add_argument("--classifications", type=Path)
+    p.add_argument("--min-rows", type=int, default=1000)
+    p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--budget", type=float, default=300.0)
+    p.add_argument("--table", default="deals")
+    p.add_argument("--config")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=run_preflight)
+
+
+async def run_backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.keep is not None and args.keep < 1:
+        raise CommandError("--keep must be at least 1", EXIT_USAGE)
+    result = await backup.backup(resolve_dsn(args.dsn), args.out, args.format, args.keep)
+    data = {"file": str(result.file), "sha256": result.sha256, "bytes": result.bytes,
+            "seconds": round(result.seconds, 3), "removed": result.removed}
+    print(_json(data) if args.json else f"backup {result.file} ({result.bytes:,} bytes, {result.seconds:.1f} s), "
+          f"sha256 {result.sha256}" + (f"; removed {', '.join(result.removed)}" if result.removed else ""))
+    return EXIT_OK
+
+
+async def run_verify_backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    report = backup.verify(args.dir)
+    if args.json:
+        print(_json({"ok": report.ok, "checked": report.checked, "problems": report.problems}))
+    else:
+        print(f"{args.dir}: {len(report.checked)} file(s) checked, {len(report.problems)} problem(s)")
+        for problem in report.problems:
+            print(f"  BAD {problem['file']}: {problem['problem']}")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def run_test_restore(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.budget <= 0:
+        raise CommandError("--budget must be positive", EXIT_USAGE)
+    receipt = await run_restore_test(resolve_dsn(args.dsn), args.file, budget_s=args.budget, min_rows=args.min_rows,
+                                     table=args.table, column=args.column, queries=args.smoke_query)
+    if args.json:
+        print(_json(receipt.as_json()))
+    else:
+        state = "OK" if receipt.ok else "FAILED"
+        print(f"restore test {state}: {args.file} in {receipt.seconds:.2f} s; rows {receipt.rows}, "
+              f"distinct stages {receipt.distinct_stages}; scratch database dropped")
+        for failure in receipt.failures:
+            print(f"  {failure}")
+    return EXIT_OK if receipt.ok else EXIT_FAILED
+
+
+async def run_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    internal = audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr")
+    trusted = audit.networks(args.trusted_proxy, "--trusted-proxy")
+    decisions = audit.load_classifications(args.classifications)
+    try:
+        consumers, skipped = audit.audit(read_lines(args.logs, sys.stdin.buffer), load_catalog(args.config, environ),
+                                         internal=internal, trusted=trusted, decisions=decisions)
+    except OSError as exc:
+        raise CommandError(f"cannot read {exc.filename!r}: {exc.strerror}", EXIT_USAGE) from None
+    if args.record:
+        if args.classifications is None:
+            raise CommandError("--record needs --classifications FILE", EXIT_USAGE)
+        audit.record(args.classifications, consumers.values())
+    code = audit.verdict(consumers.values())
+    rows = sorted(consumers.values(), key=lambda c: (-c.requests, c.ip))
+    if args.json:
+        print(_json({"exit": code, "skipped_lines": skipped, "consumers": [
+            {"ip": c.ip, "user_agent": c.user_agent, "class": c.cls, "known": c.known, "note": c.note,
+             "requests": c.requests, "unknown_stages": c.unknown_stages, "endpoints": sorted(c.endpoints),
+             "first_seen": c.first, "last_seen": c.last} for c in rows]}))
+    else:
+        print(f"{len(rows)} consumer(s) of the validated endpoints; {skipped} other line(s) skipped")
+        for c in rows:
+            mark = "known" if c.known else "NEW"
+            print(f"  {c.cls:<10} {mark:<5} {c.ip:<39} {c.requests:>8} req  {c.unknown_stages:>6} unknown  "
+                  f"{','.join(sorted(c.endpoints)):<30} {c.first} .. {c.last}  {c.user_agent!r}")
+    return code
+
+
+async def run_redis_latency(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    url = args.redis_url or environ.get("STAGE_REDIS_URL")
+    if not url:
+        raise CommandError("no Redis: pass --redis-url or set STAGE_REDIS_URL", EXIT_USAGE)
+    if args.samples < 1 or args.rate <= 0:
+        raise CommandError("--samples and --rate must be positive", EXIT_USAGE)
+    result = await redis_latency.measure(url, args.samples, args.rate)
+    if args.json:
+        print(_json(result))
+    else:
+        server = result["server"] or {}
+        print(f"GET over {result['samples']} samples at {result['rate_per_s']:g}/s: p50 {result['p50_ms']} ms, "
+              f"p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, p99.9 {result['p99_9_ms']} ms, "
+              f"max {result['max_ms']} ms ({'OK' if result['ok'] else 'TOO SLOW'}: p99 must be < 10 ms)"
+              + (f"; server's own view: {server}" if server else ""))
+    return EXIT_OK if result["ok"] else EXIT_FAILED
+
+
+async def run_preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    options = preflight.PreflightArgs(
+        dsn=args.dsn or environ.get("DATABASE_URL"), redis_url=args.redis_url or environ.get("STAGE_REDIS_URL"),
+        admin_url=args.admin_url or environ.get("STAGE_ADMIN_URL"), backup_dir=args.backup_dir, logs=args.logs,
+        internal=audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr"),
+        trusted=audit.networks(args.trusted_proxy, "--trusted-proxy"), classifications=args.classifications,
+        min_rows=args.min_rows, samples=args.samples, budget_s=args.budget, table=args.table)
+    criteria = await preflight.run(options, load_catalog(args.config, environ))
+    print(_json([c.as_json() for c in criteria]) if args.json else preflight.render(criteria))
+    return EXIT_OK if all(c.ok for c in criteria) else EXIT_FAILED
+
