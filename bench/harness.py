@@ -10,16 +10,17 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
+
+from tests.conftest import free_port as free_port  # re-exported: one definition, shared with the tests
+from tests.conftest import wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -28,22 +29,8 @@ CLIENT_CPUS = "1"
 TOKEN = "bench-token"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def wait_port(port: int, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {port}")
+    wait_for_port(port, timeout_s)
 
 
 def pinned(cpus: str, command: Sequence[str]) -> list[str]:
