@@ -129,7 +129,8 @@ async def test_sigkill_at_random_points_then_resume(database: str, db: asyncpg.C
     rng = random.Random(7)
     kills = 0
     for _ in range(40):
-        args = ["migrate", "--apply", "--batch-size", "100", "--sleep-ms", "5"]
+        # >= 10 s of batches in all, while ten kills can use at most ~8 s of it: the kills always land mid-run
+        args = ["migrate", "--apply", "--batch-size", "100", "--sleep-ms", "10"]
         if await _unfinished_apply(db):
             args.append("--resume")
         proc = subprocess.Popen(command(database, *args), cwd=REPO, stdout=subprocess.DEVNULL,
@@ -236,7 +237,7 @@ async def test_transactional_killed_leaves_nothing(database: str, db: asyncpg.Co
     await seeded(database, 60_000)
     before = await db.fetchval(CHECKSUM)
     proc = subprocess.Popen(command(database, "migrate", "--apply", "--transactional", "--batch-size", "300",
-                                    "--sleep-ms", "5"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--sleep-ms", "20"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await asyncio.sleep(1.5)
     assert proc.poll() is None
     proc.send_signal(signal.SIGKILL)
@@ -260,7 +261,7 @@ async def test_sigint_finishes_the_batch_and_marks_aborted(database: str, db: as
     """SIGINT: the batch in flight commits, the run is aborted, exit 130; --resume finishes the job."""
     await seeded(database, 60_000)
     expected = await reference(db)
-    proc = subprocess.Popen(command(database, "migrate", "--apply", "--batch-size", "300", "--sleep-ms", "5"),
+    proc = subprocess.Popen(command(database, "migrate", "--apply", "--batch-size", "300", "--sleep-ms", "20"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     await asyncio.sleep(1.2)
     proc.send_signal(signal.SIGINT)
