@@ -52,10 +52,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(payload, default=str).decode()
 
 
-def configure(level: str = "INFO") -> None:
-    """Send every log record as JSON lines to stdout."""
+class ConsoleFormatter(JsonFormatter):
+    """The same fields for a person at a terminal: ``ts LEVEL event key=value …`` (values JSON-escaped)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = orjson.loads(super().format(record))
+        head = f"{payload.pop('ts')} {payload.pop('level'):<5} {payload.pop('event')}"
+        payload.pop("logger", None)
+        fields = " ".join(f"{key}={orjson.dumps(value).decode()}" for key, value in payload.items()
+                          if value is not None)
+        return f"{head} {fields}".rstrip()
+
+
+def configure(level: str = "INFO", *, console: bool | None = None) -> None:
+    """Send every log record to stdout: JSON lines, or readable lines when stdout is a terminal."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter())
+    readable = sys.stdout.isatty() if console is None else console
+    handler.setFormatter(ConsoleFormatter() if readable else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

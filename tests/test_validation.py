@@ -265,3 +265,16 @@ async def test_warn_flood_is_capped(make_proxy: ProxyFactory, http: aiohttp.Clie
     suppressed = [r for r in caplog.records if getattr(r, "event", None) == "log_suppressed"]
     assert 5 <= len(lines) <= 15  # at most two one-second windows
     assert sum(r.fields["suppressed"] for r in suppressed) == 60 - len(lines)  # type: ignore[attr-defined]
+
+
+def test_console_log_format_is_readable_and_escaped() -> None:
+    """On a terminal the same fields print as key=value, still escaped (no forged lines)."""
+    from proxy.logs import ConsoleFormatter
+
+    record = logging.LogRecord("stagegate.requests", logging.WARNING, "", 0, "stage_validation", (), None)
+    record.event = "stage_validation"
+    record.fields = {"endpoint": "create_deal", "value": 'x\n{"level":"INFO"}', "normalized": None}
+    line = ConsoleFormatter().format(record)
+    assert "\n" not in line
+    assert " WARN  stage_validation endpoint=\"create_deal\" value=\"x\\n{\\\"level\\\":\\\"INFO\\\"}\"" in line
+    assert "normalized" not in line
