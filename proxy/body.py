@@ -21,7 +21,6 @@ from proxy.pointer import escape_pointer
 
 UTF8_BOM: Final = b"\xef\xbb\xbf"
 MISSING: Final = object()
-JSON_WS: Final = b" \t\n\r"
 
 # Unreadable reasons and the status `enforce` answers with (DESIGN §2 behaviour table).
 UNREADABLE_STATUS: Final = {
