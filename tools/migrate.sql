@@ -28,7 +28,7 @@ CREATE INDEX IF NOT EXISTS stage_migration_control_target
 CREATE TABLE IF NOT EXISTS stage_normalization_log (
     id         bigserial   PRIMARY KEY,
     run_id     bigint      NOT NULL REFERENCES stage_migration_control (run_id),
-    row_id     text        NOT NULL,
+    row_id     text        COLLATE "C" NOT NULL,  -- the key as text; bytewise order keeps the index cheap
     old_value  text,
     new_value  text,
     batch_no   integer     NOT NULL,
