@@ -7,7 +7,6 @@ ClientSession, the mode store and its refresh task, the log-flood flusher.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -22,6 +21,7 @@ from proxy.modestore import MemoryModeStore, ModeStore
 from proxy.ops import OpsContext
 from proxy.redisstore import RedisModeStore
 from proxy.settings import Settings
+from proxy.tasks import stop_task
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 CONTEXT: Final = web.AppKey("context", OpsContext)
@@ -54,18 +54,12 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
 async def modes_ctx(app: web.Application) -> AsyncIterator[None]:
     modes = app[CONTEXT].modes
     await modes.start()
     task = asyncio.create_task(modes.run(), name="stagegate-mode-refresh")
     yield
-    await _cancel(task)
+    await stop_task(task)
     await app[STORE].close()
 
 
@@ -78,7 +72,7 @@ async def _flush_forever(dataplane: DataPlane) -> None:
 async def flood_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(_flush_forever(app[CONTEXT].dataplane), name="stagegate-log-flush")
     yield
-    await _cancel(task)
+    await stop_task(task)
     app[CONTEXT].dataplane.flood.flush()
 
 

@@ -29,7 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level)
     if settings.workers > 1 and not is_worker():
-        return Supervisor(sys.argv[1:] if argv is None else argv, settings.workers).run()
+        return Supervisor(sys.argv[1:] if argv is None else argv, settings.workers,
+                          stop_grace_s=settings.shutdown_timeout_s + 5.0).run()
     _install_uvloop()
     try:
         return asyncio.run(serve(settings))

@@ -22,6 +22,7 @@ from proxy.metrics import Metrics
 from proxy.modestore import ModeStore, StoreUnavailable
 from proxy.records import Block, HistoryEntry, ModeRecord, StoreState, utc_now
 from proxy.statefile import read_state_file, write_state_file
+from proxy.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +162,7 @@ class ModeState:
                 self._nudge.clear()
                 await self.refresh()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            await stop_task(watcher, grace_s=2.0)
 
     # -- changes ------------------------------------------------------------
 

@@ -8,8 +8,10 @@ sum (counters, histograms) or the latest live value (mode gauges).
 
 Shutdown, step by step: SIGTERM/SIGINT is forwarded to every worker, each
 drains its requests, the supervisor reaps them and removes the metrics
-directory. A worker dying on its own takes the others down with it (exit 1):
-a half-capacity sidecar should be restarted by its orchestrator, not limp on.
+directory. A worker still running ``stop_grace_s`` after the signal (its own
+drain timeout plus a margin) is killed with SIGKILL and the exit code is 1.
+A worker dying on its own takes the others down with it (exit 1): a
+half-capacity sidecar should be restarted by its orchestrator, not limp on.
 """
 
 from __future__ import annotations
@@ -41,26 +43,39 @@ def is_worker() -> bool:
 class Supervisor:
     """Starts, watches and stops the worker processes."""
 
-    def __init__(self, argv: Sequence[str], count: int) -> None:
+    def __init__(self, argv: Sequence[str], count: int, *, stop_grace_s: float = 15.0,
+                 command: Sequence[str] = (sys.executable, "-m", "proxy")) -> None:
+        self.command = list(command)
         self.argv = list(argv)
         self.count = count
+        self.stop_grace_s = stop_grace_s
         self.stopping = False
+        self.killed = False
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stopping:
+            signal.setitimer(signal.ITIMER_REAL, self.stop_grace_s)  # SIGALRM -> _kill_stragglers
         self.stopping = True
         for proc in self.workers.values():
             if proc.poll() is None:
                 proc.send_signal(signum)
+
+    def _kill_stragglers(self, signum: int, frame: FrameType | None) -> None:
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                self.killed = True
+                proc.kill()
 
     def run(self) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="stagegate-metrics-")
         env = {**os.environ, WORKER_ENV: "1", MULTIPROC_ENV: metrics_dir}
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._forward)
+        signal.signal(signal.SIGALRM, self._kill_stragglers)
         try:
             for _ in range(self.count):
-                proc = subprocess.Popen([sys.executable, "-m", "proxy", *self.argv], env=env)
+                proc = subprocess.Popen([*self.command, *self.argv], env=env)
                 self.workers[proc.pid] = proc
             log_event(log, logging.INFO, "workers_started", workers=sorted(self.workers))
             return self._reap(metrics_dir)
@@ -68,6 +83,7 @@ class Supervisor:
             self._forward(signal.SIGTERM, None)
             for proc in self.workers.values():
                 proc.wait()
+            signal.setitimer(signal.ITIMER_REAL, 0)
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _reap(self, metrics_dir: str) -> int:
@@ -85,4 +101,8 @@ class Supervisor:
                 code = 1
             elif proc.returncode not in (0, -signal.SIGTERM, -signal.SIGINT):
                 code = 1
+        if self.killed:
+            log_event(log, logging.ERROR, "workers_killed", grace_s=self.stop_grace_s,
+                      detail="a worker did not stop in time after the signal and was killed")
+            code = 1
         return code

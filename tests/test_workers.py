@@ -7,6 +7,8 @@ import os
 import re
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -74,7 +76,13 @@ async def test_two_workers_share_ports_modes_and_metrics(upstream: Upstream, red
         assert all(upstream_connections(int(pid), upstream_port) for pid in children)  # both served traffic
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, 15)
+        try:
+            code: int | None = await asyncio.to_thread(proc.wait, 25)  # the supervisor's own backstop is 15 s
+        except subprocess.TimeoutExpired:
+            for pid in _children(proc.pid):
+                os.kill(int(pid), signal.SIGKILL)
+            proc.kill()
+            code = None
         out, err = proc.communicate()
     assert code == 0, err.decode()
     pids = {line for line in out.decode().splitlines() if '"workers_started"' in line}
@@ -98,3 +106,43 @@ async def test_worker_crash_takes_the_supervisor_down(upstream: Upstream, redis_
             proc.kill()
         proc.communicate()
     assert code == 1
+
+
+STUBBORN_WORKER = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+SUPERVISE = """
+import sys
+from proxy import logs
+from proxy.workers import Supervisor
+logs.configure("INFO")
+sys.exit(Supervisor([], 2, stop_grace_s=1.0, command=[sys.executable, "-c", sys.argv[1]]).run())
+"""
+
+
+def test_supervisor_kills_a_worker_that_ignores_sigterm() -> None:
+    """A worker that does not stop after the signal is SIGKILLed after the grace period; exit 1, one ERROR line."""
+    proc = subprocess.Popen([sys.executable, "-c", SUPERVISE, STUBBORN_WORKER], cwd=Path(__file__).parent.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert len(workers) == 2
+        time.sleep(0.3)  # both have installed SIG_IGN
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(10)
+        elapsed = time.monotonic() - started
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == 1, err
+    assert 0.9 <= elapsed < 5.0, elapsed
+    assert '"workers_killed"' in out
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+
+
+def _children(pid: int) -> list[str]:
+    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
