@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Final
 
-import aiohttp
 from aiohttp import web
 
 from proxy.dataplane import DataPlane
@@ -26,7 +25,6 @@ from proxy.tasks import stop_task
 SETTINGS: Final = web.AppKey("settings", Settings)
 CONTEXT: Final = web.AppKey("context", OpsContext)
 STORE: Final = web.AppKey("store", ModeStore)
-UPSTREAM_POOL_SIZE: Final = 256
 
 
 def make_store(settings: Settings, metrics: Metrics) -> ModeStore:
@@ -40,18 +38,12 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     if settings.upstream_url is None:
         raise RuntimeError("upstream_url is unset: start the demo upstream first (proxy.server.running)")
-    connector = aiohttp.TCPConnector(limit=UPSTREAM_POOL_SIZE, keepalive_timeout=30, ttl_dns_cache=60)
-    session = aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,  # bodies pass through exactly as encoded
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-    )
-    app[CONTEXT].dataplane.upstream = Upstream(settings.upstream_url, session, timeout_s=settings.upstream_timeout_s,
-                                               connect_timeout_s=settings.upstream_connect_timeout_s)
+    upstream = Upstream(settings.upstream_url, timeout_s=settings.upstream_timeout_s,
+                        connect_timeout_s=settings.upstream_connect_timeout_s)
+    app[CONTEXT].dataplane.upstream = upstream
     yield
     app[CONTEXT].dataplane.upstream = None
-    await session.close()
+    await upstream.pool.close()
 
 
 async def modes_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -2,23 +2,23 @@
 
 Hop-by-hop headers (RFC 9110 §7.6.1) are dropped both ways, together with any
 header the ``Connection`` field names; ``X-Forwarded-For/-Proto/-Host`` are set.
-Responses are streamed chunk by chunk, never buffered whole.
+Responses are streamed chunk by chunk; those declaring at most 64 KiB are
+read in one piece and written with their headers in one write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Final
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from multidict import CIMultiDict, MultiMapping
 
 from proxy.logs import log_event
+from proxy.upstream_http import UpstreamConnectError, UpstreamPool, UpstreamProtocolError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,7 @@ _STRIP_REQUEST: Final = HOP_BY_HOP | {"x-forwarded-proto", "x-forwarded-host", "
 _STRIP_BUFFERED: Final = _STRIP_REQUEST | {"content-length"}
 _STRIP_RESPONSE: Final = HOP_BY_HOP | {"content-length"}  # re-added below when known
 
-Body = bytes | io.BytesIO | AsyncIterable[bytes] | None
-LARGE_BYTES: Final = 1024 * 1024
+Body = bytes | AsyncIterable[bytes] | None
 SMALL_RESPONSE: Final = 64 * 1024  # declared-length responses up to one read buffer are relayed in one write
 
 
@@ -47,12 +46,12 @@ class UpstreamError(Exception):
         self.detail = detail
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+def _connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     values = headers.getall("Connection", ())
     return frozenset(token.strip().lower() for value in values for token in value.split(","))
 
 
-def _copy_headers(source: CIMultiDictProxy[str], strip: frozenset[str]) -> CIMultiDict[str]:
+def _copy_headers(source: MultiMapping[str], strip: frozenset[str]) -> CIMultiDict[str]:
     named = _connection_tokens(source) if "Connection" in source else frozenset()
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in source.items():
@@ -87,45 +86,53 @@ async def stream_body(request: web.BaseRequest, prefix: bytes = b"") -> AsyncIte
 def _upstream_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, TimeoutError):
         return UpstreamError("timeout", 504, "the upstream did not answer in time")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, UpstreamConnectError):
         return UpstreamError("refused", 502, "the upstream refused the connection")
+    if isinstance(exc, UpstreamProtocolError):
+        return UpstreamError("reset", 502, "the upstream sent an invalid response")
     return UpstreamError("reset", 502, f"the upstream connection failed ({type(exc).__name__})")
 
 
+# OSError covers refused, reset, closed and timeouts; the others come from reading a streamed client body.
+_FAILURES: Final = (OSError, UpstreamProtocolError, aiohttp.ClientError, asyncio.IncompleteReadError)
+
+
 class Upstream:
-    """The legacy service: one pooled ClientSession per process."""
+    """The legacy service: one keep-alive connection pool per process (proxy.upstream_http)."""
 
-    def __init__(self, base_url: str, session: aiohttp.ClientSession, *, timeout_s: float,
-                 connect_timeout_s: float) -> None:
-        self._base = base_url.rstrip("/")
-        self.session = session
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s, sock_read=timeout_s)
+    def __init__(self, base_url: str, *, timeout_s: float, connect_timeout_s: float) -> None:
+        self.pool = UpstreamPool(base_url, connect_timeout_s=connect_timeout_s, read_timeout_s=timeout_s)
 
-    def url_for(self, request: web.BaseRequest) -> URL:
+    @staticmethod
+    def target_for(request: web.BaseRequest) -> str:
         raw = request.raw_path
         if not raw.startswith("/"):  # absolute-form request target (RFC 9112 §3.2.2)
             raw = str(request.rel_url)
-        return URL(self._base + raw, encoded=True)
+        return raw
 
-    def url_for_path(self, path: str) -> URL:
-        return URL(self._base + path)
+    async def probe(self, path: str, timeout_s: float) -> int:
+        """GET ``path`` (readiness): the status, or an exception."""
+        async with asyncio.timeout(timeout_s):
+            response = await self.pool.request("GET", path, CIMultiDict(), None)
+            try:
+                await response.read()
+            finally:
+                response.release()
+        return response.status
 
     async def forward(self, request: web.BaseRequest, headers: CIMultiDict[str], body: Body,
                       extra_headers: dict[str, str]) -> web.StreamResponse:
         """Send the request upstream and stream the answer back; UpstreamError if none came."""
-        if isinstance(body, bytes) and len(body) > LARGE_BYTES:
-            body = io.BytesIO(body)  # aiohttp writes big raw bytes in one blocking call
         try:
-            upstream = await self.session.request(request.method, self.url_for(request), headers=headers, data=body,
-                                                  allow_redirects=False, timeout=self._timeout)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            upstream = await self.pool.request(request.method, self.target_for(request), headers, body)
+        except _FAILURES as exc:
             raise _upstream_error(exc) from exc
         try:
             return await self._relay(request, upstream, extra_headers)
         finally:
             upstream.release()
 
-    async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
+    async def _relay(self, request: web.BaseRequest, upstream: UpstreamResponse,
                      extra_headers: dict[str, str]) -> web.StreamResponse:
         headers = _copy_headers(upstream.headers, _STRIP_RESPONSE)
         headers.update(extra_headers)
@@ -134,17 +141,18 @@ class Upstream:
             # One read of what is (nearly always) already in the buffer, one write of headers + body.
             try:
                 payload = await upstream.read()
-            except (aiohttp.ClientError, TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            except _FAILURES as exc:
                 raise _upstream_error(exc) from exc
-            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=payload)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            return web.Response(status=upstream.status, reason=upstream.reason or None, headers=headers,
+                                body=payload)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None, headers=headers)
         if length is not None:
             response.content_length = length
         await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.iter_chunks():
                 await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+        except _FAILURES as exc:
             # Headers are gone already: cut the connection so the client sees a truncated response.
             log_event(log, logging.WARNING, "upstream_body_failed", error=type(exc).__name__)
             if request.transport is not None:

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aiohttp
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,6 +24,7 @@ from proxy.modes import ModeState
 from proxy.modestore import HISTORY_LIMIT, StoreUnavailable
 from proxy.problems import problem
 from proxy.settings import Secret
+from proxy.upstream_http import UpstreamProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +198,9 @@ class UpstreamProbe:
         upstream = ctx.dataplane.upstream
         if upstream is None:
             return {"ok": False, "error": "not started"}
-        url = upstream.url_for_path(ctx.health_path)
         try:
-            async with upstream.session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as response:
-                self._result = {"ok": True, "status": response.status}
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._result = {"ok": True, "status": await upstream.probe(ctx.health_path, 2.0)}
+        except (OSError, UpstreamProtocolError) as exc:  # refused, reset, timed out
             self._result = {"ok": False, "error": type(exc).__name__}
         self._checked_at = time.monotonic()
         return self._result

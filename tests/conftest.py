@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import uvloop
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
@@ -78,6 +79,12 @@ class RedisServer:
             self.proc = None
 
 
+def pytest_asyncio_loop_factories(config: pytest.Config,
+                                  item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """In-process tests run on uvloop, the loop the proxy runs on in production (proxy/cli.py)."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server for the session; tests isolate themselves with a key prefix."""
@@ -109,6 +116,7 @@ class Seen:
     path_qs: str
     headers: CIMultiDictProxy[str]
     body: bytes
+    peer: tuple[str, int] | None = None  # the proxy's side of the TCP connection: one per upstream connection
 
 
 @dataclass
@@ -127,7 +135,9 @@ class Upstream:
 def _upstream_app(state: Upstream) -> web.Application:
     async def record(request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        state.seen.append(Seen(request.method, request.raw_path, request.headers, body))
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        state.seen.append(Seen(request.method, request.raw_path, request.headers, body,
+                               tuple(peer[:2]) if peer else None))
         if state.delay_s:
             await asyncio.sleep(state.delay_s)
         if request.path == "/stream":

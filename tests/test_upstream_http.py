@@ -1,0 +1,305 @@
+"""The upstream client (proxy.upstream_http) against real, deliberately awkward servers.
+
+Each scripted upstream is a real asyncio TCP server on a loopback port that
+answers with exactly the bytes a test needs: idle connections closed under the
+proxy, interim 100 answers, bodies delimited by the connection's end, garbage,
+stalls, early answers, TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+import uvloop
+from aiohttp import web
+
+from tests.conftest import ProxyFactory
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    """One request head (through the blank line); b"" if the connection ended first."""
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return b""
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await read_head(reader)
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, (await reader.readexactly(length) if length else b"")
+
+
+@asynccontextmanager
+async def scripted(script: Script, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[tuple[str, list[int]]]:
+    """A TCP server running ``script(reader, writer, connection_number)``; yields (url, connections seen)."""
+    connections: list[int] = []
+    tasks: set[asyncio.Task[object]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        connections.append(len(connections))
+        try:
+            await script(reader, writer, len(connections) - 1)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:
+            pass  # stopped at teardown: end quietly (asyncio logs a cancelled client_connected_cb task as an error)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ssl_context)
+    port = server.sockets[0].getsockname()[1]
+    origin = f"https://localhost:{port}" if ssl_context else f"http://127.0.0.1:{port}"
+    try:
+        yield origin, connections
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def test_idle_connection_closed_by_upstream_is_retried_when_replayable(
+        make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    """A reused connection dropped unanswered: retried once if replayable (Go's rule), else 502 and never resent."""
+    heads: list[bytes] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        head, _ = await read_request(reader)
+        heads.append(head)
+        writer.write(OK)  # keep-alive by HTTP/1.1 default...
+        await writer.drain()
+        heads.append(await read_head(reader))  # ...but the next request on this connection is dropped unanswered
+        writer.transport.abort()
+
+    cases = [("GET", None, {}, 200), ("POST", b'{"stage":"lead"}', {}, 502),
+             ("POST", b'{"stage":"lead"}', {"Idempotency-Key": "k1"}, 200), ("DELETE", None, {}, 200)]
+    async with scripted(script) as (url, _):
+        run = await make_proxy(upstream_url=url)
+        for number, (method, body, headers, expected) in enumerate(cases):
+            async with http.get(f"{run.url}/warm") as response:
+                assert response.status == 200  # a connection that answered once is now idle in the pool
+            request_id = f"case-{number}-{method}"
+            async with http.request(method, f"{run.url}/api/v1/deals", data=body,
+                                    headers={**headers, "X-Request-ID": request_id,
+                                             "Content-Type": "application/json"}) as response:
+                assert response.status == expected, (method, headers)
+                if expected == 502:
+                    assert (await response.json())["type"].endswith("upstream-reset")
+            sent = sum(1 for head in heads if request_id.encode() in head)
+            assert sent == (1 if expected == 502 else 2), (method, headers, sent)
+
+
+async def test_interim_100_answers_are_skipped(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    """An upstream that sends 100 Continue (and a 103) before its answer: the client sees only the 200."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while await read_request(reader) != (b"", b""):
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + OK)
+            await writer.drain()
+
+    async with scripted(script) as (url, _):
+        run = await make_proxy(upstream_url=url)
+        for _ in range(2):
+            async with http.post(f"{run.url}/x", data=b"hello") as response:
+                assert (response.status, await response.read()) == (200, b"ok")
+                assert "Link" not in response.headers
+
+
+async def test_body_delimited_by_close_is_relayed_whole(make_proxy: ProxyFactory,
+                                                        http: aiohttp.ClientSession) -> None:
+    """No Content-Length, no chunking: the body runs to the upstream's close and arrives complete."""
+    payload = os.urandom(300_000)
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
+        for i in range(0, len(payload), 50_000):
+            writer.write(payload[i:i + 50_000])
+            await writer.drain()
+        writer.close()
+
+    async with scripted(script) as (url, connections):
+        run = await make_proxy(upstream_url=url)
+        for _ in range(2):
+            async with http.get(f"{run.url}/eof") as response:
+                assert response.status == 200
+                assert hashlib.sha256(await response.read()).digest() == hashlib.sha256(payload).digest()
+        assert len(connections) == 2  # such a connection is never reused
+
+
+async def test_invalid_response_is_502(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    """Garbage instead of HTTP: 502 problem+json naming an invalid response; the next request works."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n" if n == 0 else OK)
+        await writer.drain()
+
+    async with scripted(script) as (url, _):
+        run = await make_proxy(upstream_url=url)
+        async with http.get(f"{run.url}/x") as response:
+            assert response.status == 502
+            assert response.content_type == "application/problem+json"
+            assert "invalid response" in (await response.json())["detail"]
+        async with http.get(f"{run.url}/x") as response:
+            assert response.status == 200
+
+
+async def test_stall_after_headers_truncates_and_stall_before_is_504(make_proxy: ProxyFactory,
+                                                                     http: aiohttp.ClientSession) -> None:
+    """Read timeout: silence before the head is a 504; silence mid-body cuts the client's connection."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        head, _ = await read_request(reader)
+        if b"/mid" in head:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 70_000)
+            await writer.drain()
+        await asyncio.sleep(5)
+
+    async with scripted(script) as (url, _):
+        run = await make_proxy(upstream_url=url, upstream_timeout_s=0.5)
+        async with http.get(f"{run.url}/before") as response:
+            assert response.status == 504
+            assert (await response.json())["type"].endswith("upstream-timeout")
+        async with http.get(f"{run.url}/mid") as response:
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+
+
+async def test_early_answer_to_a_streamed_upload_is_relayed(make_proxy: ProxyFactory,
+                                                            http: aiohttp.ClientSession) -> None:
+    """The upstream answers 413 after the head, without reading a large streamed body: the client gets the 413."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b"y" * 65536
+            await asyncio.sleep(0.005)
+
+    async with scripted(script) as (url, _):
+        run = await make_proxy(upstream_url=url)
+        async with http.post(f"{run.url}/upload", data=body()) as response:
+            assert (response.status, await response.read()) == (413, b"big")
+
+
+async def test_large_response_is_streamed_with_back_pressure(make_proxy: ProxyFactory,
+                                                             http: aiohttp.ClientSession) -> None:
+    """20 MB chunked from the upstream to a client that reads slowly: arrives intact."""
+    block = os.urandom(1 << 20)
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(20):
+            await response.write(block)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        run = await make_proxy(upstream_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        digest = hashlib.sha256()
+        size = 0
+        async with http.get(f"{run.url}/big") as response:
+            async for chunk in response.content.iter_chunked(256 * 1024):
+                digest.update(chunk)
+                size += len(chunk)
+                if size < 4 << 20:
+                    await asyncio.sleep(0.01)  # a slow reader at first: the proxy must pause the upstream
+        assert size == 20 << 20
+        assert digest.digest() == hashlib.sha256(block * 20).digest()
+    finally:
+        await runner.cleanup()
+
+
+async def test_head_then_get_on_the_same_pool(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    """HEAD answers carry a Content-Length but no body; the following requests are not confused by it."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            head, _ = await read_request(reader)
+            if not head:
+                return
+            if head.startswith(b"HEAD"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+            else:
+                writer.write(OK)
+            await writer.drain()
+
+    async with scripted(script) as (url, _):
+        run = await make_proxy(upstream_url=url)
+        for _ in range(3):
+            async with http.head(f"{run.url}/h") as response:
+                assert (response.status, response.headers["Content-Length"]) == (200, "1234")
+            async with http.get(f"{run.url}/g") as response:
+                assert (response.status, await response.read()) == (200, b"ok")
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost (openssl CLI)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+async def test_https_upstream_is_verified(make_proxy: ProxyFactory, http: aiohttp.ClientSession,
+                                          tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An https upstream works when its certificate is trusted, and is a 502 when it is not."""
+    cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while (await read_request(reader))[0]:
+            writer.write(OK)
+            await writer.drain()
+
+    async with scripted(script, context) as (url, _):
+        untrusted = await make_proxy(upstream_url=url)
+        async with http.get(f"{untrusted.url}/x") as response:
+            assert response.status == 502
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # read when the proxy builds its TLS context
+        trusted = await make_proxy(upstream_url=url)
+        async with http.get(f"{trusted.url}/x") as response:
+            assert (response.status, await response.read()) == (200, b"ok")
+
+
+async def test_suite_runs_on_the_production_loop() -> None:
+    """The in-process tests exercise uvloop, as the proxy runs (its transports differ from asyncio's)."""
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
