@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -25,6 +25,8 @@ from proxy.tasks import stop_task
 SETTINGS: Final = web.AppKey("settings", Settings)
 CONTEXT: Final = web.AppKey("context", OpsContext)
 STORE: Final = web.AppKey("store", ModeStore)
+# Request handler options of the main listener: long headers allowed, bodies never decompressed.
+MAIN_HANDLER_ARGS: Final[dict[str, Any]] = {"max_field_size": 16384, "auto_decompress": False}
 
 
 def make_store(settings: Settings, metrics: Metrics) -> ModeStore:
@@ -76,7 +78,7 @@ def create_app(settings: Settings) -> web.Application:
     modes = ModeState(catalog, store, metrics, state_file=settings.state_file, refresh_ms=settings.refresh_ms)
     dataplane = DataPlane(catalog, modes, metrics, id_header=settings.request_id_header,
                           max_body_bytes=settings.max_body_bytes, warn_log_per_s=settings.warn_log_per_s)
-    app = web.Application(handler_args={"max_field_size": 16384, "auto_decompress": False})
+    app = web.Application(handler_args=MAIN_HANDLER_ARGS)
     app[SETTINGS] = settings
     app[STORE] = store
     app[CONTEXT] = OpsContext(catalog, modes, metrics, dataplane, settings.ops_token, settings.upstream_health_path)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from proxy import body as bodies
 from proxy.canary import accept_request_id, new_request_id
@@ -108,6 +108,13 @@ class DataPlane:
         started = time.perf_counter()
         request_id = accept_request_id(request.headers.get(self.id_header)) or new_request_id()
         path = request.path
+        expect = request.headers.get("Expect")
+        if expect is not None:  # what aiohttp's router would do; the low-level server leaves it to us
+            if expect.lower() != "100-continue":
+                return problem(417, "expectation-failed", "Expectation Failed", "only 100-continue is supported",
+                               request_id=request_id, headers={self.id_header: request_id})
+            if request.version >= HttpVersion11:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if is_ops_path(path):
             return problem(404, "not-found", "Not Found", "/_ops is served on the admin listener only",
                            request_id=request_id, headers={self.id_header: request_id})

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from proxy.app import CONTEXT, create_app
+from proxy.app import CONTEXT, MAIN_HANDLER_ARGS, create_app
 from proxy.demo import create_demo_app
 from proxy.ops import create_admin_app
 from proxy.settings import HostPort, Settings
@@ -60,6 +60,32 @@ async def _start(stack: AsyncExitStack, app: web.Application, where: HostPort, w
     return HostPort(host, port)
 
 
+async def _start_main(stack: AsyncExitStack, app: web.Application, where: HostPort, shutdown_timeout_s: float,
+                      *, reuse_port: bool) -> HostPort:
+    """The main listener: aiohttp's low-level server calling the data plane directly.
+
+    No router, middlewares or ``web.Request`` per request (about 10 % of the
+    proxy's time under load); the Application only carries the lifecycle
+    (cleanup contexts: upstream pool, mode store, log flusher). Its cleanup is
+    pushed first so it runs after the runner has drained in-flight requests.
+    """
+    app.freeze()
+    await app.startup()
+    stack.push_async_callback(app.cleanup)
+    server = web.Server(app[CONTEXT].dataplane.handle, access_log=None, **MAIN_HANDLER_ARGS)
+    runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout_s)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, where.host, where.port, reuse_address=True, reuse_port=reuse_port or None,
+                       backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on --listen {where}: {exc.strerror or exc}") from None
+    host, port = runner.addresses[0][:2]
+    return HostPort(host, port)
+
+
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Running]:
     """Start the proxy (and the demo upstream with --demo); stop it on exit."""
@@ -69,7 +95,7 @@ async def running(settings: Settings) -> AsyncIterator[Running]:
             settings = dataclasses.replace(settings, upstream_url=f"http://{demo}")
         app = create_app(settings)
         shared = settings.workers > 1  # every worker binds the same ports (SO_REUSEPORT)
-        main = await _start(stack, app, settings.listen, "--listen", settings.shutdown_timeout_s, reuse_port=shared)
+        main = await _start_main(stack, app, settings.listen, settings.shutdown_timeout_s, reuse_port=shared)
         admin = await _start(stack, create_admin_app(app[CONTEXT]), settings.admin_listen, "--admin-listen", 1.0,
                              reuse_port=shared)
         yield Running(settings, main, admin, app)

@@ -162,6 +162,16 @@ async def test_expect_100_continue(proxy: Running, upstream: Upstream, http: aio
         assert "Expect" not in upstream.last.headers
 
 
+async def test_unsupported_expectation_is_417(proxy: Running, upstream: Upstream) -> None:
+    """An Expect other than 100-continue is refused (RFC 9110 §10.1.1) and never reaches the upstream."""
+    reader, writer = await asyncio.open_connection(proxy.main.host, proxy.main.port)
+    writer.write(b"POST /other HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nContent-Length: 2\r\n\r\nhi")
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 417")
+    assert upstream.seen == []
+
+
 async def test_head_and_empty_bodies(proxy: Running, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     """HEAD and body-less DELETE pass through with the upstream's status."""
     async with http.head(f"{proxy.url}/x") as response:
