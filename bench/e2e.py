@@ -243,7 +243,8 @@ def render(results: dict[str, Any]) -> str:
                   *[f"| {p['requests']} | {p['rss_kib']} |" for p in results["memory"]]]
     if "profile" in results:
         lines += ["", "## Where the time goes (py-spy under enforce load; % of samples with Python running)", "",
-                  "`itself` is time in the function's own code; `StreamWriter._writelines` is the socket send.", "",
+                  "`itself` is time in the function's own code; `_Connection.write` (upstream) and "
+                  "`StreamWriter._writelines` (client) are the socket sends.", "",
                   "| function | with callees | itself |", "|---|---:|---:|",
                   *[f"| `{name}` | {share} | {own} |" for name, share, own in results["profile"]]]
     return "\n".join(lines) + "\n"
