@@ -104,7 +104,7 @@ def render(result: dict[str, Any]) -> str:
         f"changed in {result['batches']} batches. The tool's time includes process start, introspection, the "
         "advisory lock and the final summary query; its batches alone took "
         f"{result['batches_s']} s (**{result['loop_ratio']}×**). Each changed row costs the tool what it costs "
-        "the single UPDATE plus one log row (and its unique-index entry): that log is what makes a crash "
+        "the single UPDATE plus one log row (and its primary-key entry): that log is what makes a crash "
         "lose nothing and repeat nothing, and what revert reads.", ""])
 
 

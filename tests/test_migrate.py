@@ -425,3 +425,65 @@ async def test_custom_catalog_drives_the_mapping(database: str, db: asyncpg.Conn
     assert result.returncode == 0, result.stderr
     assert held > 0 and await db.fetchval("SELECT count(*) FROM deals WHERE stage = 'on hold'") == 0
     assert {"from": "on hold", "to": "lead", "rows": held} in orjson.loads(result.stdout)["variants"]
+
+
+OLD_LOG_DDL = """
+CREATE TABLE stage_migration_control (run_id bigserial PRIMARY KEY, table_name text NOT NULL,
+    column_name text NOT NULL, pk_name text NOT NULL, dry_run boolean NOT NULL,
+    transactional boolean NOT NULL DEFAULT false, status text NOT NULL, last_id text,
+    batch_no integer NOT NULL DEFAULT 0, rows_scanned bigint NOT NULL DEFAULT 0,
+    rows_changed bigint NOT NULL DEFAULT 0, rows_unknown bigint NOT NULL DEFAULT 0,
+    rows_null bigint NOT NULL DEFAULT 0, rows_skipped bigint NOT NULL DEFAULT 0, catalog_sha256 text,
+    started_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz, reverted_at timestamptz, error text);
+CREATE TABLE stage_normalization_log (id bigserial PRIMARY KEY,
+    run_id bigint NOT NULL REFERENCES stage_migration_control (run_id), row_id text COLLATE "C" NOT NULL,
+    old_value text, new_value text, batch_no integer NOT NULL, dry_run boolean NOT NULL,
+    logged_at timestamptz NOT NULL DEFAULT now());
+CREATE UNIQUE INDEX stage_normalization_log_run_row ON stage_normalization_log (run_id, row_id);
+INSERT INTO stage_migration_control (table_name, column_name, pk_name, dry_run, status)
+    VALUES ('public.deals', 'stage', 'id', true, 'completed');
+INSERT INTO stage_normalization_log (run_id, row_id, old_value, new_value, batch_no, dry_run)
+    VALUES (1, '7', 'WON', 'closed_won', 1, true);
+"""
+
+
+async def test_log_table_of_version_0_1_is_upgraded(database: str, db: asyncpg.Connection) -> None:
+    """A log with the old surrogate id and foreign key loses both, keeps its rows, gains the (run_id, row_id) key."""
+    await seeded(database, 1000)
+    await db.execute(OLD_LOG_DDL)
+    result = await stagectl(database, "migrate", "--apply")
+    assert result.returncode == 0, result.stderr
+    columns = [r["attname"] for r in await db.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'stage_normalization_log'::regclass AND attnum > 0 "
+        "AND NOT attisdropped ORDER BY attnum")]
+    assert "id" not in columns
+    constraints = {r["contype"] for r in await db.fetch(
+        "SELECT contype::text FROM pg_constraint WHERE conrelid = 'stage_normalization_log'::regclass")}
+    assert constraints == {"p"}
+    assert await db.fetchval("SELECT count(*) FROM stage_normalization_log WHERE run_id = 1") == 1
+    assert await db.fetchval("SELECT count(*) FROM stage_normalization_log WHERE run_id = 2") > 0
+    again = await stagectl(database, "migrate")  # and a second run leaves the upgraded table alone
+    assert again.returncode == 0, again.stderr
+
+
+async def test_control_row_deleted_mid_run_rolls_the_batch_back(database: str, db: asyncpg.Connection) -> None:
+    """Without a foreign key the tool itself refuses to log for a vanished run: exit 1, no orphan log rows."""
+    await seeded(database, 60_000)
+    proc = subprocess.Popen(command(database, "migrate", "--apply", "--batch-size", "300", "--sleep-ms", "20"),
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if await db.fetchval("SELECT to_regclass('stage_migration_control') IS NOT NULL") and await db.fetchval(
+                    "SELECT count(*) FROM stage_migration_control WHERE batch_no > 2"):
+                break
+            await asyncio.sleep(0.05)
+        await db.execute("DELETE FROM stage_normalization_log; DELETE FROM stage_migration_control")
+        _, err = await asyncio.to_thread(proc.communicate, timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, err
+    assert "control row of run 1 is gone" in err and "Traceback" not in err
+    assert await db.fetchval("SELECT count(*) FROM stage_normalization_log") == 0

@@ -22,7 +22,7 @@ import asyncpg
 
 from proxy.catalog import Catalog
 from tools.db import Target, quote_ident, read_only
-from tools.errors import EXIT_BUSY, EXIT_USAGE, CommandError
+from tools.errors import EXIT_BUSY, EXIT_FAILED, EXIT_USAGE, CommandError
 from tools.migrate_sql import CREATE_KNOWN, REMEMBER, batch_sql
 from tools.progress import Progress
 
@@ -185,16 +185,24 @@ class Migration:
         return (self.size,) if self.last_id is None else (self.last_id, self.size)
 
     async def _batch(self) -> asyncpg.Record | None:
-        """Classify the page's new values, then plan, write, log and advance the control row in one statement."""
+        """Plan, write, log and advance the control row in one statement (after classifying new values)."""
         first = self.last_id is None
         async with self.db.transaction():
             await self.db.execute(f"SET LOCAL lock_timeout = {int(self.options.lock_timeout_ms)}; "
                                   f"SET LOCAL statement_timeout = {int(self.options.statement_timeout_ms)}")
-            unseen = await self.db.fetch(self.sql.unseen_first if first else self.sql.unseen_next, *self._page_args())
-            if unseen:
-                await self._remember([row["v"] for row in unseen])
-            tally = await self.db.fetchrow(self.sql.write_first if first else self.sql.write_next,
-                                           *self._page_args(), self.run_id, self.batch_no + 1)
+            statement = self.sql.write_first if first else self.sql.write_next
+            tally = await self.db.fetchrow(statement, *self._page_args(), self.run_id, self.batch_no + 1)
+            attempts = 1
+            while tally is not None and tally["unseen"]:  # new values: nothing was written; classify, again
+                if attempts == 5:  # the application keeps writing new values into this very page
+                    raise CommandError("the page's values kept changing while they were classified; run again "
+                                       "with --resume", EXIT_FAILED)
+                await self._remember(list(tally["unseen"]))
+                tally = await self.db.fetchrow(statement, *self._page_args(), self.run_id, self.batch_no + 1)
+                attempts += 1
+            if tally is not None and tally["scanned"] and tally["control_rows"] != 1:
+                raise CommandError(f"the control row of run {self.run_id} is gone (deleted while the run was going?); "
+                                   "this batch was rolled back", EXIT_FAILED)
         if tally is None or not tally["scanned"]:
             return None
         self._count(tally)

@@ -1,11 +1,15 @@
 """The SQL of one migration batch, built once per run for its table, column and key.
 
 A batch is a keyset page (``key > last ORDER BY key LIMIT n``, never OFFSET).
-The page's distinct values are classified in Python by the proxy's catalog and
-remembered in a session temp table ``stage_known``; one statement then plans
-(page values whose class is alias), writes (compare-and-set: only rows still
-holding the value that was read), logs what changed and advances the control
-row — so the data change, its log rows and the control row commit together.
+Values are classified in Python by the proxy's catalog and remembered in a
+session temp table ``stage_known``. One statement per batch reads the page and,
+if every value on it is known, plans (values whose class is alias), writes
+(compare-and-set: only rows still holding the value that was read), logs what
+changed and advances the control row — so the data change, its log rows and
+the control row commit together. If the page holds values not seen before, the
+statement writes nothing and returns them; the tool classifies them and runs
+it again in the same transaction (after the first pages that is rare, so a
+batch is one round trip and one read of its page).
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ REMEMBER = ("INSERT INTO stage_known (v, result, new) SELECT * FROM unnest($1::t
 class BatchSql:
     """Statements with ``$1`` = last key (``next`` variants only) and the page size after it."""
 
-    unseen_first: str
-    unseen_next: str
     write_first: str
     write_next: str
 
@@ -35,11 +37,6 @@ def _page(target: Target, first: bool) -> str:
     where = "" if first else f"WHERE t.{pk} > $1::text::{target.pk_type} "
     size = "$1" if first else "$2"
     return f"page AS (SELECT t.{pk} AS k, t.{col} AS v FROM {t} AS t {where}ORDER BY t.{pk} LIMIT {size})"
-
-
-def _unseen(target: Target, first: bool) -> str:
-    return (f"WITH {_page(target, first)} SELECT DISTINCT page.v FROM page WHERE page.v IS NOT NULL "
-            "AND NOT EXISTS (SELECT 1 FROM stage_known k WHERE k.v = page.v)")
 
 
 def _write(target: Target, first: bool, apply: bool) -> str:
@@ -54,8 +51,10 @@ def _write(target: Target, first: bool, apply: bool) -> str:
         changed, source, dry = "", "plan", "true"
     return (
         f"WITH {_page(target, first)}, "
+        "unseen AS (SELECT DISTINCT page.v FROM page WHERE page.v IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM stage_known k WHERE k.v = page.v)), "
         "plan AS (SELECT page.k, page.v AS old, known.new FROM page JOIN stage_known known ON known.v = page.v "
-        "WHERE known.result = 'alias'), "
+        "WHERE known.result = 'alias' AND NOT EXISTS (SELECT 1 FROM unseen)), "
         f"{changed}"
         "logged AS (INSERT INTO stage_normalization_log (run_id, row_id, old_value, new_value, batch_no, dry_run) "
         f"SELECT {run}, k::text, old, new, {batch}, {dry} FROM {source} RETURNING 1), "
@@ -65,15 +64,15 @@ def _write(target: Target, first: bool, apply: bool) -> str:
         "(SELECT count(*) FROM page) AS scanned, (SELECT count(*) FROM plan) AS planned, "
         "(SELECT count(*) FROM logged) AS changed, (SELECT count(*) FROM page WHERE v IS NULL) AS nulls, "
         "(SELECT count(*) FROM page JOIN stage_known known ON known.v = page.v WHERE known.result = 'unknown') "
-        "AS unknown), "
+        "AS unknown, (SELECT array_agg(unseen.v) FROM unseen) AS unseen), "
         "control AS (UPDATE stage_migration_control c SET last_id = coalesce(tally.last_id, c.last_id), "
         f"batch_no = {batch}, rows_scanned = rows_scanned + tally.scanned, "
         "rows_changed = rows_changed + tally.changed, rows_unknown = rows_unknown + tally.unknown, "
         "rows_null = rows_null + tally.nulls, rows_skipped = rows_skipped + tally.planned - tally.changed, "
-        f"updated_at = now() FROM tally WHERE c.run_id = {run} AND tally.scanned > 0 RETURNING 1) "
+        f"updated_at = now() FROM tally WHERE c.run_id = {run} AND tally.scanned > 0 AND tally.unseen IS NULL "
+        "RETURNING 1) "
         "SELECT tally.*, (SELECT count(*) FROM control) AS control_rows FROM tally")
 
 
 def batch_sql(target: Target, apply: bool) -> BatchSql:
-    return BatchSql(_unseen(target, True), _unseen(target, False), _write(target, True, apply),
-                    _write(target, False, apply))
+    return BatchSql(_write(target, True, apply), _write(target, False, apply))
