@@ -45,9 +45,9 @@ class Running:
         return f"http://{self.admin}"
 
 
-async def _start(stack: AsyncExitStack, app: web.Application, where: HostPort, what: str,
-                 shutdown_timeout_s: float, *, reuse_port: bool = False) -> HostPort:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s)
+async def _listen(stack: AsyncExitStack, runner: web.BaseRunner, where: HostPort, what: str,
+                  reuse_port: bool) -> HostPort:
+    """Set the runner up (cleaned on exit) and bind it; the address it got."""
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     site = web.TCPSite(runner, where.host, where.port, reuse_address=True, reuse_port=reuse_port or None,
@@ -58,6 +58,12 @@ async def _start(stack: AsyncExitStack, app: web.Application, where: HostPort, w
         raise StartupError(f"cannot listen on {what} {where}: {exc.strerror or exc}") from None
     host, port = runner.addresses[0][:2]
     return HostPort(host, port)
+
+
+async def _start(stack: AsyncExitStack, app: web.Application, where: HostPort, what: str,
+                 shutdown_timeout_s: float, *, reuse_port: bool = False) -> HostPort:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s)
+    return await _listen(stack, runner, where, what, reuse_port)
 
 
 async def _start_main(stack: AsyncExitStack, app: web.Application, where: HostPort, shutdown_timeout_s: float,
@@ -74,16 +80,7 @@ async def _start_main(stack: AsyncExitStack, app: web.Application, where: HostPo
     stack.push_async_callback(app.cleanup)
     server = web.Server(app[CONTEXT].dataplane.handle, access_log=None, **MAIN_HANDLER_ARGS)
     runner = web.ServerRunner(server, shutdown_timeout=shutdown_timeout_s)
-    await runner.setup()
-    stack.push_async_callback(runner.cleanup)
-    site = web.TCPSite(runner, where.host, where.port, reuse_address=True, reuse_port=reuse_port or None,
-                       backlog=1024)
-    try:
-        await site.start()
-    except OSError as exc:
-        raise StartupError(f"cannot listen on --listen {where}: {exc.strerror or exc}") from None
-    host, port = runner.addresses[0][:2]
-    return HostPort(host, port)
+    return await _listen(stack, runner, where, "--listen", reuse_port)
 
 
 @asynccontextmanager
