@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
@@ -83,6 +83,34 @@ async def stream_body(request: web.BaseRequest, prefix: bytes = b"") -> AsyncIte
         yield chunk
 
 
+class RelayedResponse(web.Response):
+    """An upstream answer read whole. aiohttp gives every body without a Content-Type
+    ``application/octet-stream``: right for an origin, wrong for a proxy, which must not
+    invent a media type the upstream did not state (clients sniff an absent one)."""
+
+    def __init__(self, *, typed: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._typed = typed
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        if not self._typed:
+            self.headers.popall("Content-Type", None)
+
+
+class RelayedStreamResponse(web.StreamResponse):
+    """An upstream answer streamed through; no invented Content-Type either (see RelayedResponse)."""
+
+    def __init__(self, *, typed: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._typed = typed
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        if not self._typed:
+            self.headers.popall("Content-Type", None)
+
+
 def _upstream_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, TimeoutError):
         return UpstreamError("timeout", 504, "the upstream did not answer in time")
@@ -136,6 +164,7 @@ class Upstream:
                      extra_headers: dict[str, str]) -> web.StreamResponse:
         headers = _copy_headers(upstream.headers, _STRIP_RESPONSE)
         headers.update(extra_headers)
+        typed = "Content-Type" in headers
         length = upstream.content_length
         if length is not None and length <= SMALL_RESPONSE and request.method != "HEAD":
             # One read of what is (nearly always) already in the buffer, one write of headers + body.
@@ -143,9 +172,10 @@ class Upstream:
                 payload = await upstream.read()
             except _FAILURES as exc:
                 raise _upstream_error(exc) from exc
-            return web.Response(status=upstream.status, reason=upstream.reason or None, headers=headers,
-                                body=payload)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason or None, headers=headers)
+            return RelayedResponse(typed=typed, status=upstream.status, reason=upstream.reason or None,
+                                   headers=headers, body=payload)
+        response = RelayedStreamResponse(typed=typed, status=upstream.status, reason=upstream.reason or None,
+                                         headers=headers)
         if length is not None:
             response.content_length = length
         await response.prepare(request)

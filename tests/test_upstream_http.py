@@ -303,3 +303,27 @@ async def test_https_upstream_is_verified(make_proxy: ProxyFactory, http: aiohtt
 async def test_suite_runs_on_the_production_loop() -> None:
     """The in-process tests exercise uvloop, as the proxy runs (its transports differ from asyncio's)."""
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+async def test_no_content_type_is_invented(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    """An upstream answer without Content-Type is relayed without one (small and streamed); a stated one is kept."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while head := (await read_request(reader))[0]:
+            if b"/typed" in head:
+                writer.write(OK)
+            elif b"/small" in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async with scripted(script) as (url, _):
+        run = await make_proxy(upstream_url=url)
+        for path in ("/small", "/streamed"):
+            async with http.get(f"{run.url}{path}") as response:
+                assert (response.status, await response.read()) == (200, b"hello")
+                assert "Content-Type" not in response.headers, path
+                assert "Date" in response.headers  # RFC 9110 §6.6.1: a forwarding recipient adds a missing Date
+        async with http.get(f"{run.url}/typed") as response:
+            assert response.headers["Content-Type"] == "text/plain"
