@@ -51,20 +51,21 @@ def _write(target: Target, first: bool, apply: bool) -> str:
         changed, source, dry = "", "plan", "true"
     return (
         f"WITH {_page(target, first)}, "
-        "unseen AS (SELECT DISTINCT page.v FROM page WHERE page.v IS NOT NULL "
-        "AND NOT EXISTS (SELECT 1 FROM stage_known k WHERE k.v = page.v)), "
+        # One pass over the page for every count, and the values not classified yet (distinct).
+        "counts AS (SELECT count(*) AS scanned, count(*) FILTER (WHERE page.v IS NULL) AS nulls, "
+        "count(*) FILTER (WHERE known.result = 'unknown') AS unknown, "
+        "array_agg(DISTINCT page.v) FILTER (WHERE page.v IS NOT NULL AND known.v IS NULL) AS unseen "
+        "FROM page LEFT JOIN stage_known known ON known.v = page.v), "
         "plan AS (SELECT page.k, page.v AS old, known.new FROM page JOIN stage_known known ON known.v = page.v "
-        "WHERE known.result = 'alias' AND NOT EXISTS (SELECT 1 FROM unseen)), "
+        "WHERE known.result = 'alias' AND (SELECT counts.unseen FROM counts) IS NULL), "
         f"{changed}"
         "logged AS (INSERT INTO stage_normalization_log (run_id, row_id, old_value, new_value, batch_no, dry_run) "
         f"SELECT {run}, k::text, old, new, {batch}, {dry} FROM {source} RETURNING 1), "
         # Sort the key itself, not its text (an unqualified ORDER BY k would pick a text output column), and
         # no max(): uuid keys have none.
         "tally AS (SELECT (SELECT page.k FROM page ORDER BY page.k DESC LIMIT 1)::text AS last_id, "
-        "(SELECT count(*) FROM page) AS scanned, (SELECT count(*) FROM plan) AS planned, "
-        "(SELECT count(*) FROM logged) AS changed, (SELECT count(*) FROM page WHERE v IS NULL) AS nulls, "
-        "(SELECT count(*) FROM page JOIN stage_known known ON known.v = page.v WHERE known.result = 'unknown') "
-        "AS unknown, (SELECT array_agg(unseen.v) FROM unseen) AS unseen), "
+        "counts.scanned, (SELECT count(*) FROM plan) AS planned, (SELECT count(*) FROM logged) AS changed, "
+        "counts.nulls, counts.unknown, counts.unseen FROM counts), "
         "control AS (UPDATE stage_migration_control c SET last_id = coalesce(tally.last_id, c.last_id), "
         f"batch_no = {batch}, rows_scanned = rows_scanned + tally.scanned, "
         "rows_changed = rows_changed + tally.changed, rows_unknown = rows_unknown + tally.unknown, "
