@@ -37,7 +37,8 @@ async def setup(database: str, tmp_path: Path, make_proxy: ProxyFactory, redis_s
 
 def args_for(redis_url: str, backups: Path, log: Path, proxy: Running) -> list[str]:
     return ["preflight", "--json", "--redis-url", redis_url, "--admin-url", proxy.admin_url, "--backup-dir",
-            str(backups), "--logs", str(log), "--samples", "200"]
+            str(backups), "--logs", str(log), "--samples", "200",
+            "--redis-max-p99-ms", "250"]  # generous: a loaded CI machine's stalls are not Redis's (see redis tests)
 
 
 async def test_healthy_setup_passes(setup: tuple[str, Path, Path, Running], redis_server: RedisServer) -> None:
@@ -48,7 +49,7 @@ async def test_healthy_setup_passes(setup: tuple[str, Path, Path, Running], redi
     assert result.returncode == 0, result.stdout
     assert [r["result"] for r in rows] == ["PASS"] * 5
     text = await stagectl(*[a for a in args_for(redis_server.url, backups, log, proxy) if a != "--json"], dsn=dsn)
-    assert "all PASS" in text.stdout and "MEASURED" in text.stdout
+    assert "all PASS" in text.stdout and "MEASURED" in text.stdout and "< 250 ms" in text.stdout
 
 
 @pytest.mark.parametrize("broken", ["consumers", "redis", "fallback", "backup", "seeded"])

@@ -19,13 +19,28 @@ async def latency(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_healthy_redis_passes(redis_server: RedisServer) -> None:
-    """A local Redis answers GETs well under 10 ms at p99; the server's own view is shown."""
-    result = await latency(redis_server.url, "--samples", "500", "--rate", "500", "--json")
+    """A local Redis: percentiles ordered, the server's own view shown, the verdict follows the bar.
+
+    The bar is the runbook's 10 ms by default; this test passes a generous one so an overloaded CI machine
+    (scheduler stalls, not Redis) cannot fail it - the stalled case is the next test's.
+    """
+    result = await latency(redis_server.url, "--samples", "500", "--rate", "500", "--json", "--max-p99-ms", "250")
     report = orjson.loads(result.stdout)
     assert result.returncode == 0, result.stderr
-    assert report["ok"] and report["p99_ms"] < 10 and report["samples"] == 500
+    assert report["ok"] and report["threshold_ms"] == 250 and report["samples"] == 500
     assert report["p50_ms"] <= report["p95_ms"] <= report["p99_ms"] <= report["p99_9_ms"] <= report["max_ms"]
     assert report["server"] and "p99" in report["server"]  # INFO latencystats (Redis 7)
+
+
+async def test_verdict_follows_the_bar(redis_server: RedisServer) -> None:
+    """Default bar 10 ms (the runbook's); a bar below any possible round trip fails with exit 1 and says so."""
+    default = orjson.loads((await latency(redis_server.url, "--samples", "20", "--json")).stdout)
+    assert default["threshold_ms"] == 10
+    strict = await latency(redis_server.url, "--samples", "50", "--rate", "500", "--max-p99-ms", "0.000001")
+    assert strict.returncode == 1
+    assert "TOO SLOW: p99 must be < 1e-06 ms" in strict.stdout
+    bad = await latency(redis_server.url, "--max-p99-ms", "0")
+    assert bad.returncode == 2 and "must be positive" in bad.stderr and "Traceback" not in bad.stderr
 
 
 async def test_slowed_redis_is_reported(own_redis: RedisServer) -> None:

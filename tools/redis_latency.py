@@ -19,7 +19,7 @@ from tools.db import masked
 from tools.errors import CommandError
 
 KEY = "stagegate:latency-probe"
-THRESHOLD_MS = 10.0
+THRESHOLD_MS = 10.0  # the runbook's Week-0 bar
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -35,7 +35,8 @@ def server_view(info: dict[str, Any]) -> dict[str, Any] | None:
     return {str(name): round(float(value) / 1000, 3) for name, value in pairs}
 
 
-async def measure(url: str, samples: int, rate: float, timeout_s: float = 2.0) -> dict[str, Any]:
+async def measure(url: str, samples: int, rate: float, timeout_s: float = 2.0,
+                  threshold_ms: float = THRESHOLD_MS) -> dict[str, Any]:
     client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         await client.set(KEY, b"x" * 64)
@@ -63,8 +64,8 @@ async def measure(url: str, samples: int, rate: float, timeout_s: float = 2.0) -
     figures = {"p50_ms": percentile(ordered, 0.5), "p95_ms": percentile(ordered, 0.95),
                "p99_ms": percentile(ordered, 0.99), "p99_9_ms": percentile(ordered, 0.999), "max_ms": ordered[-1]}
     result: dict[str, Any] = {"samples": samples, "rate_per_s": rate, **{k: round(v, 3) for k, v in figures.items()},
-                              "threshold_ms": THRESHOLD_MS, "server": server_view(info)}
-    result["ok"] = result["p99_ms"] < THRESHOLD_MS
+                              "threshold_ms": threshold_ms, "server": server_view(info)}
+    result["ok"] = result["p99_ms"] < threshold_ms
     return result
 
 

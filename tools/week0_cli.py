@@ -63,6 +63,8 @@ def register(commands: Any) -> None:
     p.add_argument("--redis-url", help="default $STAGE_REDIS_URL")
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--rate", type=float, default=200.0, help="GETs per second (default 200)")
+    p.add_argument("--max-p99-ms", type=float, default=redis_latency.THRESHOLD_MS,
+                   help="the bar: exit 1 when p99 is at or above it (default 10, the runbook's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run_redis_latency)
 
@@ -77,6 +79,8 @@ def register(commands: Any) -> None:
     p.add_argument("--classifications", type=Path)
     p.add_argument("--min-rows", type=int, default=1000)
     p.add_argument("--samples", type=int, default=500)
+    p.add_argument("--redis-max-p99-ms", type=float, default=redis_latency.THRESHOLD_MS,
+                   help="the Redis criterion's bar (default 10 ms, the runbook's)")
     p.add_argument("--budget", type=float, default=300.0)
     p.add_argument("--table", default="deals")
     p.add_argument("--config")
@@ -155,27 +159,31 @@ async def run_redis_latency(args: argparse.Namespace, environ: Mapping[str, str]
     url = args.redis_url or environ.get("STAGE_REDIS_URL")
     if not url:
         raise CommandError("no Redis: pass --redis-url or set STAGE_REDIS_URL", EXIT_USAGE)
-    if args.samples < 1 or args.rate <= 0:
-        raise CommandError("--samples and --rate must be positive", EXIT_USAGE)
-    result = await redis_latency.measure(url, args.samples, args.rate)
+    if args.samples < 1 or args.rate <= 0 or args.max_p99_ms <= 0:
+        raise CommandError("--samples, --rate and --max-p99-ms must be positive", EXIT_USAGE)
+    result = await redis_latency.measure(url, args.samples, args.rate, threshold_ms=args.max_p99_ms)
     if args.json:
         print(_json(result))
     else:
         server = result["server"] or {}
         print(f"GET over {result['samples']} samples at {result['rate_per_s']:g}/s: p50 {result['p50_ms']} ms, "
               f"p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, p99.9 {result['p99_9_ms']} ms, "
-              f"max {result['max_ms']} ms ({'OK' if result['ok'] else 'TOO SLOW'}: p99 must be < 10 ms)"
+              f"max {result['max_ms']} ms ({'OK' if result['ok'] else 'TOO SLOW'}: p99 must be < "
+              f"{result['threshold_ms']:g} ms)"
               + (f"; server's own view: {server}" if server else ""))
     return EXIT_OK if result["ok"] else EXIT_FAILED
 
 
 async def run_preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.redis_max_p99_ms <= 0:
+        raise CommandError("--redis-max-p99-ms must be positive", EXIT_USAGE)
     options = preflight.PreflightArgs(
         dsn=args.dsn or environ.get("DATABASE_URL"), redis_url=args.redis_url or environ.get("STAGE_REDIS_URL"),
         admin_url=args.admin_url or environ.get("STAGE_ADMIN_URL"), backup_dir=args.backup_dir, logs=args.logs,
         internal=audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr"),
         trusted=audit.networks(args.trusted_proxy, "--trusted-proxy"), classifications=args.classifications,
-        min_rows=args.min_rows, samples=args.samples, budget_s=args.budget, table=args.table)
+        min_rows=args.min_rows, samples=args.samples, budget_s=args.budget, table=args.table,
+        redis_max_p99_ms=args.redis_max_p99_ms)
     criteria = await preflight.run(options, load_catalog(args.config, environ))
     print(_json([c.as_json() for c in criteria]) if args.json else preflight.render(criteria))
     return EXIT_OK if all(c.ok for c in criteria) else EXIT_FAILED
