@@ -191,15 +191,10 @@ class Migration:
             await self.db.execute(f"SET LOCAL lock_timeout = {int(self.options.lock_timeout_ms)}; "
                                   f"SET LOCAL statement_timeout = {int(self.options.statement_timeout_ms)}")
             statement = self.sql.write_first if first else self.sql.write_next
-            tally = await self.db.fetchrow(statement, *self._page_args(), self.run_id, self.batch_no + 1)
-            attempts = 1
-            while tally is not None and tally["unseen"]:  # new values: nothing was written; classify, again
-                if attempts == 5:  # the application keeps writing new values into this very page
-                    raise CommandError("the page's values kept changing while they were classified; run again "
-                                       "with --resume", EXIT_FAILED)
+            tally = await self.db.fetchrow(statement, *self._page_args(), self.run_id, self.batch_no + 1, False)
+            if tally is not None and tally["unseen"]:  # new values: nothing was written; classify, then settle
                 await self._remember(list(tally["unseen"]))
-                tally = await self.db.fetchrow(statement, *self._page_args(), self.run_id, self.batch_no + 1)
-                attempts += 1
+                tally = await self.db.fetchrow(statement, *self._page_args(), self.run_id, self.batch_no + 1, True)
             if tally is not None and tally["scanned"] and tally["control_rows"] != 1:
                 raise CommandError(f"the control row of run {self.run_id} is gone (deleted while the run was going?); "
                                    "this batch was rolled back", EXIT_FAILED)
@@ -223,7 +218,7 @@ class Migration:
         t.changed += tally["changed"]
         t.unknown += tally["unknown"]
         t.null += tally["nulls"]
-        t.skipped += tally["planned"] - tally["changed"]
+        t.skipped += tally["planned"] - tally["changed"] + (tally["unseen_rows"] or 0)
 
     async def finish(self, status: str, error: str | None = None) -> None:
         await self.db.execute(

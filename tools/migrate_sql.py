@@ -8,8 +8,11 @@ if every value on it is known, plans (values whose class is alias), writes
 changed and advances the control row — so the data change, its log rows and
 the control row commit together. If the page holds values not seen before, the
 statement writes nothing and returns them; the tool classifies them and runs
-it again in the same transaction (after the first pages that is rare, so a
-batch is one round trip and one read of its page).
+it again in the same transaction with ``settle`` set (after the first pages
+that is rare, so a batch is one round trip and one read of its page). Values
+still unseen then were written by the application between the two statements:
+like any row it changed under the tool, they are left alone and counted as
+skipped, so concurrent writers cannot starve a batch.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ def _page(target: Target, first: bool) -> str:
 
 def _write(target: Target, first: bool, apply: bool) -> str:
     t, col, pk = target.qualified, quote_ident(target.column), quote_ident(target.pk)
-    n = 1 if first else 2  # parameters after the page's: run id, batch number
-    run, batch = f"${n + 1}", f"${n + 2}"
+    n = 1 if first else 2  # parameters after the page's: run id, batch number, settle
+    run, batch, settle = f"${n + 1}", f"${n + 2}", f"${n + 3}::boolean"
     if apply:
         changed = (f"changed AS (UPDATE {t} AS t SET {col} = plan.new FROM plan WHERE t.{pk} = plan.k "
                    f"AND t.{col} = plan.old RETURNING plan.k, plan.old, plan.new), ")
@@ -54,10 +57,12 @@ def _write(target: Target, first: bool, apply: bool) -> str:
         # One pass over the page for every count, and the values not classified yet (distinct).
         "counts AS (SELECT count(*) AS scanned, count(*) FILTER (WHERE page.v IS NULL) AS nulls, "
         "count(*) FILTER (WHERE known.result = 'unknown') AS unknown, "
+        "count(*) FILTER (WHERE page.v IS NOT NULL AND known.v IS NULL) AS unseen_rows, "
         "array_agg(DISTINCT page.v) FILTER (WHERE page.v IS NOT NULL AND known.v IS NULL) AS unseen "
         "FROM page LEFT JOIN stage_known known ON known.v = page.v), "
+        "go AS (SELECT " + settle + " OR counts.unseen IS NULL AS ok FROM counts), "
         "plan AS (SELECT page.k, page.v AS old, known.new FROM page JOIN stage_known known ON known.v = page.v "
-        "WHERE known.result = 'alias' AND (SELECT counts.unseen FROM counts) IS NULL), "
+        "WHERE known.result = 'alias' AND (SELECT go.ok FROM go)), "
         f"{changed}"
         "logged AS (INSERT INTO stage_normalization_log (run_id, row_id, old_value, new_value, batch_no, dry_run) "
         f"SELECT {run}, k::text, old, new, {batch}, {dry} FROM {source} RETURNING 1), "
@@ -65,12 +70,14 @@ def _write(target: Target, first: bool, apply: bool) -> str:
         # no max(): uuid keys have none.
         "tally AS (SELECT (SELECT page.k FROM page ORDER BY page.k DESC LIMIT 1)::text AS last_id, "
         "counts.scanned, (SELECT count(*) FROM plan) AS planned, (SELECT count(*) FROM logged) AS changed, "
-        "counts.nulls, counts.unknown, counts.unseen FROM counts), "
+        "counts.nulls, counts.unknown, counts.unseen, counts.unseen_rows, (SELECT go.ok FROM go) AS written "
+        "FROM counts), "
         "control AS (UPDATE stage_migration_control c SET last_id = coalesce(tally.last_id, c.last_id), "
         f"batch_no = {batch}, rows_scanned = rows_scanned + tally.scanned, "
         "rows_changed = rows_changed + tally.changed, rows_unknown = rows_unknown + tally.unknown, "
-        "rows_null = rows_null + tally.nulls, rows_skipped = rows_skipped + tally.planned - tally.changed, "
-        f"updated_at = now() FROM tally WHERE c.run_id = {run} AND tally.scanned > 0 AND tally.unseen IS NULL "
+        "rows_null = rows_null + tally.nulls, "
+        "rows_skipped = rows_skipped + tally.planned - tally.changed + coalesce(tally.unseen_rows, 0), "
+        f"updated_at = now() FROM tally WHERE c.run_id = {run} AND tally.scanned > 0 AND tally.written "
         "RETURNING 1) "
         "SELECT tally.*, (SELECT count(*) FROM control) AS control_rows FROM tally")
 
