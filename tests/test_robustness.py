@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,7 +48,7 @@ class ThreadedProxy:
     """A proxy + upstream on their own event loop in a thread, for synchronous (hypothesis) tests."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # the production loop
         self.ready = threading.Event()
         self.stop: asyncio.Event | None = None
         self.run: Running | None = None
