@@ -83,8 +83,8 @@ async def stream_body(request: web.BaseRequest, prefix: bytes = b"") -> AsyncIte
         yield chunk
 
 
-class RelayedResponse(web.Response):
-    """An upstream answer read whole. aiohttp gives every body without a Content-Type
+class RelayedStreamResponse(web.StreamResponse):
+    """An upstream answer, relayed. aiohttp gives every body without a Content-Type
     ``application/octet-stream``: right for an origin, wrong for a proxy, which must not
     invent a media type the upstream did not state (clients sniff an absent one)."""
 
@@ -98,17 +98,8 @@ class RelayedResponse(web.Response):
             self.headers.popall("Content-Type", None)
 
 
-class RelayedStreamResponse(web.StreamResponse):
-    """An upstream answer streamed through; no invented Content-Type either (see RelayedResponse)."""
-
-    def __init__(self, *, typed: bool, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._typed = typed
-
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        if not self._typed:
-            self.headers.popall("Content-Type", None)
+class RelayedResponse(RelayedStreamResponse, web.Response):
+    """An upstream answer read whole and written with its headers in one go."""
 
 
 def _upstream_error(exc: BaseException) -> UpstreamError:

@@ -10,13 +10,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import pytest
@@ -77,6 +78,37 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+
+class ThreadedLoop:
+    """Servers on their own uvloop in a thread, for synchronous (hypothesis) tests: ``with Sub() as it:``.
+
+    A subclass's ``serve`` starts what it needs, sets ``self.ready`` and waits for ``stop``.
+    """
+
+    def __init__(self) -> None:
+        self.loop = uvloop.new_event_loop()  # the production loop
+        self.ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        raise NotImplementedError
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        await self.serve(self._stop)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        assert self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(10)
+        self.loop.close()
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config,

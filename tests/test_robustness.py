@@ -6,19 +6,17 @@ import asyncio
 import http.client
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.server import Running, running
-from tests.conftest import TOKEN, Upstream, make_settings, recording_upstream, set_mode
+from tests.conftest import TOKEN, ThreadedLoop, Upstream, make_settings, recording_upstream, set_mode
 
 JSON = "application/json"
 
@@ -44,18 +42,14 @@ async def test_client_disconnects_mid_body(proxy: Running, upstream: Upstream, h
     assert proxy_errors == []
 
 
-class ThreadedProxy:
-    """A proxy + upstream on their own event loop in a thread, for synchronous (hypothesis) tests."""
+class ThreadedProxy(ThreadedLoop):
+    """A proxy + recording upstream on their own loop in a thread, modes set for the fuzz."""
 
     def __init__(self) -> None:
-        self.loop = uvloop.new_event_loop()  # the production loop
-        self.ready = threading.Event()
-        self.stop: asyncio.Event | None = None
+        super().__init__()
         self.run: Running | None = None
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
 
-    async def _main(self) -> None:
-        self.stop = asyncio.Event()
+    async def serve(self, stop: asyncio.Event) -> None:
         async with recording_upstream() as state, running(make_settings(state.url, max_body_bytes=4096)) as run:
             self.run = run
             async with aiohttp.ClientSession() as session:
@@ -63,25 +57,14 @@ class ThreadedProxy:
                 await set_mode(session, run, "update_deal", "warn")
                 await set_mode(session, run, "import_deals", "enforce", 50)
             self.ready.set()
-            await self.stop.wait()
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        assert self.ready.wait(10)
-        assert self.run is not None
-        return self.run
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.stop is not None
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(10)
-        self.loop.close()
+            await stop.wait()
 
 
 @pytest.fixture(scope="module")
 def threaded_proxy() -> Iterator[Running]:
-    with ThreadedProxy() as run:
-        yield run
+    with ThreadedProxy() as threaded:
+        assert threaded.run is not None
+        yield threaded.run
 
 
 HEADER_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=300)

@@ -9,34 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import threading
 from collections.abc import Iterator
 
 import orjson
 import pytest
-import uvloop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.server import Running, running
-from tests.conftest import make_settings
+from tests.conftest import ThreadedLoop, make_settings
 
 STATUSES = [200, 201, 204, 301, 304, 404, 418, 503]
 TOKEN_CHARS = st.sampled_from("abcdefghijklmnopqrstuvwxyz-ABCXYZ0123456789")
 
 
-class ScriptedUpstream:
-    """The proxy and a scripted upstream on their own uvloop in a thread, for synchronous hypothesis tests."""
+class ScriptedUpstream(ThreadedLoop):
+    """The proxy and a scripted upstream that answers every request with ``reply``, then closes."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.reply = b""
-        self.loop = uvloop.new_event_loop()
-        self.ready = threading.Event()
-        self.stop: asyncio.Event | None = None
         self.run: Running | None = None
-        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             for line in head.split(b"\r\n"):
@@ -49,26 +44,14 @@ class ScriptedUpstream:
         finally:
             writer.close()
 
-    async def _main(self) -> None:
-        self.stop = asyncio.Event()
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def serve(self, stop: asyncio.Event) -> None:
+        server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         async with running(make_settings(f"http://127.0.0.1:{port}", upstream_timeout_s=1.0)) as run:
             self.run = run
             self.ready.set()
-            await self.stop.wait()
+            await stop.wait()
         server.close()
-
-    def __enter__(self) -> ScriptedUpstream:
-        self.thread.start()
-        assert self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.stop is not None
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
