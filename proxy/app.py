@@ -1,14 +1,16 @@
 """Application factories: ``create_app(settings)`` wires the proxy without doing I/O.
 
-Resources live in cleanup contexts (aiohttp "Cleanup Context"): the upstream
-ClientSession, the mode store and its refresh task, the log-flood flusher.
+The Application carries the proxy's shared context and lifecycle; resources
+live in cleanup contexts (aiohttp "Cleanup Context"): the upstream connection
+pool, the mode store and its refresh task, the log-flood flusher. The main
+listener calls ``dataplane.handle`` directly (proxy.server), not a router.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 
@@ -25,8 +27,6 @@ from proxy.tasks import stop_task
 SETTINGS: Final = web.AppKey("settings", Settings)
 CONTEXT: Final = web.AppKey("context", OpsContext)
 STORE: Final = web.AppKey("store", ModeStore)
-# Request handler options of the main listener: long headers allowed, bodies never decompressed.
-MAIN_HANDLER_ARGS: Final[dict[str, Any]] = {"max_field_size": 16384, "auto_decompress": False}
 
 
 def make_store(settings: Settings, metrics: Metrics) -> ModeStore:
@@ -71,17 +71,16 @@ async def flood_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    """The main listener's application; its CONTEXT is shared with the admin app."""
+    """The proxy's application (lifecycle and CONTEXT, shared with the admin app); no routes of its own."""
     catalog = settings.catalog
     metrics = Metrics(catalog.endpoint_names)
     store = make_store(settings, metrics)
     modes = ModeState(catalog, store, metrics, state_file=settings.state_file, refresh_ms=settings.refresh_ms)
     dataplane = DataPlane(catalog, modes, metrics, id_header=settings.request_id_header,
                           max_body_bytes=settings.max_body_bytes, warn_log_per_s=settings.warn_log_per_s)
-    app = web.Application(handler_args=MAIN_HANDLER_ARGS)
+    app = web.Application()
     app[SETTINGS] = settings
     app[STORE] = store
     app[CONTEXT] = OpsContext(catalog, modes, metrics, dataplane, settings.ops_token, settings.upstream_health_path)
     app.cleanup_ctx.extend([upstream_ctx, modes_ctx, flood_ctx])
-    app.router.add_route("*", "/{tail:.*}", dataplane.handle)
     return app

@@ -14,13 +14,17 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, Final
 
 from aiohttp import web
 
-from proxy.app import CONTEXT, MAIN_HANDLER_ARGS, create_app
+from proxy.app import CONTEXT, create_app
 from proxy.demo import create_demo_app
 from proxy.ops import create_admin_app
 from proxy.settings import HostPort, Settings
+
+# Request handler options of the main listener: long headers allowed, bodies never decompressed.
+MAIN_HANDLER_ARGS: Final[dict[str, Any]] = {"max_field_size": 16384, "auto_decompress": False}
 
 
 class StartupError(RuntimeError):

@@ -241,6 +241,11 @@ class _Connection(asyncio.Protocol):
             await self._body_waiter
             self._body_waiter = None
 
+    def park(self) -> None:
+        """Idle in the pool: no exchange, so any byte that arrives now is a fault."""
+        self._parser = None
+        self.idle_since = self.loop.time()
+
     def abort(self) -> None:
         self.closed = True
         self._cancel_timer()
@@ -387,8 +392,7 @@ class UpstreamPool:
         reusable = (conn.complete and conn.keep_alive and conn.reusable and conn.error is None and not conn.closed
                     and not self._closed and len(self._idle) < self.max_idle)
         if reusable:
-            conn._parser = None
-            conn.idle_since = conn.loop.time()
+            conn.park()
             self._idle.append(conn)
         else:
             conn.abort()
@@ -413,15 +417,16 @@ class UpstreamPool:
     async def _exchange(self, conn: _Connection, method: str, target: str, headers: CIMultiDict[str],
                         body: bytes | StreamBody | None) -> UpstreamResponse:
         extra = "" if "Host" in headers else f"Host: {self.host_header}\r\n"
-        streamed = body is not None and not isinstance(body, bytes)
+        chunked = False
         if isinstance(body, bytes):
             extra += f"Content-Length: {len(body)}\r\n"
-        elif body is None:
-            if method not in _NO_BODY_METHODS and "Content-Length" not in headers:
-                extra += "Content-Length: 0\r\n"
-        elif "Content-Length" not in headers:
+        elif "Content-Length" in headers:
+            pass  # a streamed body of declared length, or a bodiless request that declared 0
+        elif body is not None:
             extra += "Transfer-Encoding: chunked\r\n"
-        chunked = streamed and "Content-Length" not in headers
+            chunked = True
+        elif method not in _NO_BODY_METHODS:
+            extra += "Content-Length: 0\r\n"
         head_arrived = conn.begin(method == "HEAD", self.read_timeout_s)
         try:
             try:
