@@ -19,8 +19,8 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import free_port as free_port  # re-exported: one definition, shared with the tests
-from tests.conftest import wait_for_port
+from tests.support.ports import free_port as free_port
+from tests.support.ports import wait_for_port
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -22,8 +22,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from proxy.catalog import default_catalog
-from tests.conftest import PostgresServer
+from proxy.catalog.stages import default_catalog
+from tests.support.servers import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import orjson
 
-from proxy import body as bodies
-from proxy.catalog import Endpoint, default_catalog
+from proxy.catalog.stages import Endpoint, default_catalog
+from proxy.dataplane import body as bodies
 
 CATALOG = default_catalog()
 CREATE, _UPDATE, IMPORT = CATALOG.endpoints

@@ -3,40 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
-from proxy.server import Running
-from tests.conftest import TOKEN, ProxyFactory, RedisServer, set_mode
+from proxy.app.server import Running
+from tests.support.alerts import AUTH, alert, payload, post_webhook
+from tests.support.proxies import ProxyFactory, set_mode
+from tests.support.servers import RedisServer
 
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def alert(labels: dict[str, str], status: str = "firing", fingerprint: str | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": status, "labels": labels, "annotations": {},
-                            "startsAt": "2026-11-25T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-                            "generatorURL": "http://prometheus/graph"}
-    if fingerprint is not None:
-        body["fingerprint"] = fingerprint
-    return body
-
-
-def payload(*alerts: dict[str, Any], status: str = "firing", version: str = "4") -> dict[str, Any]:
-    return {"version": version, "groupKey": '{}:{alertname="X"}', "truncatedAlerts": 0, "status": status,
-            "receiver": "stagegate-ops", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
-            "externalURL": "http://alertmanager:9093", "alerts": list(alerts)}
-
-
-async def post(http: aiohttp.ClientSession, run: Running, body: bytes | dict[str, Any],
-               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    data = body if isinstance(body, bytes) else orjson.dumps(body)
-    async with http.post(f"{run.admin_url}/_ops/alertmanager", data=io.BytesIO(data),
-                         headers=AUTH if headers is None else headers) as response:
-        return response.status, orjson.loads(await response.read())
+post = post_webhook
 
 
 async def modes(http: aiohttp.ClientSession, run: Running) -> dict[str, Any]:

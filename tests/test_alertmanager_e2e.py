@@ -19,8 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.server import Running
-from tests.conftest import REPO, TOKEN, free_port, set_mode, wait_for_port
+from proxy.app.server import Running
+from tests.support.ports import free_port, wait_for_port
+from tests.support.proxies import REPO, TOKEN, set_mode
 
 CONFIG = REPO / "observability" / "alertmanager" / "alertmanager.yml"
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.conftest import REPO
+from tests.support.proxies import REPO
 
 PROXY = orjson.dumps({"ts": "2026-11-20T10:00:00.000+00:00", "level": "WARN", "event": "stage_validation",
                       "endpoint": "create_deal", "mode": "warn", "result": "unknown", "value": "maybe",

@@ -11,7 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import REPO, PostgresServer, free_port
+from tests.support.ports import free_port
+from tests.support.proxies import REPO
+from tests.support.servers import PostgresServer
 
 
 async def stagectl(*args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]:

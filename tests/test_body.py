@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.body import inspect, media_problem, parse_json, rewrite
-from proxy.catalog import Endpoint, default_catalog
-from proxy.jsonscan import Scanner, literal_spans
+from proxy.catalog.stages import Endpoint, default_catalog
+from proxy.dataplane.body import inspect, media_problem, parse_json, rewrite
+from proxy.dataplane.jsonscan import Scanner, literal_spans
 
 CATALOG = default_catalog()
 CREATE, UPDATE, IMPORT = CATALOG.endpoints

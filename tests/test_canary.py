@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from proxy.canary import accept_request_id, bucket, is_enforced
-from tests.conftest import REPO
+from proxy.catalog.canary import bucket, is_enforced
+from proxy.dataplane.requestid import accept_request_id
+from tests.support.proxies import REPO
 
 
 def doc_vectors() -> list[tuple[str, float]]:

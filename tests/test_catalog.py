@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.catalog import DEFAULT_CATALOG_TOML, CatalogError, default_catalog, fold, parse_catalog, parse_field
+from proxy.catalog.stages import DEFAULT_CATALOG_TOML, CatalogError, default_catalog, fold, parse_catalog, parse_field
 
 
 @pytest.mark.parametrize(

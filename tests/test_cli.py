@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from proxy.settings import Secret, SettingsError, load_settings
-from tests.conftest import REPO, free_port
+from proxy.app.settings import OPTIONS, Option, SettingsError, load_settings, markdown_table
+from proxy.shared.secrets import Secret
+from tests.support.ports import free_port
+from tests.support.proxies import REPO
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -89,3 +91,53 @@ def test_port_in_use_exits_1() -> None:
         result = run_cli("--upstream", "http://127.0.0.1:1", "--listen", f"127.0.0.1:{port}",
                          "--admin-listen", f"127.0.0.1:{free_port()}")
     assert_one_line_error(result, 1, f"cannot listen on --listen 127.0.0.1:{port}")
+
+
+def test_readme_option_table_is_the_settings_table() -> None:
+    """The README's option table is exactly what proxy/app/settings.py declares (one table, no drift)."""
+    assert markdown_table() in (REPO / "README.md").read_text()
+
+
+FILE_OPTIONS = {"config_path", "ops_token_file"}  # read a file: covered by test_bad_configuration and below
+SAMPLES: dict[str, tuple[str, str]] = {
+    "upstream_url": ("http://env:1", "http://flag:2"), "listen": ("127.0.0.1:1", "127.0.0.1:2"),
+    "admin_listen": ("127.0.0.1:3", "127.0.0.1:4"), "redis_url": ("redis://env:1/0", "redis://flag:2/0"),
+    "state_file": ("/tmp/env.json", "/tmp/flag.json"), "upstream_health_path": ("/env", "/flag"),
+    "log_level": ("debug", "ERROR"), "workers": ("2", "3"), "request_id_header": ("X-Env", "X-Flag"),
+    "redis_prefix": ("env:", "flag:")}
+
+
+@pytest.mark.parametrize("option", [o for o in OPTIONS if o.flag and not o.switch and o.name not in FILE_OPTIONS],
+                         ids=lambda o: o.flag)
+def test_every_option_has_its_variable_and_the_flag_wins(option: Option) -> None:
+    """Each option is read from its variable, and the flag beats the variable, with the same parser."""
+    env_value, flag_value = SAMPLES.get(option.name, ("7", "9"))
+    assert option.env is not None and option.flag is not None
+    base = {"STAGE_UPSTREAM_URL": "http://up:1", "STAGE_REDIS_URL": "redis://r:1/0"}
+    from_env = load_settings([], {**base, option.env: env_value})
+    from_flag = load_settings([option.flag, flag_value], {**base, option.env: env_value})
+    assert getattr(from_env, option.name) == option.parse(env_value) != option.parse(flag_value)
+    assert getattr(from_flag, option.name) == option.parse(flag_value)
+
+
+def test_token_file_wins_and_demo_switch_reads_its_variable(tmp_path: Path) -> None:
+    """--ops-token-file beats STAGE_OPS_TOKEN; STAGE_DEMO=true is --demo."""
+    token = tmp_path / "token"
+    token.write_text("from-file\n")
+    settings = load_settings(["--ops-token-file", str(token)], {"STAGE_OPS_TOKEN": "from-env", "STAGE_DEMO": "true"})
+    assert settings.demo and settings.ops_token is not None and settings.ops_token.matches("from-file")
+    assert settings.ops_token_shell == f"$(cat {token})"
+    with pytest.raises(SettingsError, match="STAGE_DEMO: expected true or false"):
+        load_settings([], {"STAGE_DEMO": "maybe"})
+
+
+@pytest.mark.parametrize(("argv", "environ", "secret"), [
+    (["--upstream", "http://x", "--redis-url", "redis://:hunter2@redis:notaport/0"], {}, "hunter2"),
+    (["--upstream", "http://u:pa55word@x:99999"], {}, "pa55word"),
+    ([], {"STAGE_REDIS_URL": "mysql://root:topsecret@db/0", "STAGE_UPSTREAM_URL": "http://x"}, "topsecret"),
+])
+def test_errors_never_echo_credentials(argv: list[str], environ: dict[str, str], secret: str) -> None:
+    """A bad URL holding a password is named in the error with the password masked."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings(argv, environ)
+    assert secret not in str(caught.value) and "**********" in str(caught.value)

@@ -9,8 +9,10 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from proxy.server import Running
-from tests.conftest import ProxyFactory, Upstream, free_port
+from proxy.app.server import Running
+from tests.support.ports import free_port
+from tests.support.proxies import ProxyFactory
+from tests.support.upstreams import Upstream
 
 
 async def raw_http(run: Running, request: bytes) -> bytes:

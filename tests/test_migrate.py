@@ -15,8 +15,10 @@ import asyncpg
 import orjson
 import pytest
 
-from proxy.catalog import default_catalog
-from tests.conftest import REPO, PostgresServer, free_port
+from proxy.catalog.stages import default_catalog
+from tests.support.ports import free_port
+from tests.support.proxies import REPO
+from tests.support.servers import PostgresServer
 
 CATALOG = default_catalog()
 CHECKSUM = "SELECT md5(string_agg(d::text, '|' ORDER BY d.id)) FROM deals d"
@@ -415,7 +417,7 @@ async def test_target_batch_ms_tunes_the_batch_size(database: str, db: asyncpg.C
 
 async def test_custom_catalog_drives_the_mapping(database: str, db: asyncpg.Connection, tmp_path: Path) -> None:
     """--config: the proxy's catalog file decides; an alias added there is normalized."""
-    from proxy.catalog import DEFAULT_CATALOG_TOML
+    from proxy.catalog.stages import DEFAULT_CATALOG_TOML
 
     await seeded(database, 2000)
     config = tmp_path / "stages.toml"

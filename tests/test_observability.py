@@ -8,12 +8,13 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from proxy.server import Running
-from tests.conftest import REPO, set_mode
+from proxy.app.server import Running
+from tests.support.proxies import REPO, set_mode
 
 OBS = REPO / "observability"
 RULES = OBS / "prometheus" / "rules" / "stage-validation.yml"
@@ -117,12 +118,44 @@ def test_dashboard_queries_only_known_series() -> None:
                 assert name in known, (name, expr)
 
 
-@pytest.mark.parametrize("panel", ["Would-reject ratio in warn", "Enforce error ratio", "Validator p99",
-                                   "Mode per endpoint"])
-def test_dashboard_has_the_runbook_panels(panel: str) -> None:
-    """The dashboard shows the runbook's views."""
+def _thresholds(panel: dict[str, Any]) -> list[float]:
+    steps = panel["fieldConfig"]["defaults"].get("thresholds", {}).get("steps", [])
+    return [step["value"] for step in steps if step["value"] is not None]
+
+
+@pytest.mark.parametrize(("panel", "queries", "unit", "limits"), [
+    ("Would-reject ratio in warn", ["stage:warn_unknown_ratio:rate5m"], "percentunit", [0.005, 0.01]),
+    ("Enforce error ratio", ["stage:enforce_error_ratio:rate5m"], "percentunit", [0.001]),
+    ("Validator p99", ["stage:validator_seconds:p99_5m"], "s", [0.001]),
+    ("Mode per endpoint", ["stage_mode == 1", "stage_enforce_percent", "stage_mode_source == 1",
+                           "stage_enforce_blocked"], None, []),
+])
+def test_dashboard_has_the_runbook_panels(panel: str, queries: list[str], unit: str | None,
+                                          limits: list[float]) -> None:
+    """Each runbook view queries the series that compute it, in its unit, with the runbook's thresholds."""
     board = json.loads((OBS / "grafana" / "stagegate.json").read_text())
-    assert any(p["title"].startswith(panel) for p in board["panels"])
+    [found] = [p for p in board["panels"] if p["title"].startswith(panel)]
+    exprs = [t["expr"] for t in found["targets"]]
+    for query in queries:
+        assert any(query in expr for expr in exprs), (query, exprs)
+    if unit is not None:
+        assert found["fieldConfig"]["defaults"]["unit"] == unit
+    assert _thresholds(found) == limits
+    recorded = set(re.findall(r"record: ([\w:]+)", RULES.read_text()))
+    assert {q for q in queries if ":" in q} <= recorded
+
+
+def test_dashboard_thresholds_match_the_alerts() -> None:
+    """The dashboard's red lines are the alert rules' thresholds, so a panel turns red when the alert would fire."""
+    board = json.loads((OBS / "grafana" / "stagegate.json").read_text())
+    rules = RULES.read_text()
+    by_title = {p["title"].split(" (")[0]: p for p in board["panels"]}
+    assert re.search(r"stage:enforce_error_ratio:rate5m > ([\d.]+)", rules).group(1) == str(  # type: ignore[union-attr]
+        _thresholds(by_title["Enforce error ratio"])[-1])
+    assert re.search(r"stage:warn_unknown_ratio:rate5m >= ([\d.]+)", rules).group(1) == str(  # type: ignore[union-attr]
+        _thresholds(by_title["Would-reject ratio in warn"])[-1])
+    assert re.search(r"stage:validator_seconds:p99_5m > ([\d.]+)", rules).group(1) == str(  # type: ignore[union-attr]
+        _thresholds(by_title["Validator p99"])[-1])
 
 
 def test_dashboard_json_is_what_the_builder_writes(tmp_path: Path) -> None:

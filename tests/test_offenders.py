@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import REPO
+from tests.support.proxies import REPO
 
 
 def event(endpoint: str, value: str, result: str, ip: str, ua: str, ts: str, normalized: str | None = None) -> bytes:

@@ -9,8 +9,10 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.server import Running
-from tests.conftest import TOKEN, ProxyFactory, free_port
+from proxy.app.server import Running
+from tests.support.alerts import block_enforce
+from tests.support.ports import free_port
+from tests.support.proxies import TOKEN, ProxyFactory
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -117,13 +119,11 @@ async def test_enforce_defaults_to_100_percent(proxy: Running, http: aiohttp.Cli
 
 
 async def test_enforce_blocked_is_409_unless_forced(proxy: Running, http: aiohttp.ClientSession) -> None:
-    """While enforce is blocked, PUT enforce answers 409; force=true goes through."""
-    from proxy.app import CONTEXT
-    from proxy.records import Block
-
-    await proxy.app[CONTEXT].modes.update_blocks([Block("fp", "StageUnknownHighInWarn", None, "g", "t")], [])
+    """While a block_enforce alert fires, PUT enforce answers 409 naming it; force=true goes through."""
+    await block_enforce(http, proxy)
     status, body = await put(http, proxy, {"endpoint": "*", "mode": "enforce", "reason": "go"})
     assert status == 409 and body["status"] == 409
+    assert body["blocked_by"] == ["StageUnknownHighInWarn"] and "force" in body["detail"]
     status, _ = await put(http, proxy, {"endpoint": "*", "mode": "warn", "reason": "warn is fine"})
     assert status == 200
     status, body = await put(http, proxy, {"endpoint": "*", "mode": "enforce", "reason": "go", "force": True})

@@ -11,8 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from proxy.server import Running
-from tests.conftest import REPO, ProxyFactory, RedisServer, free_port
+from proxy.app.server import Running
+from tests.support.ports import free_port
+from tests.support.proxies import REPO, ProxyFactory
+from tests.support.servers import RedisServer
 
 INTERNAL = '10.1.2.3 - - [21/Nov/2026:10:00:00 +0000] "POST /api/v1/deals HTTP/1.1" 201 12 "-" "crm-sync/2.1"\n'
 EXTERNAL = '203.0.113.9 - - [21/Nov/2026:11:00:00 +0000] "POST /api/v1/deals HTTP/1.1" 201 12 "-" "partner/1"\n'

@@ -9,7 +9,9 @@ import sys
 import orjson
 import redis.asyncio as aioredis
 
-from tests.conftest import REPO, RedisServer, free_port
+from tests.support.ports import free_port
+from tests.support.proxies import REPO
+from tests.support.servers import RedisServer
 
 
 async def latency(url: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -15,8 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.server import Running, running
-from tests.conftest import TOKEN, ThreadedLoop, Upstream, make_settings, recording_upstream, set_mode
+from proxy.app.server import Running, running
+from tests.support.loops import ThreadedLoop
+from tests.support.proxies import TOKEN, make_settings, set_mode
+from tests.support.upstreams import Upstream, recording_upstream
 
 JSON = "application/json"
 
@@ -38,7 +40,7 @@ async def test_client_disconnects_mid_body(proxy: Running, upstream: Upstream, h
     # The test upstream (same process) sees the cut connection; the proxy itself must log no error.
     formatter = logging.Formatter()
     proxy_errors = [r for r in caplog.records if r.levelno >= logging.ERROR
-                    and not (r.exc_info and "conftest.py" in formatter.formatException(r.exc_info))]
+                    and not (r.exc_info and "support/upstreams.py" in formatter.formatException(r.exc_info))]
     assert proxy_errors == []
 
 

@@ -1,4 +1,4 @@
-"""Graceful shutdown: SIGTERM lets in-flight requests finish, then the process exits 0."""
+"""Graceful shutdown: SIGTERM lets in-flight requests finish (exit 0); a second signal forces the exit (1)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import asyncio
 import signal
 
 import aiohttp
+import orjson
+import pytest
 
-from tests.conftest import Upstream, spawn_proxy, wait_for_port
+from tests.support.ports import wait_for_port
+from tests.support.proxies import spawn_proxy
+from tests.support.upstreams import Upstream
 
 
 async def test_sigterm_drains_in_flight_requests(upstream: Upstream, http: aiohttp.ClientSession) -> None:
@@ -44,3 +48,44 @@ async def test_exit_releases_the_ports(upstream: Upstream) -> None:
             continue
         writer.close()
         raise AssertionError(f"port {port} still accepts connections")
+
+
+def _events(out: bytes) -> list[str]:
+    return [orjson.loads(line)["event"] for line in out.splitlines() if line.startswith(b"{")]
+
+
+async def test_each_shutdown_phase_is_logged_once_in_order(upstream: Upstream) -> None:
+    """SIGTERM: stop accepting, drain, close the upstream pool, flush modes, done: one line each, in that order."""
+    proc, _, admin = spawn_proxy(upstream.url)
+    await asyncio.to_thread(wait_for_port, admin)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = await asyncio.to_thread(proc.communicate, timeout=20)
+    assert proc.returncode == 0
+    phases = [e for e in _events(out) if e.startswith("shutdown_")]
+    assert phases == ["shutdown_started", "shutdown_stopped_accepting", "shutdown_drained",
+                      "shutdown_upstream_closed", "shutdown_modes_flushed", "shutdown_complete"]
+
+
+async def test_a_second_signal_forces_the_exit(upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    """A request still in flight keeps a graceful drain waiting; a second SIGTERM cuts it short: exit 1."""
+    proc, main, admin = spawn_proxy(upstream.url, "--shutdown-timeout-s", "60", "--upstream-timeout-s", "120")
+    try:
+        await asyncio.to_thread(wait_for_port, admin)
+        upstream.delay_s = 60.0
+        pending = asyncio.create_task(http.post(f"http://127.0.0.1:{main}/api/v1/deals", json={"stage": "lead"}))
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(1.0)
+        assert proc.poll() is None  # still draining: the request has 60 s to finish
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 15)
+        with pytest.raises(aiohttp.ClientError):
+            await pending
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, _ = proc.communicate()
+    assert code == 1
+    events = _events(out)
+    assert events.count("shutdown_force_requested") == 1 and events.count("shutdown_forced") == 1
+    assert "shutdown_drained" not in events

@@ -6,11 +6,14 @@ import asyncio
 import subprocess
 import sys
 
+import aiohttp
 import orjson
 import pytest
 
-from proxy.server import Running
-from tests.conftest import REPO, TOKEN, ProxyFactory, free_port
+from proxy.app.server import Running
+from tests.support.alerts import block_enforce
+from tests.support.ports import free_port
+from tests.support.proxies import REPO, TOKEN, ProxyFactory
 
 
 async def stagectl(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
@@ -64,11 +67,9 @@ async def test_unreachable_admin_url() -> None:
 
 async def test_blocked_enforce_has_its_own_exit_code(make_proxy: ProxyFactory) -> None:
     """409 (enforce blocked) exits 4; --force goes through."""
-    from proxy.app import CONTEXT
-    from proxy.records import Block
-
     run = await make_proxy()
-    await run.app[CONTEXT].modes.update_blocks([Block("fp", "StageUnknownHighInWarn", None, "g", "t")], [])
+    async with aiohttp.ClientSession() as http:
+        await block_enforce(http, run)
     result = await stagectl("mode", "--admin-url", run.admin_url, "set", "*", "enforce", "--reason", "go")
     assert result.returncode == 4, result.stderr
     result = await stagectl("mode", "--admin-url", run.admin_url, "set", "*", "enforce", "--reason", "go", "--force")

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from proxy.tasks import stop_task
+from proxy.shared.tasks import stop_task
 
 
 async def test_stops_a_task_that_swallows_the_first_cancellation() -> None:
@@ -27,8 +27,30 @@ async def test_stops_a_task_that_swallows_the_first_cancellation() -> None:
 
     task = asyncio.create_task(loop_forever())
     await asyncio.sleep(0)
-    assert await stop_task(task, grace_s=2.0) is True
-    assert task.cancelled() and swallowed == 2
+    assert await stop_task(task, grace_s=30.0, retry_s=0.05) is True
+    assert task.cancelled() and swallowed == 2  # cancelled a second time: the first cancel alone never stops it
+
+
+async def test_keeps_cancelling_until_the_task_gives_in() -> None:
+    """Each lost cancellation is followed by another, every retry_s, until the task ends (here: the fifth)."""
+    cancels: list[float] = []
+
+    async def swallow_four() -> None:
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                cancels.append(asyncio.get_running_loop().time())
+                if len(cancels) < 5:
+                    continue
+                raise
+
+    task = asyncio.create_task(swallow_four())
+    await asyncio.sleep(0)
+    assert await stop_task(task, grace_s=30.0, retry_s=0.05) is True
+    assert len(cancels) == 5 and task.cancelled()
+    gaps = [later - earlier for earlier, later in zip(cancels, cancels[1:], strict=False)]
+    assert all(gap >= 0.04 for gap in gaps), gaps  # paced by retry_s, not a busy loop
 
 
 async def test_gives_up_after_the_grace_period_and_says_so(caplog: pytest.LogCaptureFixture) -> None:

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.server import Running, running
-from tests.conftest import ThreadedLoop, make_settings
+from proxy.app.server import Running, running
+from tests.support.loops import ThreadedLoop
+from tests.support.proxies import make_settings
 
 STATUSES = [200, 201, 204, 301, 304, 404, 418, 503]
 TOKEN_CHARS = st.sampled_from("abcdefghijklmnopqrstuvwxyz-ABCXYZ0123456789")

@@ -22,7 +22,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from tests.conftest import ProxyFactory
+from tests.support.proxies import ProxyFactory
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 

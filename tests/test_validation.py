@@ -14,9 +14,10 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.app import CONTEXT
-from proxy.server import Running
-from tests.conftest import ProxyFactory, Upstream, set_mode
+from proxy.app.server import Running
+from proxy.app.wiring import PARTS
+from tests.support.proxies import ProxyFactory, set_mode
+from tests.support.upstreams import Upstream
 
 JSON = {"Content-Type": "application/json"}
 
@@ -239,7 +240,7 @@ async def test_chunked_body_is_validated(proxy: Running, upstream: Upstream, htt
 async def test_log_line_cannot_be_forged(proxy: Running, http: aiohttp.ClientSession,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """Control characters and newlines in a stage are escaped: one JSON line per event."""
-    from proxy import logs
+    from proxy.shared import logs
 
     logs.configure("INFO")
     await set_mode(http, proxy, "create_deal", "warn")
@@ -260,7 +261,7 @@ async def test_warn_flood_is_capped(make_proxy: ProxyFactory, http: aiohttp.Clie
     caplog.set_level(logging.INFO)
     for _ in range(60):
         await post(http, run, "/api/v1/deals", {"stage": "nope"})
-    run.app[CONTEXT].dataplane.flood.flush()
+    run.app[PARTS].dataplane.flood.flush()
     lines = stage_lines(caplog)
     suppressed = [r for r in caplog.records if getattr(r, "event", None) == "log_suppressed"]
     assert 5 <= len(lines) <= 15  # at most two one-second windows
@@ -269,7 +270,7 @@ async def test_warn_flood_is_capped(make_proxy: ProxyFactory, http: aiohttp.Clie
 
 def test_console_log_format_is_readable_and_escaped() -> None:
     """On a terminal the same fields print as key=value, still escaped (no forged lines)."""
-    from proxy.logs import ConsoleFormatter
+    from proxy.shared.logs import ConsoleFormatter
 
     record = logging.LogRecord("stagegate.requests", logging.WARNING, "", 0, "stage_validation", (), None)
     record.event = "stage_validation"

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import TOKEN, RedisServer, Upstream, spawn_proxy, wait_for_port
+from tests.support.ports import wait_for_port
+from tests.support.proxies import TOKEN, spawn_proxy
+from tests.support.servers import RedisServer
+from tests.support.upstreams import Upstream
 from tests.test_cli import assert_one_line_error, run_cli
 
 
@@ -25,7 +28,7 @@ def test_workers_refused_with_memory_store() -> None:
 def test_workers_bounds() -> None:
     """A worker count outside 1-64 is refused."""
     assert_one_line_error(run_cli("--upstream", "http://x", "--workers", "0", "--redis-url", "redis://h:1"), 2,
-                          "--workers must be from 1 to 64")
+                          "--workers: must be from 1 to 64")
 
 
 def upstream_connections(pid: int, port: int) -> int:
@@ -110,11 +113,12 @@ async def test_worker_crash_takes_the_supervisor_down(upstream: Upstream, redis_
 
 STUBBORN_WORKER = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
 SUPERVISE = """
+import os
 import sys
-from proxy import logs
-from proxy.workers import Supervisor
+from proxy.shared import logs
+from proxy.app.workers import Supervisor
 logs.configure("INFO")
-sys.exit(Supervisor([], 2, stop_grace_s=1.0, command=[sys.executable, "-c", sys.argv[1]]).run())
+sys.exit(Supervisor([], 2, environ=os.environ, stop_grace_s=1.0, command=[sys.executable, "-c", sys.argv[1]]).run())
 """
 
 
@@ -139,7 +143,7 @@ def test_supervisor_kills_a_worker_that_ignores_sigterm() -> None:
             proc.kill()
             proc.communicate()
     assert code == 1, err
-    assert 0.9 <= elapsed < 5.0, elapsed
+    assert 0.9 <= elapsed < 8.0, elapsed  # grace 1 s; generous upper bound for a loaded machine
     assert '"workers_killed"' in out
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
 

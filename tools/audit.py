@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from proxy.catalog import Catalog
-from proxy.routes import RouteTable
+from proxy.catalog.paths import RouteTable
+from proxy.catalog.stages import Catalog
 from tools.errors import EXIT_USAGE, CommandError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -5,7 +5,7 @@ control row, so a crash at any instant loses nothing and repeats nothing. The
 data update is a compare-and-set (``WHERE stage = old``): a row the application
 changed meanwhile keeps the application's value and is counted as skipped.
 Keyset pagination on the key, never OFFSET. Every distinct value is classified
-by the proxy's own catalog (proxy.catalog), so what the migration writes is
+by the proxy's own catalog (proxy.catalog.stages), so what the migration writes is
 exactly what the proxy accepts; the SQL is in tools/migrate_sql.py.
 """
 
@@ -20,7 +20,7 @@ from importlib import resources
 
 import asyncpg
 
-from proxy.catalog import Catalog
+from proxy.catalog.stages import Catalog
 from tools.db import Target, quote_ident, read_only
 from tools.errors import EXIT_BUSY, EXIT_FAILED, EXIT_USAGE, CommandError
 from tools.migrate_sql import CREATE_KNOWN, REMEMBER, batch_sql

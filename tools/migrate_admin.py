@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from proxy.catalog import Catalog
+from proxy.catalog.stages import Catalog
 from tools.db import Target, introspect, quote_ident
 from tools.errors import EXIT_USAGE, CommandError
 

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from proxy.catalog import DEFAULT_CATALOG_TOML, Catalog, CatalogError, parse_catalog
+from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, CatalogError, parse_catalog
 from tools import migrate_admin
 from tools.db import connect, introspect, resolve_dsn
 from tools.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError

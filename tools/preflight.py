@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from proxy.catalog import Catalog
+from proxy.catalog.stages import Catalog
 from tools import audit, backup, redis_latency
 from tools.db import connect, quote_ident
 from tools.errors import CommandError

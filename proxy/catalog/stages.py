@@ -1,0 +1,280 @@
+"""The stage catalog: canonical stages, aliases, endpoints and the classifier.
+
+Pure: no I/O. The proxy and the migration tool (``tools``) import this module, so
+a value the proxy accepts is exactly a value the migration produces (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+Mode = Literal["off", "warn", "enforce"]
+MODES: Final = ("off", "warn", "enforce")
+
+Result = Literal["canonical", "alias", "unknown", "invalid", "absent", "unreadable"]
+RESULTS: Final = ("canonical", "alias", "unknown", "invalid", "absent", "unreadable")
+
+# Severity used to take the worst result of a request with several values.
+SEVERITY: Final[Mapping[str, int]] = {
+    "absent": 0,
+    "canonical": 1,
+    "alias": 2,
+    "unknown": 3,
+    "invalid": 4,
+    "unreadable": 5,
+}
+
+# Unreadable reasons and the status `enforce` answers with (DESIGN §2 behaviour table).
+UNREADABLE_STATUS: Final[Mapping[str, int]] = {
+    "malformed_json": 400,
+    "byte_order_mark": 400,
+    "invalid_utf8": 400,
+    "duplicate_key": 400,
+    "too_large": 413,
+    "unsupported_media_type": 415,
+    "unsupported_encoding": 415,
+}
+
+METHODS: Final = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+DEFAULT_CATALOG_TOML: Final = """\
+default_mode = "off"            # mode of an endpoint with no stored mode
+
+[stages]
+canonical = ["lead", "qualified", "proposal", "negotiation", "closed_won", "closed_lost"]
+
+[stages.aliases]                # keys are matched after folding
+won = "closed_won"
+lost = "closed_lost"
+prospect = "lead"
+negotiating = "negotiation"
+
+[[endpoints]]
+name = "create_deal"
+method = "POST"
+path = "/api/v1/deals"
+field = "stage"                 # dotted path into the JSON body
+required = true
+
+[[endpoints]]
+name = "update_deal"
+method = "PATCH"
+path = "/api/v1/deals/{id}"
+field = "stage"
+required = false
+
+[[endpoints]]
+name = "import_deals"
+method = "POST"
+path = "/api/v1/deals/import"
+field = "deals[*].stage"        # every element of the array
+required = true
+"""
+
+_SEPARATORS = re.compile(r"[\s\-_.]+")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_FIELD_PART = re.compile(r"^([^.\[\]]+)(\[\*\])?$")
+_TEMPLATE_VAR = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+class CatalogError(ValueError):
+    """The catalog file is not valid; the message names the entry (and line)."""
+
+
+def fold(value: str) -> str:
+    """Fold a stage string: NFKC, trim, casefold, separators to one ``_`` (DESIGN §1)."""
+    folded = unicodedata.normalize("NFKC", value).strip().casefold()
+    return _SEPARATORS.sub("_", folded).strip("_")
+
+
+def parse_field(spec: str) -> tuple[str, ...]:
+    """Split ``deals[*].stage`` into ``("deals", "*", "stage")``."""
+    parts: list[str] = []
+    for piece in spec.split("."):
+        match = _FIELD_PART.match(piece)
+        if match is None:
+            raise CatalogError(f"field {spec!r}: bad segment {piece!r} (use name, name[*], dotted)")
+        parts.append(match.group(1))
+        if match.group(2):
+            parts.append("*")
+    if parts[-1] == "*":
+        raise CatalogError(f"field {spec!r}: must end in a name, not [*]")
+    return tuple(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One validated endpoint: method + path template + field path in the body."""
+
+    name: str
+    method: str
+    path: str
+    field: str
+    required: bool
+    field_path: tuple[str, ...]
+
+    @property
+    def is_template(self) -> bool:
+        return _TEMPLATE_VAR.search(self.path) is not None
+
+    def path_regex(self) -> re.Pattern[str]:
+        """The path template as an anchored regex; ``{var}`` matches one segment."""
+        pieces = _TEMPLATE_VAR.split(self.path)
+        body = "[^/]+".join(re.escape(piece) for piece in pieces)
+        return re.compile(f"^{body}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Canonical stages, aliases and endpoints, with precomputed lookup tables."""
+
+    default_mode: Mode
+    canonical: tuple[str, ...]
+    aliases: Mapping[str, str]
+    endpoints: tuple[Endpoint, ...]
+    _canonical_set: frozenset[str] = field(repr=False)
+    _folded: Mapping[str, str] = field(repr=False)
+
+    def endpoint(self, name: str) -> Endpoint | None:
+        for endpoint in self.endpoints:
+            if endpoint.name == name:
+                return endpoint
+        return None
+
+    @property
+    def canonical_set(self) -> frozenset[str]:
+        return self._canonical_set
+
+    @property
+    def endpoint_names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.endpoints)
+
+    def classify(self, value: object) -> tuple[Result, str | None]:
+        """Classify one value: (result, normalized canonical stage or None)."""
+        if type(value) is not str:
+            return "invalid", None
+        if value in self._canonical_set:
+            return "canonical", value
+        target = self._folded.get(fold(value))
+        if target is None:
+            return "unknown", None
+        return "alias", target
+
+
+def _line_of(text: str, key: str) -> str:
+    """`` (line N)`` of the TOML line assigning ``key`` (bare or quoted), or of ``name = "key"``."""
+    quoted = re.escape(key)
+    pattern = re.compile(rf"""^\s*(?:{quoted}|"{quoted}"|'{quoted}'|name\s*=\s*"{quoted}")\s*(?:=|$|#)""")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if pattern.match(line):
+            return f" (line {number})"
+    return ""
+
+
+def _require_str_list(raw: object, what: str) -> list[str]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(item, str) and item for item in raw):
+        raise CatalogError(f"{what} must be a non-empty list of non-empty strings")
+    return list(raw)
+
+
+def _fold_table(canonical: list[str], aliases: Mapping[str, object], text: str) -> dict[str, str]:
+    table: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    for stage in canonical:
+        key = fold(stage)
+        if key in table:
+            raise CatalogError(f"canonical stage {stage!r} folds to {key!r}, colliding with {origin[key]}"
+                               f"{_line_of(text, stage)}")
+        table[key], origin[key] = stage, f"canonical stage {stage!r}"
+    for alias, target in aliases.items():
+        where = _line_of(text, alias)
+        if not isinstance(target, str) or target not in canonical:
+            raise CatalogError(f"alias {alias!r} points at {target!r}, which is not a canonical stage{where}")
+        key = fold(alias)
+        if not key:
+            raise CatalogError(f"alias {alias!r} folds to an empty string{where}")
+        if key in table:
+            raise CatalogError(f"alias {alias!r} folds to {key!r}, colliding with {origin[key]}{where}")
+        table[key], origin[key] = target, f"alias {alias!r}"
+    return table
+
+
+def _parse_endpoint(raw: object, index: int, text: str) -> Endpoint:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"endpoints[{index}] must be a table")
+    name = raw.get("name")
+    label = f"endpoint {name!r}" if isinstance(name, str) else f"endpoints[{index}]"
+    where = _line_of(text, str(name)) if isinstance(name, str) else ""
+    unknown = set(raw) - {"name", "method", "path", "field", "required"}
+    if unknown:
+        raise CatalogError(f"{label}: unknown key(s) {sorted(unknown)}{where}")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise CatalogError(f"{label}: name must match {_NAME.pattern}{where}")
+    method, path, spec = raw.get("method"), raw.get("path"), raw.get("field")
+    required = raw.get("required", False)
+    if not isinstance(method, str) or method.upper() not in METHODS:
+        raise CatalogError(f"{label}: method must be one of {sorted(METHODS)}{where}")
+    if not isinstance(path, str) or not path.startswith("/") or path.startswith("/_ops"):
+        raise CatalogError(f"{label}: path must start with '/' and not be under /_ops{where}")
+    if not isinstance(spec, str) or not spec:
+        raise CatalogError(f"{label}: field must be a dotted path such as 'stage' or 'deals[*].stage'{where}")
+    if not isinstance(required, bool):
+        raise CatalogError(f"{label}: required must be true or false{where}")
+    try:
+        field_path = parse_field(spec)
+    except CatalogError as exc:
+        raise CatalogError(f"{label}: {exc}{where}") from None
+    return Endpoint(name, method.upper(), path.rstrip("/") or "/", spec, required, field_path)
+
+
+def _parse_endpoints(raw: object, text: str) -> tuple[Endpoint, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise CatalogError("[[endpoints]] must list at least one endpoint")
+    endpoints = tuple(_parse_endpoint(item, i, text) for i, item in enumerate(raw))
+    names = [e.name for e in endpoints]
+    routes = [(e.method, e.path) for e in endpoints]
+    if len(set(names)) != len(names):
+        raise CatalogError(f"endpoint names must be unique: {names}")
+    if len(set(routes)) != len(routes):
+        raise CatalogError(f"two endpoints share a method and path: {routes}")
+    return endpoints
+
+
+def parse_catalog(text: str) -> Catalog:
+    """Parse and validate catalog TOML text; raise CatalogError naming the bad entry."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"not valid TOML: {exc}") from None
+    unknown = set(data) - {"default_mode", "stages", "endpoints"}
+    if unknown:
+        raise CatalogError(f"unknown top-level key(s) {sorted(unknown)}")
+    default_mode = data.get("default_mode", "off")
+    if default_mode not in MODES:
+        raise CatalogError(f"default_mode must be one of {list(MODES)}, not {default_mode!r}")
+    stages = data.get("stages")
+    if not isinstance(stages, dict):
+        raise CatalogError("[stages] table is missing")
+    canonical = _require_str_list(stages.get("canonical"), "stages.canonical")
+    aliases = stages.get("aliases", {})
+    if not isinstance(aliases, dict):
+        raise CatalogError("[stages.aliases] must be a table of alias = canonical stage")
+    folded = _fold_table(canonical, aliases, text)
+    return Catalog(
+        default_mode=default_mode,
+        canonical=tuple(canonical),
+        aliases=dict(aliases),
+        endpoints=_parse_endpoints(data.get("endpoints"), text),
+        _canonical_set=frozenset(canonical),
+        _folded=folded,
+    )
+
+
+def default_catalog() -> Catalog:
+    """The built-in catalog (DESIGN §1)."""
+    return parse_catalog(DEFAULT_CATALOG_TOML)

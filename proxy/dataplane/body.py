@@ -1,0 +1,312 @@
+"""Classify a request body against one endpoint, and rewrite alias values in place.
+
+Pure: no I/O. The rules (DESIGN §2): the proxy and the upstream must never
+disagree about the validated value, so anything ambiguous — duplicate keys on
+the field's path, a byte-order mark, invalid UTF-8, encodings we cannot read —
+is ``unreadable``. Rewriting splices the new value into the original bytes, so
+everything but the stage values is preserved exactly (big integers included).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from proxy.catalog.stages import SEVERITY, UNREADABLE_STATUS, Catalog, Endpoint, Result
+from proxy.dataplane.jsonscan import Scanner, literal_spans
+from proxy.dataplane.pointer import escape_pointer
+
+UTF8_BOM: Final = b"\xef\xbb\xbf"
+MISSING: Final = object()
+
+
+@dataclass(slots=True)
+class Finding:
+    """One value on the field path (or the place where one is missing)."""
+
+    pointer: str
+    value: object
+    result: Result
+    normalized: str | None = None
+    detail: str | None = None
+    leaf_index: int | None = None  # ordinal among the values present at the end of the path
+
+    @property
+    def leaf(self) -> bool:
+        """The value sits at the end of the field path (so it has a span in the bytes)."""
+        return self.leaf_index is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    """The verdict on one body: the worst result, each finding, why unreadable."""
+
+    result: Result
+    findings: tuple[Finding, ...] = ()  # every non-canonical value, in document order
+    reason: str | None = None
+    leaves: int = 0  # values present at the end of the path, canonical ones included
+    literal_keys: bool = False  # every occurrence of the leaf key in the bytes is a path key (fast splice)
+
+    @property
+    def status(self) -> int:
+        """HTTP status `enforce` answers with when this inspection is rejected."""
+        if self.result == "unreadable":
+            return UNREADABLE_STATUS.get(self.reason or "", 400)
+        return 422
+
+
+def unreadable(reason: str) -> Inspection:
+    return Inspection("unreadable", reason=reason)
+
+
+_MEDIA_VERDICTS: dict[tuple[str | None, str | None], str | None] = {}
+_MEDIA_CACHE_SIZE: Final = 256
+
+
+def media_problem(content_type: str | None, content_encoding: str | None) -> str | None:
+    """Why the headers make the body unreadable, or None: JSON, UTF-8, identity only.
+
+    Clients send a handful of distinct header pairs: verdicts are memoized, in a
+    table capped so that junk headers cannot grow it without bound.
+    """
+    key = (content_type, content_encoding)
+    try:
+        return _MEDIA_VERDICTS[key]
+    except KeyError:
+        verdict = _media_problem(content_type, content_encoding)
+    if len(_MEDIA_VERDICTS) < _MEDIA_CACHE_SIZE:
+        _MEDIA_VERDICTS[key] = verdict
+    return verdict
+
+
+def _media_problem(content_type: str | None, content_encoding: str | None) -> str | None:
+    if content_encoding and content_encoding.strip().lower() not in ("identity", ""):
+        return "unsupported_encoding"
+    if not content_type:
+        return "unsupported_media_type"
+    mime, _, params = content_type.partition(";")
+    mime = mime.strip().lower()
+    if mime != "application/json" and not (mime.startswith("application/") and mime.endswith("+json")):
+        return "unsupported_media_type"
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return "unsupported_media_type"
+    return None
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes) -> tuple[object, str | None]:
+    """Parse strict RFC 8259 JSON; (document, None) or (None, unreadable reason)."""
+    if raw.startswith(UTF8_BOM):
+        return None, "byte_order_mark"
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses some valid JSON (1e400, lone surrogate escapes): ask the stdlib.
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "invalid_utf8"
+    try:
+        return json.loads(text, parse_constant=_reject_constant), None
+    except (ValueError, RecursionError):
+        return None, "malformed_json"
+
+
+def type_name(value: object) -> str:
+    """The JSON type name of a decoded value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object" if isinstance(value, dict) else "value"
+
+
+class _Walker:
+    """Collects the non-canonical findings along the field path of a parsed document.
+
+    Canonical values only bump ``leaves`` (no object per value): a 500-deal
+    import that is all canonical allocates nothing per deal.
+    """
+
+    __slots__ = ("catalog", "canonical", "parts", "required", "findings", "key_counts", "leaves")
+
+    def __init__(self, catalog: Catalog, endpoint: Endpoint) -> None:
+        self.catalog = catalog
+        self.canonical = catalog.canonical_set
+        self.parts = endpoint.field_path
+        self.required = endpoint.required
+        self.findings: list[Finding] = []
+        self.key_counts: dict[str, int] = {}
+        self.leaves = 0
+
+    def walk(self, node: object, index: int, pointer: str) -> None:
+        if index == len(self.parts):
+            self._leaf(node, pointer)
+            return
+        part = self.parts[index]
+        if part == "*":
+            if type(node) is not list:
+                self._wrong_type(node, pointer, "array")
+            elif index + 2 == len(self.parts) and self.parts[-1] != "*":
+                self._leaf_objects(node, pointer, self.parts[-1])
+            else:
+                for position, item in enumerate(node):
+                    self.walk(item, index + 1, f"{pointer}/{position}")
+            return
+        if type(node) is not dict:
+            self._wrong_type(node, pointer, "object")
+            return
+        child = node.get(part, MISSING)
+        if child is MISSING:
+            self._missing(f"{pointer}/{escape_pointer(part)}")
+            return
+        self.key_counts[part] = self.key_counts.get(part, 0) + 1
+        self.walk(child, index + 1, f"{pointer}/{escape_pointer(part)}")
+
+    def _leaf_objects(self, items: list[object], pointer: str, key: str) -> None:
+        """The hot loop of ``deals[*].stage``: pointers are built only for findings."""
+        canonical, present = self.canonical, 0
+        for position, item in enumerate(items):
+            if type(item) is not dict:
+                self._wrong_type(item, f"{pointer}/{position}", "object")
+                continue
+            value = item.get(key, MISSING)
+            if value is MISSING:
+                self._missing(f"{pointer}/{position}/{escape_pointer(key)}")
+                continue
+            present += 1
+            if type(value) is str and value in canonical:
+                self.leaves += 1
+            else:
+                self._leaf(value, f"{pointer}/{position}/{escape_pointer(key)}")
+        self.key_counts[key] = self.key_counts.get(key, 0) + present
+
+    def _leaf(self, node: object, pointer: str) -> None:
+        position = self.leaves
+        self.leaves += 1
+        result, normalized = self.catalog.classify(node)
+        if result == "canonical":
+            return
+        detail = f"expected a string, got {type_name(node)}" if result == "invalid" else None
+        self.findings.append(Finding(pointer, node, result, normalized, detail, leaf_index=position))
+
+    def _missing(self, pointer: str) -> None:
+        if self.required:
+            self.findings.append(Finding(pointer, None, "invalid", detail="required field is missing"))
+
+    def _wrong_type(self, node: object, pointer: str, expected: str) -> None:
+        detail = f"expected an {expected}, got {type_name(node)}"
+        self.findings.append(Finding(pointer, node, "invalid", detail=detail))
+
+
+def _needle(key: str) -> bytes | None:
+    """How ``key`` must appear in the bytes when no ``\\u`` escape is used; None if JSON could spell it otherwise."""
+    if not key.isascii() or not key.isprintable() or any(c in key for c in '"\\/'):
+        return None
+    return b'"' + key.encode() + b'"'
+
+
+def _no_unicode_escapes(raw: bytes) -> bool:
+    return b"\\" not in raw or b"\\u" not in raw  # the one-byte test is a memchr: most bodies stop there
+
+
+class Inspector:
+    """Inspection of one endpoint's bodies, with everything computable once done once."""
+
+    __slots__ = ("catalog", "endpoint", "_needles", "_single", "_canonical")
+
+    def __init__(self, catalog: Catalog, endpoint: Endpoint) -> None:
+        self.catalog = catalog
+        self.endpoint = endpoint
+        self._needles = {key: _needle(key) for key in endpoint.field_path if key != "*"}
+        parts = endpoint.field_path
+        self._single = parts[0] if len(parts) == 1 and self._needles[parts[0]] is not None else None
+        self._canonical = catalog.canonical_set
+
+    def inspect(self, raw: bytes) -> Inspection:
+        """Classify a JSON body (headers already checked)."""
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            document, reason = parse_json(raw)
+            if reason is not None:
+                return unreadable(reason)
+        single = self._single
+        if single is not None and type(document) is dict:
+            # The hot path: one top-level field holding a canonical stage, spelled once.
+            value = document.get(single, MISSING)
+            if type(value) is str and value in self._canonical and self._spelled_once(raw, single):
+                return CANONICAL_ONE
+        return self._inspect_document(raw, document)
+
+    def _spelled_once(self, raw: bytes, key: str) -> bool:
+        needle = self._needles[key]
+        return needle is not None and _no_unicode_escapes(raw) and raw.count(needle) == 1
+
+    def _keys_are_literal(self, raw: bytes, key_counts: dict[str, int]) -> bool:
+        """True when raw bytes prove no key on the path is duplicated (the fast screen).
+
+        Without ``\\u`` escapes a key that decodes to ``stage`` is spelled ``"stage"``
+        in the bytes, so if the literal occurs exactly as often as the parsed document
+        has that key on the path, no path object holds it twice (orjson keeps the
+        last duplicate silently, so this must be proven, not assumed).
+        """
+        if not _no_unicode_escapes(raw):
+            return False
+        for key, count in key_counts.items():
+            needle = self._needles.get(key)
+            if needle is None or raw.count(needle) != count:
+                return False
+        return True
+
+    def _inspect_document(self, raw: bytes, document: object) -> Inspection:
+        walker = _Walker(self.catalog, self.endpoint)
+        walker.walk(document, 0, "")
+        literal = self._keys_are_literal(raw, walker.key_counts)
+        if not literal and Scanner(self.endpoint.field_path).scan(raw).duplicate:
+            return unreadable("duplicate_key")
+        findings = tuple(walker.findings)
+        if not findings:
+            return Inspection("canonical" if walker.leaves else "absent", leaves=walker.leaves, literal_keys=literal)
+        worst = max({f.result for f in findings}, key=SEVERITY.__getitem__)
+        return Inspection(worst, findings, leaves=walker.leaves, literal_keys=literal)
+
+
+CANONICAL_ONE: Final = Inspection("canonical", leaves=1, literal_keys=True)
+
+
+def inspect(raw: bytes, catalog: Catalog, endpoint: Endpoint) -> Inspection:
+    """Classify a JSON body for one endpoint (builds an Inspector: hold one where speed matters)."""
+    return Inspector(catalog, endpoint).inspect(raw)
+
+
+def rewrite(raw: bytes, endpoint: Endpoint, inspection: Inspection) -> bytes:
+    """Splice canonical values over alias values; every other byte stays as it was."""
+    aliases = [f for f in inspection.findings if f.result == "alias" and f.normalized is not None]
+    spans = None
+    if inspection.literal_keys:
+        wanted = [(f.pointer, f.leaf_index) for f in aliases if f.leaf_index is not None]
+        spans = literal_spans(raw, endpoint.field_path[-1], inspection.leaves, wanted)
+    if spans is None:
+        spans = Scanner(endpoint.field_path).scan(raw).spans
+    pieces: list[bytes] = []
+    cursor = 0
+    for finding in aliases:
+        start, end = spans[finding.pointer]
+        pieces += (raw[cursor:start], orjson.dumps(finding.normalized))
+        cursor = end
+    pieces.append(raw[cursor:])
+    return b"".join(pieces)

@@ -1,0 +1,242 @@
+"""The data plane: every request on the main listener goes through :class:`DataPlane`.
+
+Validated endpoints: read the body (up to the limit), classify, decide by the
+effective mode (docs/reference.md#modes), count, log, then forward, rewrite
+or reject. Everything else is streamed through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import HttpVersion11, web
+
+from proxy.catalog.canary import is_enforced
+from proxy.catalog.paths import RouteTable, is_ops_path
+from proxy.catalog.stages import Catalog, Endpoint, Mode
+from proxy.dataplane import body as bodies
+from proxy.dataplane.forwarding import Body, Upstream, UpstreamError, request_headers, stream_body
+from proxy.dataplane.requestid import accept_request_id, new_request_id
+from proxy.modes.view import ModeView
+from proxy.shared.logs import FloodGuard, log_event, safe_text
+from proxy.shared.metrics import PASSTHROUGH, Metrics
+from proxy.shared.problems import problem
+
+log = logging.getLogger("stagegate.requests")
+
+MAX_ERRORS: Final = 100
+_TITLES: Final = {
+    400: "Request body is not readable JSON",
+    413: "Request body is too large to validate",
+    415: "Unsupported content type or encoding",
+    422: "Stage value not allowed by contract v3.4",
+}
+
+
+class ClientGone(Exception):
+    """The client went away while we were reading its body."""
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What the validator decided for one request."""
+
+    endpoint: Endpoint
+    mode: Mode
+    inspection: bodies.Inspection
+    raw: bytes
+    rest_pending: bool  # the body was over the limit and its rest is still unread
+
+    @property
+    def rejected(self) -> bool:
+        return self.mode == "enforce" and self.inspection.result in ("unknown", "invalid", "unreadable")
+
+
+def _error_value(value: object) -> object:
+    if isinstance(value, str):
+        return safe_text(value)
+    if value is None or isinstance(value, bool) or (isinstance(value, int) and abs(value) < 2**63):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return value
+    return f"<{bodies.type_name(value)}>"
+
+
+async def read_limited(request: web.BaseRequest, limit: int) -> tuple[bytes, bool]:
+    """Read the body up to ``limit`` bytes: (bytes read, True if the body is larger)."""
+    declared = request.content_length
+    try:
+        if declared is not None:
+            if declared > limit:
+                return b"", True
+            if declared == 0:
+                return b"", False
+            return await request.content.readexactly(declared), False
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks), True
+        return b"".join(chunks), False
+    except (asyncio.IncompleteReadError, aiohttp.ClientError, ConnectionError) as exc:
+        raise ClientGone(type(exc).__name__) from exc
+
+
+class DataPlane:
+    """The main listener's single handler."""
+
+    def __init__(self, catalog: Catalog, modes: ModeView, metrics: Metrics, upstream: Upstream, *, id_header: str,
+                 max_body_bytes: int, warn_log_per_s: int) -> None:
+        self.catalog = catalog
+        self.modes = modes
+        self.metrics = metrics
+        self.upstream = upstream
+        self.routes = RouteTable(catalog.endpoints)
+        self.inspectors = {e.name: bodies.Inspector(catalog, e) for e in catalog.endpoints}
+        self.id_header = id_header
+        self.max_body_bytes = max_body_bytes
+        self.flood = FloodGuard(log, warn_log_per_s)
+        self.in_flight: set[asyncio.Task[Any]] = set()  # requests being handled: a forced shutdown cancels them
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Route one request: ops paths 404, validated endpoints, or pass-through."""
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+        started = time.perf_counter()
+        request_id = accept_request_id(request.headers.get(self.id_header)) or new_request_id()
+        path = request.path
+        expect = request.headers.get("Expect")
+        if expect is not None:  # what aiohttp's router would do; the low-level server leaves it to us
+            if expect.lower() != "100-continue":
+                return problem(417, "expectation-failed", "Expectation Failed", "only 100-continue is supported",
+                               request_id=request_id, headers={self.id_header: request_id})
+            if request.version >= HttpVersion11:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if is_ops_path(path):
+            return problem(404, "not-found", "Not Found", "/_ops is served on the admin listener only",
+                           request_id=request_id, headers={self.id_header: request_id})
+        endpoint = self.routes.match(request.method, path)
+        label = endpoint.name if endpoint is not None else PASSTHROUGH
+        try:
+            if endpoint is None:
+                return await self._pass_through(request, request_id)
+            return await self._validated(request, request_id, endpoint)
+        except UpstreamError as exc:
+            return self._upstream_problem(request, request_id, exc)
+        except ClientGone as exc:
+            log_event(log, logging.INFO, "client_disconnected", request_id=request_id, error=str(exc))
+            return web.Response(status=400)
+        finally:
+            self.metrics.request_children[label].observe(time.perf_counter() - started)
+
+    async def _pass_through(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
+        headers = request_headers(request, self.id_header, request_id, buffered=False)
+        data: Body = stream_body(request) if request.body_exists else None
+        return await self.upstream.forward(request, headers, data, {self.id_header: request_id})
+
+    async def _validated(self, request: web.BaseRequest, request_id: str, endpoint: Endpoint) -> web.StreamResponse:
+        verdict = await self._decide(request, request_id, endpoint)
+        self._account(request, request_id, verdict)
+        result = verdict.inspection.result
+        extra = {self.id_header: request_id, "X-Stage-Validation": f"mode={verdict.mode}; result={result}"}
+        if verdict.rejected:
+            return self._reject(request_id, verdict, extra)
+        data: Body
+        if verdict.rest_pending:
+            data = stream_body(request, verdict.raw)
+        elif verdict.mode == "enforce" and result == "alias":
+            data = bodies.rewrite(verdict.raw, endpoint, verdict.inspection)
+        else:
+            data = verdict.raw
+        headers = request_headers(request, self.id_header, request_id, buffered=not verdict.rest_pending)
+        return await self.upstream.forward(request, headers, data, extra)
+
+    def effective_mode(self, endpoint: str, request_id: str) -> Mode:
+        """The mode this request is handled in: a canary below 100 % enforces only its share (docs/canary.md)."""
+        mode, percent = self.modes.lookup(endpoint)
+        if mode != "enforce" or percent >= 100:
+            return mode
+        return "enforce" if is_enforced(request_id, percent) else "warn"
+
+    async def _decide(self, request: web.BaseRequest, request_id: str, endpoint: Endpoint) -> Verdict:
+        mode = self.effective_mode(endpoint.name, request_id)
+        reason = bodies.media_problem(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
+        if reason is not None and mode == "enforce":
+            # Nothing to read: the verdict is already known from the headers.
+            return Verdict(endpoint, mode, bodies.unreadable(reason), b"", False)
+        raw, too_large = await read_limited(request, self.max_body_bytes)
+        started = time.perf_counter()
+        if too_large:
+            inspection = bodies.unreadable("too_large")
+        elif reason is not None:
+            inspection = bodies.unreadable(reason)
+        else:
+            inspection = self.inspectors[endpoint.name].inspect(raw)
+        self.metrics.validator_children[endpoint.name].observe(time.perf_counter() - started)
+        return Verdict(endpoint, mode, inspection, raw, too_large)
+
+    def _account(self, request: web.BaseRequest, request_id: str, verdict: Verdict) -> None:
+        name, mode, inspection = verdict.endpoint.name, verdict.mode, verdict.inspection
+        self.metrics.validation_children[(name, mode, inspection.result)].inc()
+        if verdict.rejected:
+            reason = inspection.reason or inspection.result
+            self.metrics.rejection_children[(name, reason)].inc()
+        if mode == "off" or inspection.result in ("canonical", "absent"):
+            return
+        if self.flood.allow((name, inspection.result)):
+            self._log_verdict(request, request_id, verdict)
+
+    def _log_verdict(self, request: web.BaseRequest, request_id: str, verdict: Verdict) -> None:
+        inspection = verdict.inspection
+        worst = next((f for f in inspection.findings if f.result == inspection.result), None)
+        action = "rejected" if verdict.rejected else "normalized" if verdict.mode == "enforce" else "forwarded"
+        log_event(
+            log, logging.WARNING, "stage_validation",
+            request_id=request_id, endpoint=verdict.endpoint.name, mode=verdict.mode, result=inspection.result,
+            action=action, reason=inspection.reason, pointer=worst.pointer if worst else None,
+            value=safe_text(worst.value) if worst and worst.leaf else None,
+            normalized=worst.normalized if worst else None,
+            offending=sum(1 for f in inspection.findings if f.result == inspection.result) or None,
+            client_ip=request.remote, user_agent=safe_text(request.headers.get("User-Agent", "")),
+        )
+
+    def _reject(self, request_id: str, verdict: Verdict, headers: dict[str, str]) -> web.Response:
+        inspection = verdict.inspection
+        status = inspection.status
+        bad = [f for f in inspection.findings if f.result in ("unknown", "invalid")]
+        errors = [{"pointer": f.pointer, "value": _error_value(f.value), "result": f.result,
+                   **({"detail": f.detail} if f.detail else {})} for f in bad[:MAX_ERRORS]]
+        if status == 422:
+            detail = f"{len(bad)} value(s) at {verdict.endpoint.field!r} are not canonical stages"
+        else:
+            detail = f"the body could not be validated: {inspection.reason}"
+        extra: dict[str, object] = {"endpoint": verdict.endpoint.name, "allowed": list(self.catalog.canonical),
+                                    "errors": errors}
+        if len(bad) > MAX_ERRORS:
+            extra["errors_truncated"] = len(bad) - MAX_ERRORS
+        if inspection.reason:
+            extra["reason"] = inspection.reason
+        slug = "stage-not-allowed" if status == 422 else (inspection.reason or "unreadable").replace("_", "-")
+        return problem(status, slug, _TITLES[status], detail, request_id=request_id, headers=headers, **extra)
+
+    def _upstream_problem(self, request: web.BaseRequest, request_id: str, exc: UpstreamError) -> web.Response:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The client went away mid-upload and took the upstream request with it: not an upstream fault.
+            log_event(log, logging.INFO, "client_disconnected", request_id=request_id, error=exc.detail)
+        else:
+            self.metrics.upstream_children[exc.reason].inc()
+            log_event(log, logging.WARNING, "upstream_error", request_id=request_id, reason=exc.reason,
+                      detail=exc.detail)
+        title = "Bad Gateway" if exc.status == 502 else "Gateway Timeout"
+        return problem(exc.status, f"upstream-{exc.reason}", title, exc.detail, request_id=request_id,
+                       headers={self.id_header: request_id})

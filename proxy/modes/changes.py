@@ -1,0 +1,89 @@
+"""Every write to the modes: changes from the API and Alertmanager, and enforce blocks.
+
+Each write goes to the store together with its history entries, then into
+this process's view at once (other replicas follow through pub/sub).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from proxy.catalog.stages import Mode
+from proxy.modes.records import Block, HistoryEntry, ModeRecord, utc_now
+from proxy.modes.refresher import Refresher
+from proxy.modes.statefile import StateFile
+from proxy.modes.store import ModeStore
+from proxy.modes.view import ModeView
+from proxy.shared.logs import log_event
+
+log = logging.getLogger(__name__)
+
+
+class ModeChanges:
+    """Stores changes and applies them to the view."""
+
+    def __init__(self, view: ModeView, store: ModeStore, refresher: Refresher, state_file: StateFile) -> None:
+        self._view = view
+        self._store = store
+        self._refresher = refresher
+        self._state_file = state_file
+
+    async def change(self, endpoints: Sequence[str], mode: Mode, percent: float, actor: str, reason: str, *,
+                     source: str = "api", forced: bool = False, alertname: str | None = None,
+                     group_key: str | None = None) -> None:
+        """Store a new mode for ``endpoints`` (with its history) and apply it here at once."""
+        view = self._view
+        record = ModeRecord(mode, percent, utc_now(), actor, reason)
+        changes = dict.fromkeys(endpoints, record)
+        history = [HistoryEntry("mode", actor, source, reason, endpoint=name, from_mode=view.records[name].mode,
+                                to_mode=mode, percent=percent, forced=forced, alertname=alertname,
+                                group_key=group_key) for name in endpoints]
+        await self._store.save(changes, history)
+        view.generation += 1
+        view.known = True
+        view.apply({**view.records, **changes})
+        self._state_file.save(view.records)
+        log_event(log, logging.INFO, "mode_changed", endpoints=list(endpoints), mode=mode, percent=percent,
+                  actor=actor, reason=reason, source=source, forced=forced, alertname=alertname)
+
+    async def downgrade(self, endpoints: Sequence[str] | None, alertname: str, group_key: str) -> list[str]:
+        """Put enforcing endpoints (all, if None) back to warn; returns those changed (re-sends change none)."""
+        await self._refresher.fresh()
+        view = self._view
+        names = view.catalog.endpoint_names if endpoints is None else endpoints
+        enforcing = [name for name in names if view.records[name].mode == "enforce"]
+        if enforcing:
+            await self.change(enforcing, "warn", 0.0, alertname, f"auto-downgrade: alert {alertname} firing",
+                              source="alertmanager", alertname=alertname, group_key=group_key)
+        return enforcing
+
+    async def update_blocks(self, firing: Sequence[Block], resolved: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Record firing block_enforce alerts and drop resolved ones; returns (added, removed) fingerprints."""
+        await self._refresher.fresh()
+        current = self._view.blocks
+        add = [block for block in firing if block.fingerprint not in current]
+        added = {b.fingerprint for b in add}
+        remove = [fp for fp in dict.fromkeys(resolved) if fp in current and fp not in added]
+        if not add and not remove:
+            return [], []
+        history = [_block_entry("block_enforce", b, f"alert {b.alertname} firing") for b in add]
+        history += [_block_entry("unblock_enforce", current[fp], f"alert {current[fp].alertname} resolved")
+                    for fp in remove]
+        await self._store.set_blocks(add, remove, history)
+        blocks = {**current, **{b.fingerprint: b for b in add}}
+        for fingerprint in remove:
+            blocks.pop(fingerprint, None)
+        self._view.generation += 1
+        self._view.set_blocks(blocks)
+        log_event(log, logging.WARNING if add else logging.INFO, "enforce_block_changed", blocked=bool(blocks),
+                  added=[b.alertname for b in add], removed=len(remove))
+        return [b.fingerprint for b in add], remove
+
+    async def history(self, limit: int) -> list[HistoryEntry]:
+        return await self._store.history(limit)
+
+
+def _block_entry(action: str, block: Block, reason: str) -> HistoryEntry:
+    return HistoryEntry(action, block.alertname, "alertmanager", reason, endpoint=block.endpoint,
+                        alertname=block.alertname, group_key=block.group_key)

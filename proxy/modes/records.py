@@ -1,0 +1,112 @@
+"""What the mode store holds: mode records, enforce blocks and history entries (docs/redis-keys.md)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from proxy.catalog.stages import MODES, Mode
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ModeRecord:
+    """The stored mode of one endpoint."""
+
+    mode: Mode
+    percent: float = 0.0
+    updated_at: str | None = None
+    updated_by: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_obj(cls, data: object) -> ModeRecord:
+        """Validate a decoded record; ValueError when it is not one."""
+        if not isinstance(data, dict) or data.get("mode") not in MODES:
+            raise ValueError(f"not a mode record: {data!r:.200}")
+        percent = data.get("percent", 0.0)
+        if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
+            raise ValueError(f"bad percent in mode record: {percent!r:.50}")
+        return cls(data["mode"], float(percent), _text(data, "updated_at"), _text(data, "updated_by"),
+                   _text(data, "reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One firing ``block_enforce`` alert; enforce is blocked while any exists."""
+
+    fingerprint: str
+    alertname: str
+    endpoint: str | None
+    group_key: str
+    since: str
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_obj(cls, data: object) -> Block:
+        if not isinstance(data, dict) or not isinstance(data.get("fingerprint"), str):
+            raise ValueError(f"not a block record: {data!r:.200}")
+        return cls(data["fingerprint"], _text(data, "alertname") or "", _text(data, "endpoint"),
+                   _text(data, "group_key") or "", _text(data, "since") or "")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One change, as GET /_ops/mode/history shows it."""
+
+    action: str  # "mode", "block_enforce", "unblock_enforce"
+    actor: str
+    source: str  # "api", "alertmanager", "startup"
+    reason: str
+    endpoint: str | None = None
+    from_mode: str | None = None
+    to_mode: str | None = None
+    percent: float | None = None
+    forced: bool = False
+    alertname: str | None = None
+    group_key: str | None = None
+    at: str = field(default_factory=utc_now)
+
+    def to_obj(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["from"], data["to"] = data.pop("from_mode"), data.pop("to_mode")
+        return data
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_obj())
+
+    @classmethod
+    def from_obj(cls, data: object) -> HistoryEntry:
+        if not isinstance(data, dict) or not isinstance(data.get("action"), str):
+            raise ValueError(f"not a history entry: {data!r:.200}")
+        percent = data.get("percent")
+        return cls(action=data["action"], actor=_text(data, "actor") or "", source=_text(data, "source") or "",
+                   reason=_text(data, "reason") or "", endpoint=_text(data, "endpoint"),
+                   from_mode=_text(data, "from"), to_mode=_text(data, "to"),
+                   percent=float(percent) if isinstance(percent, int | float) and not isinstance(percent, bool)
+                   else None, forced=data.get("forced") is True, alertname=_text(data, "alertname"),
+                   group_key=_text(data, "group_key"), at=_text(data, "at") or "")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    """Everything one load returns: the mode of each stored endpoint and the firing enforce blocks."""
+
+    records: dict[str, ModeRecord] = field(default_factory=dict)
+    blocks: dict[str, Block] = field(default_factory=dict)

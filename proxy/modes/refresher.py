@@ -1,0 +1,114 @@
+"""Keeping the mode view in step with the store: a background reload, pushed by pub/sub.
+
+When the store is unreachable the last-known modes stay in force (else those
+of ``--state-file``, else ``default_mode``), with one WARN on degrading and one
+INFO on recovery. An emptied store (Redis restarted without persistence) is
+re-seeded with the modes this process knows instead of falling back to defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from proxy.modes.records import HistoryEntry, StoreState
+from proxy.modes.statefile import StateFile
+from proxy.modes.store import ModeStore, StoreUnavailable
+from proxy.modes.view import ModeView
+from proxy.shared.logs import log_event
+from proxy.shared.tasks import stop_task
+
+log = logging.getLogger(__name__)
+
+
+class Refresher:
+    """Loads the store into the view: once at start, then every ``refresh_ms`` or when nudged."""
+
+    def __init__(self, view: ModeView, store: ModeStore, state_file: StateFile, *, refresh_ms: int = 500) -> None:
+        self._view = view
+        self._store = store
+        self._state_file = state_file
+        self._refresh_s = refresh_ms / 1000
+        self._nudge = asyncio.Event()
+        self._from_store = False  # the view has held the store's modes at least once
+
+    async def start(self) -> None:
+        """Resolve modes once: from the store, else the state file, else defaults."""
+        if (saved := self._state_file.load()) is not None:
+            self._view.apply(saved)
+            self._view.set_source("state_file")
+            self._view.known = True
+        await self.refresh()
+        self._view.resolved = True
+
+    async def refresh(self) -> None:
+        """Reload from the store; on failure keep what we have and say so once."""
+        view = self._view
+        generation = view.generation
+        try:
+            state = await self._store.load()
+            if not state.records and view.known:
+                state = await self._reseed()
+        except StoreUnavailable as exc:
+            self._degrade(str(exc))
+            return
+        if generation != view.generation:
+            self.nudge()  # a change landed while we were loading: this result may predate it
+            return
+        if view.degraded:
+            log_event(log, logging.INFO, "mode_store_recovered", source=self._store.source)
+        view.degraded = False
+        self._from_store = True
+        view.known = view.known or bool(state.records)
+        view.set_source(self._store.source)
+        view.set_blocks(state.blocks)
+        if view.apply(state.records) or not view.resolved:
+            self._state_file.save(view.records)
+
+    async def fresh(self) -> None:
+        """Read the store now (decisions must not rest on a stale view); StoreUnavailable if it cannot."""
+        await self.refresh()
+        if self._view.degraded:
+            raise StoreUnavailable("the mode store is unreachable")
+
+    async def _reseed(self) -> StoreState:
+        """The store came back empty (restarted without persistence): write our modes back.
+
+        Silently falling back to ``default_mode`` would turn enforcement off on
+        every replica at once; HSETNX keeps any mode an operator set meanwhile.
+        """
+        records = self._view.records
+        log_event(log, logging.WARNING, "mode_store_reseeded", modes={n: r.mode for n, r in records.items()})
+        history = [HistoryEntry("mode", "stagegate", "startup", "mode store was empty: last-known mode restored",
+                                endpoint=name, to_mode=r.mode, percent=r.percent) for name, r in records.items()]
+        await self._store.seed(records, history)
+        return await self._store.load()
+
+    def _degrade(self, error: str) -> None:
+        view = self._view
+        if self._from_store:
+            source = "last_known"
+        else:
+            source = "state_file" if view.source == "state_file" else "default"
+        view.set_source(source)
+        if not view.degraded:
+            view.degraded = True
+            log_event(log, logging.WARNING, "mode_store_degraded", source=source, error=error[:300],
+                      modes={name: r.mode for name, r in view.records.items()})
+
+    def nudge(self) -> None:
+        """Ask for a refresh now (a pub/sub announcement arrived, or a load raced a change)."""
+        self._nudge.set()
+
+    async def run(self) -> None:
+        """Refresh every ``refresh_ms`` or on announcement, forever."""
+        watcher = asyncio.create_task(self._store.watch(self.nudge))
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._nudge.wait(), self._refresh_s)
+                self._nudge.clear()
+                await self.refresh()
+        finally:
+            await stop_task(watcher, grace_s=2.0)

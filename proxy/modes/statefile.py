@@ -1,0 +1,57 @@
+"""--state-file: the last-known modes, kept on disk so a restart without Redis keeps them."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+import orjson
+
+from proxy.modes.records import ModeRecord, utc_now
+from proxy.shared.logs import log_event
+
+log = logging.getLogger(__name__)
+
+
+def read_state_file(path: Path) -> dict[str, ModeRecord] | None:
+    """Modes saved by an earlier run, or None (missing or unreadable file: logged)."""
+    try:
+        data = orjson.loads(path.read_bytes())
+        return {str(name): ModeRecord.from_obj(record) for name, record in data["endpoints"].items()}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log_event(log, logging.WARNING, "state_file_unreadable", path=str(path), error=str(exc)[:200])
+        return None
+
+
+def write_state_file(path: Path, records: Mapping[str, ModeRecord]) -> None:
+    """Atomically replace the state file (temporary name, fsync, rename)."""
+    payload = orjson.dumps({"saved_at": utc_now(), "endpoints": {k: asdict(v) for k, v in records.items()}})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class StateFile:
+    """The configured state file, or nothing: reads and writes that never raise (failures are logged)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, ModeRecord] | None:
+        return None if self.path is None else read_state_file(self.path)
+
+    def save(self, records: Mapping[str, ModeRecord]) -> None:
+        if self.path is None:
+            return
+        try:
+            write_state_file(self.path, records)
+        except OSError as exc:
+            log_event(log, logging.WARNING, "state_file_write_failed", path=str(self.path), error=str(exc))

@@ -1,0 +1,74 @@
+"""The modes as every request and the ops plane see them: one in-memory view, swapped whole.
+
+Readers (the data plane, ``GET /_ops/mode``) never wait on the store: they read
+this view. Writers are the refresher (what the store says) and the changes
+(what this process just stored); both bump ``generation`` so that a slower load
+can tell it predates a local change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from proxy.catalog.stages import Catalog, Mode
+from proxy.modes.records import Block, ModeRecord
+
+
+class ModeObserver(Protocol):
+    """Told about every change of the view (the metrics gauges implement it)."""
+
+    def set_mode(self, endpoint: str, mode: str, percent: float) -> None: ...
+
+    def set_source(self, source: str) -> None: ...
+
+    def set_blocked(self, blocked: bool) -> None: ...
+
+
+class ModeView:
+    """The current mode of every endpoint, the enforce blocks and where the modes came from."""
+
+    def __init__(self, catalog: Catalog, observer: ModeObserver) -> None:
+        self.catalog = catalog
+        self._observer = observer
+        self.records: dict[str, ModeRecord] = {}
+        self._fast: dict[str, tuple[Mode, float]] = {}
+        self.blocks: dict[str, Block] = {}
+        self.source = "default"
+        self.degraded = False  # the store is unreachable: these are last-known (or state file, or default) modes
+        self.resolved = False  # modes were resolved once since start (readiness)
+        self.generation = 0  # bumped by every local change
+        self.known = False  # the modes came from the store, the state file or a change: worth re-seeding
+        self.apply({})
+        observer.set_source(self.source)
+        observer.set_blocked(False)
+
+    def lookup(self, endpoint: str) -> tuple[Mode, float]:
+        """The stored mode and canary percent of ``endpoint`` (the request path's one dict lookup)."""
+        return self._fast[endpoint]
+
+    @property
+    def enforce_blocked(self) -> bool:
+        """True while any block_enforce alert is firing."""
+        return bool(self.blocks)
+
+    def apply(self, records: Mapping[str, ModeRecord]) -> bool:
+        """Make ``records`` (the default mode filling gaps) current; True if anything changed."""
+        default_mode = self.catalog.default_mode
+        default = ModeRecord(default_mode, 100.0 if default_mode == "enforce" else 0.0)
+        complete = {name: records.get(name, default) for name in self.catalog.endpoint_names}
+        if complete == self.records:
+            return False
+        self.records = complete
+        self._fast = {name: (r.mode, r.percent) for name, r in complete.items()}
+        for name, record in complete.items():
+            self._observer.set_mode(name, record.mode, record.percent)
+        return True
+
+    def set_blocks(self, blocks: dict[str, Block]) -> None:
+        self.blocks = blocks
+        self._observer.set_blocked(bool(blocks))
+
+    def set_source(self, source: str) -> None:
+        self.source = source
+        self._observer.set_source(source)

@@ -1,0 +1,234 @@
+"""The admin listener: health, readiness, modes and metrics (docs/ops-plane.md).
+
+Mutations need ``Authorization: Bearer <token>`` (compared in constant time);
+with no token configured every mutation answers 403.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from proxy.catalog.stages import MODES, Catalog, Mode
+from proxy.modes.changes import ModeChanges
+from proxy.modes.store import HISTORY_LIMIT, StoreUnavailable
+from proxy.modes.view import ModeView
+from proxy.ops import alerts
+from proxy.shared.logs import log_event, safe_text
+from proxy.shared.metrics import Metrics
+from proxy.shared.problems import problem
+from proxy.shared.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+PUT_FIELDS: Final = frozenset({"endpoint", "mode", "percent", "reason", "actor", "force"})
+MAX_REASON: Final = 500
+MAX_ACTOR: Final = 100
+ADMIN_MAX_BODY: Final = 8 * 1024 * 1024  # Alertmanager can batch thousands of alerts in one notification
+
+
+UpstreamHealth = Callable[[], Awaitable[dict[str, Any]]]  # {"ok": True, "status": 200} or {"ok": False, "error": …}
+
+
+@dataclass(frozen=True, slots=True)
+class OpsContext:
+    """What the admin handlers read and change; built by the app before the listeners start."""
+
+    catalog: Catalog
+    view: ModeView
+    changes: ModeChanges
+    metrics: Metrics
+    token: Secret | None
+    upstream_health: UpstreamHealth
+
+
+OPS: Final = web.AppKey("ops", OpsContext)
+
+
+class BadRequest(Exception):
+    """A client mistake in an _ops body: answered 400 with this text."""
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def _authorize(request: web.Request, token: Secret | None) -> web.Response | None:
+    if token is None:
+        return problem(403, "ops-disabled", "Forbidden", "no ops token is configured: mutations are disabled")
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.matches(presented.strip()):
+        return problem(401, "unauthorized", "Unauthorized", "a valid bearer token is required",
+                       headers={"WWW-Authenticate": 'Bearer realm="stagegate-ops"'})
+    return None
+
+
+def mode_view(ctx: OpsContext) -> dict[str, Any]:
+    """The body of GET /_ops/mode."""
+    endpoints = {
+        name: {"mode": r.mode, "percent": r.percent, "updated_at": r.updated_at, "updated_by": r.updated_by,
+               "reason": r.reason}
+        for name, r in ctx.view.records.items()
+    }
+    return {"source": ctx.view.source, "enforce_blocked": ctx.view.enforce_blocked, "endpoints": endpoints}
+
+
+async def get_mode(request: web.Request) -> web.Response:
+    return _json(mode_view(request.app[OPS]))
+
+
+def _text(body: dict[str, Any], key: str, limit: int, *, required: bool) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{key!r} must be a non-empty string")
+    if len(value) > limit:
+        raise BadRequest(f"{key!r} is longer than {limit} characters")
+    return value.strip()
+
+
+def _percent(body: dict[str, Any], mode: str) -> float:
+    value = body.get("percent")
+    if mode != "enforce":
+        if value not in (None, 0):
+            raise BadRequest("'percent' applies only to mode 'enforce'")
+        return 0.0
+    if value is None:
+        return 100.0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest("'percent' must be a number from 0 to 100")
+    if not 0 <= value <= 100 or round(value, 2) != value:
+        raise BadRequest("'percent' must be from 0 to 100 with at most two decimals")
+    return float(value)
+
+
+def parse_put(raw: bytes, catalog: Catalog) -> tuple[list[str], Mode, float, str, str, bool]:
+    """Validate a PUT /_ops/mode body: (endpoints, mode, percent, reason, actor, force)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    unknown = set(body) - PUT_FIELDS
+    if unknown:
+        raise BadRequest(f"unknown field(s): {sorted(safe_text(k, 40) for k in unknown)}")
+    endpoint = body.get("endpoint")
+    if endpoint == "*":
+        endpoints = list(catalog.endpoint_names)
+    elif isinstance(endpoint, str) and catalog.endpoint(endpoint) is not None:
+        endpoints = [endpoint]
+    else:
+        raise BadRequest(f"'endpoint' must be '*' or one of {list(catalog.endpoint_names)}")
+    mode = body.get("mode")
+    if mode not in MODES:
+        raise BadRequest(f"'mode' must be one of {list(MODES)}")
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("'force' must be true or false")
+    reason = _text(body, "reason", MAX_REASON, required=True) or ""
+    actor = _text(body, "actor", MAX_ACTOR, required=False) or "api"
+    return endpoints, mode, _percent(body, mode), reason, actor, force
+
+
+async def put_mode(request: web.Request) -> web.Response:
+    ctx = request.app[OPS]
+    denied = _authorize(request, ctx.token)
+    if denied is not None:
+        return denied
+    try:
+        endpoints, mode, percent, reason, actor, force = parse_put(await request.read(), ctx.catalog)
+    except BadRequest as exc:
+        return problem(400, "bad-request", "Bad Request", str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
+    if mode == "enforce" and ctx.view.enforce_blocked and not force:
+        alerts = sorted({f"{b.alertname}" + (f" ({b.endpoint})" if b.endpoint else "") for b in
+                         ctx.view.blocks.values()})
+        return problem(409, "enforce-blocked", "Enforce is blocked",
+                       f"enforce is blocked while these alerts fire: {', '.join(alerts)}; wait for them to resolve "
+                       "or send force=true", blocked_by=alerts)
+    try:
+        await ctx.changes.change(endpoints, mode, percent, actor, reason, forced=force and ctx.view.enforce_blocked)
+    except StoreUnavailable as exc:
+        log_event(log, logging.WARNING, "mode_change_failed", error=str(exc)[:200])
+        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
+    return _json(mode_view(ctx))
+
+
+async def get_history(request: web.Request) -> web.Response:
+    ctx = request.app[OPS]
+    text = request.query.get("limit", "100")
+    if not text.isdigit() or not 1 <= int(text) <= HISTORY_LIMIT:
+        return problem(400, "bad-request", "Bad Request", f"'limit' must be an integer from 1 to {HISTORY_LIMIT}")
+    try:
+        entries = await ctx.changes.history(int(text))
+    except StoreUnavailable:
+        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
+    return _json({"entries": [entry.to_obj() for entry in entries]})
+
+
+async def post_alertmanager(request: web.Request) -> web.Response:
+    ctx = request.app[OPS]
+    denied = _authorize(request, ctx.token)
+    if denied is not None:
+        return denied
+    return await alerts.webhook(request, ctx.catalog, ctx.view, ctx.changes)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+class UpstreamProbe:
+    """Readiness of the upstream, probed at most once a second."""
+
+    def __init__(self) -> None:
+        self._checked_at = 0.0
+        self._result: dict[str, Any] = {"ok": False, "error": "not checked yet"}
+
+    async def check(self, ctx: OpsContext) -> dict[str, Any]:
+        if time.monotonic() - self._checked_at < 1.0:
+            return self._result
+        self._result = await ctx.upstream_health()
+        self._checked_at = time.monotonic()
+        return self._result
+
+
+PROBE: Final = web.AppKey("probe", UpstreamProbe)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[OPS]
+    upstream = await request.app[PROBE].check(ctx)
+    modes = {"resolved": ctx.view.resolved, "source": ctx.view.source, "degraded": ctx.view.degraded}
+    ready = ctx.view.resolved and upstream["ok"]
+    return _json({"ready": ready, "modes": modes, "upstream": upstream}, 200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    ctx = request.app[OPS]
+    return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_admin_app(ctx: OpsContext) -> web.Application:
+    """The admin listener's application (no I/O here)."""
+    app = web.Application(client_max_size=ADMIN_MAX_BODY)
+    app[OPS] = ctx
+    app[PROBE] = UpstreamProbe()
+    app.router.add_get("/_ops/healthz", healthz)
+    app.router.add_get("/_ops/readyz", readyz)
+    app.router.add_get("/_ops/mode", get_mode)
+    app.router.add_put("/_ops/mode", put_mode)
+    app.router.add_get("/_ops/mode/history", get_history)
+    app.router.add_post("/_ops/alertmanager", post_alertmanager)
+    app.router.add_get("/metrics", metrics)
+    return app
