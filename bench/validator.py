@@ -37,6 +37,23 @@ def _padded(size: int, stage: str) -> bytes:
     return orjson.dumps(base)
 
 
+def _import_of(deal: bytes, size: int = 1 << 20, head: bytes = b'{"deals":[') -> bytes:
+    """An import body of ``size`` bytes made of one deal repeated."""
+    count = (size - len(head) - 2) // (len(deal) + 1)
+    return head + b",".join([deal] * count) + b"]}"
+
+
+# The worst bodies of --max-body-bytes (1 MiB) found so far (docs/proxy.md, "Bounded work per request"):
+# every deal an alias, keys \u-escaped (the byte-count proof goes through a regular expression); and nested
+# "stage" keys in every deal, which defeat the proof and send the body through the token scanner.
+WORST: dict[str, bytes] = {
+    "1 MiB worst: escaped keys, every stage an alias": _import_of(b'{"st\\u0061ge":"Closed Won"}',
+                                                                  head=b'{"d\\u0065als":['),
+    "1 MiB worst: the shortest aliases": _import_of(b'{"stage":"won"}'),
+    "1 MiB worst: nested stage keys (token scanner)": _import_of(b'{"stage":"Closed Won","x":{"stage":1}}'),
+}
+
+
 def cases() -> dict[str, tuple[bytes, Endpoint]]:
     return {
         "200 B canonical": (_padded(200, "lead"), CREATE),
@@ -44,6 +61,7 @@ def cases() -> dict[str, tuple[bytes, Endpoint]]:
         "1 KB alias (enforce rewrite)": (_padded(1024, "Closed Won"), CREATE),
         "64 KB canonical": (_padded(64 * 1024, "proposal"), CREATE),
         "import 500 deals": (orjson.dumps({"deals": [_deal(i, "lead") for i in range(500)]}), IMPORT),
+        **{name: (raw, IMPORT) for name, raw in WORST.items()},
     }
 
 
@@ -85,13 +103,18 @@ def measure(quick: bool) -> list[dict[str, object]]:
         n = 2000 if quick else 20000
         if len(raw) > 20_000:
             n //= 10
+        if len(raw) > 500_000:
+            n = 7 if quick else 31
+        cpu_started = time.process_time()
         ours = sample(lambda raw=raw, endpoint=endpoint: validate(raw, endpoint), n)  # type: ignore[misc]
+        cpu_ms = (time.process_time() - cpu_started) * 1000 / (n + min(n, 200))
         base = sample(lambda raw=raw: orjson.loads(raw), n)  # type: ignore[misc]
         rows.append({
             "case": name, "bytes": len(raw), "samples": n,
             "validator_median_us": round(statistics.median(ours), 2), "validator_p99_us": round(p99(ours), 2),
             "orjson_median_us": round(statistics.median(base), 2), "orjson_p99_us": round(p99(base), 2),
             "median_ratio": round(statistics.median(ours) / statistics.median(base), 2),
+            "cpu_ms_per_call": round(cpu_ms, 3),
         })
     return rows
 
@@ -104,12 +127,12 @@ def render(rows: list[dict[str, object]]) -> str:
         f"{platform.system()} {platform.release()}; measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         "Command: `.venv/bin/python -m bench.validator` (per call, µs; ratio = validator / orjson.loads medians).",
         "",
-        "| case | bytes | validator median | validator p99 | orjson.loads median | ratio |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| case | bytes | validator median | validator p99 | orjson.loads median | ratio | CPU per call |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(f"| {row['case']} | {row['bytes']} | {row['validator_median_us']} | {row['validator_p99_us']} | "
-                     f"{row['orjson_median_us']} | {row['median_ratio']}× |")
+                     f"{row['orjson_median_us']} | {row['median_ratio']}× | {row['cpu_ms_per_call']} ms |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,7 +20,8 @@ OBS = REPO / "observability"
 RULES = OBS / "prometheus" / "rules" / "stage-validation.yml"
 CONTRACT_METRICS = {"stage_validation_total", "stage_enforce_rejections_total", "stage_validator_seconds",
                     "stage_proxy_request_seconds", "stage_upstream_errors_total", "stage_mode", "stage_enforce_percent",
-                    "stage_mode_source", "stage_enforce_blocked", "stage_mode_store_seconds"}
+                    "stage_mode_source", "stage_enforce_blocked", "stage_mode_store_seconds",
+                    "stage_client_connections", "stage_connections_dropped_total"}
 
 
 def tool(name: str) -> str:

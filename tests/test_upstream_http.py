@@ -13,8 +13,7 @@ import hashlib
 import os
 import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -23,59 +22,7 @@ import uvloop
 from aiohttp import web
 
 from tests.support.proxies import ProxyFactory
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-
-
-async def read_head(reader: asyncio.StreamReader) -> bytes:
-    """One request head (through the blank line); b"" if the connection ended first."""
-    try:
-        return await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return b""
-
-
-async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    head = await read_head(reader)
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return head, (await reader.readexactly(length) if length else b"")
-
-
-@asynccontextmanager
-async def scripted(script: Script, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[tuple[str, list[int]]]:
-    """A TCP server running ``script(reader, writer, connection_number)``; yields (url, connections seen)."""
-    connections: list[int] = []
-    tasks: set[asyncio.Task[object]] = set()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        connections.append(len(connections))
-        try:
-            await script(reader, writer, len(connections) - 1)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        except asyncio.CancelledError:
-            pass  # stopped at teardown: end quietly (asyncio logs a cancelled client_connected_cb task as an error)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=ssl_context)
-    port = server.sockets[0].getsockname()[1]
-    origin = f"https://localhost:{port}" if ssl_context else f"http://127.0.0.1:{port}"
-    try:
-        yield origin, connections
-    finally:
-        server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
-
+from tests.support.scripted import read_head, read_request, scripted
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 

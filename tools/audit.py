@@ -76,9 +76,10 @@ def _combined_line(line: str, routes: RouteTable) -> Hit | None:
     match = COMBINED.match(line)
     if match is None:
         return None
-    endpoint = routes.match(match["method"], match["path"].split("?", 1)[0])
-    if endpoint is None:
+    found = routes.match(match["method"], match["path"].split("?", 1)[0])
+    if found is None:
         return None
+    endpoint = found.endpoint
     try:
         ts = datetime.strptime(match["time"], "%d/%b/%Y:%H:%M:%S %z").isoformat()
     except ValueError:
@@ -145,7 +146,7 @@ def load_classifications(path: Path | None) -> dict[tuple[str, str], dict[str, s
 def audit(lines: Iterable[bytes], catalog: Catalog, *, internal: list[Network], trusted: list[Network],
           decisions: dict[tuple[str, str], dict[str, str]]) -> tuple[dict[tuple[str, str], Consumer], int]:
     """Consumers by (client IP, user agent), and how many lines were not requests to our endpoints."""
-    routes = RouteTable(catalog.endpoints)
+    routes = RouteTable(catalog.endpoints, case_sensitive=catalog.case_sensitive_paths)
     consumers: dict[tuple[str, str], Consumer] = {}
     skipped = 0
     for raw in lines:

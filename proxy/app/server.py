@@ -24,6 +24,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from proxy.app import quiet
+from proxy.app.connections import Guards, Limits
 from proxy.app.demo import create_demo_app
 from proxy.app.settings import HostPort, Settings
 from proxy.app.wiring import PARTS, create_app
@@ -35,6 +37,7 @@ log = logging.getLogger("stagegate.lifecycle")
 # Request handler options of the main listener: long headers allowed, bodies never decompressed.
 MAIN_HANDLER_ARGS: Final[dict[str, Any]] = {"max_field_size": 16384, "auto_decompress": False}
 ADMIN_DRAIN_S: Final = 1.0
+ADMIN_MAX_CONNECTIONS: Final = 64  # within settings.FD_RESERVE: the admin listener answers while main is flooded
 
 
 class StartupError(RuntimeError):
@@ -65,6 +68,7 @@ class Listener:
 
     what: str
     runner: web.BaseRunner
+    sockets: asyncio.AbstractServer
     drain_s: float
     in_flight: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)  # handler tasks, for a forced exit
 
@@ -74,8 +78,7 @@ class Listener:
         return len(server.connections) if server is not None else 0
 
     async def stop_accepting(self) -> None:
-        for site in list(self.runner.sites):
-            await site.stop()
+        self.sockets.close()
 
     async def drain(self) -> None:
         server = self.runner.server
@@ -92,18 +95,20 @@ class Listener:
             connection.force_close()
 
 
-async def _bind(runner: web.BaseRunner, where: HostPort, what: str, reuse_port: bool) -> HostPort:
-    """Set the runner up and bind it; the address it got."""
+async def _bind(runner: web.BaseRunner, guards: Guards | None, where: HostPort, what: str,
+                reuse_port: bool) -> tuple[asyncio.AbstractServer, HostPort]:
+    """Set the runner up and listen with its connections guarded (or not: the demo upstream)."""
     await runner.setup()
-    site = web.TCPSite(runner, where.host, where.port, reuse_address=True, reuse_port=reuse_port or None,
-                       backlog=1024)
+    assert runner.server is not None
+    factory = runner.server if guards is None else guards.factory(runner.server)
     try:
-        await site.start()
+        sockets = await asyncio.get_running_loop().create_server(
+            factory, where.host, where.port, reuse_address=True, reuse_port=reuse_port or None, backlog=1024)
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {what} {where}: {exc.strerror or exc}") from None
-    host, port = runner.addresses[0][:2]
-    return HostPort(host, port)
+    host, port = sockets.sockets[0].getsockname()[:2]
+    return sockets, HostPort(host, port)
 
 
 async def _shutdown(listeners: Sequence[Listener], force: asyncio.Event | None) -> None:
@@ -142,10 +147,12 @@ async def running(settings: Settings, *, force: asyncio.Event | None = None) -> 
     async with AsyncExitStack() as stack:
         if settings.demo and settings.upstream_url is None:
             demo_runner = web.AppRunner(create_demo_app(), access_log=None, shutdown_timeout=1.0)
-            demo = await _bind(demo_runner, HostPort("127.0.0.1", 0), "demo upstream", False)
+            demo_sockets, demo = await _bind(demo_runner, None, HostPort("127.0.0.1", 0), "demo upstream", False)
             stack.push_async_callback(demo_runner.cleanup)
+            stack.callback(demo_sockets.close)
             settings = dataclasses.replace(settings, upstream_url=f"http://{demo}")
         app = create_app(settings)
+        stack.callback(quiet.uninstall, quiet.install(app[PARTS].dataplane.flood))
         # The app's cleanup (upstream pool, modes) is pushed first so it runs after the listeners drained.
         app.freeze()
         await app.startup()
@@ -160,17 +167,25 @@ async def _listeners(stack: AsyncExitStack, app: web.Application, settings: Sett
     """The main listener (aiohttp's low-level server calling the data plane directly) and the admin one.
 
     No router, middlewares or ``web.Request`` per request on the main listener
-    (about 10 % of the proxy's time under load).
+    (about 10 % of the proxy's time under load). Both guarded (proxy/app/connections.py).
     """
     parts = app[PARTS]
-    main_runner = web.ServerRunner(web.Server(parts.dataplane.handle, access_log=None, **MAIN_HANDLER_ARGS),
-                                   shutdown_timeout=settings.shutdown_timeout_s)
-    main = await _bind(main_runner, settings.listen, "--listen", shared)
-    listeners = [Listener("main", main_runner, settings.shutdown_timeout_s, parts.dataplane.in_flight)]
+    main_guards = Guards(Limits(settings.max_connections, settings.header_timeout_s,
+                                settings.client_write_timeout_s), "main", parts.metrics)
+    server = web.Server(main_guards.wrap(parts.dataplane.handle), access_log=None,
+                        keepalive_timeout=settings.idle_timeout_s, **MAIN_HANDLER_ARGS)
+    main_runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_timeout_s)
+    main_sockets, main = await _bind(main_runner, main_guards, settings.listen, "--listen", shared)
+    listeners = [Listener("main", main_runner, main_sockets, settings.shutdown_timeout_s, parts.dataplane.in_flight)]
     stack.push_async_callback(_shutdown, listeners, force)
-    admin_runner = web.AppRunner(create_admin_app(parts.ops), access_log=None, shutdown_timeout=ADMIN_DRAIN_S)
-    admin = await _bind(admin_runner, settings.admin_listen, "--admin-listen", shared)
-    listeners.append(Listener("admin", admin_runner, ADMIN_DRAIN_S))
+    admin_guards = Guards(Limits(ADMIN_MAX_CONNECTIONS, settings.header_timeout_s, settings.client_write_timeout_s),
+                          "admin", parts.metrics)
+    admin_app = create_admin_app(parts.ops, max_body_bytes=settings.admin_max_body_bytes,
+                                 middlewares=[admin_guards.middleware()])
+    admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=ADMIN_DRAIN_S,
+                                 keepalive_timeout=settings.idle_timeout_s)
+    admin_sockets, admin = await _bind(admin_runner, admin_guards, settings.admin_listen, "--admin-listen", shared)
+    listeners.append(Listener("admin", admin_runner, admin_sockets, ADMIN_DRAIN_S))
     return main, admin
 
 

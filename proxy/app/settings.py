@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import resource
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,9 +67,30 @@ class Settings:
     warn_log_per_s: int = 20
     log_level: str = "INFO"
     shutdown_timeout_s: float = 10.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0
+    client_write_timeout_s: float = 30.0
+    max_connections: int = field(default_factory=lambda: default_max_connections())
+    admin_max_body_bytes: int = 8 * 1024 * 1024
+    canary_key_header: str | None = None
     workers: int = 1
     worker: bool = False  # this process is one of --workers N (set by the supervisor)
     metrics_dir: str | None = None  # prometheus multiprocess directory (set by the supervisor)
+
+
+# File descriptors kept back from --max-connections: the admin listener's connections (ADMIN_MAX_CONNECTIONS),
+# Redis, the state file, logs and the listening sockets. Each client connection may hold an upstream one too.
+FD_RESERVE: Final = 128
+
+
+def default_max_connections(soft_limit: int | None = None) -> int:
+    """Client connections one process may hold: (RLIMIT_NOFILE soft limit - FD_RESERVE) / 2, at least 16."""
+    if soft_limit is None:
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft_limit == resource.RLIM_INFINITY:
+        soft_limit = 1 << 20
+    return max(16, (soft_limit - FD_RESERVE) // 2)
 
 
 # -- value parsers: text -> value, or ValueError saying what was expected ----------------------------------
@@ -212,6 +234,22 @@ OPTIONS: Final[tuple[Option, ...]] = (
            "log level", "`INFO`", "LEVEL"),
     Option("shutdown_timeout_s", "--shutdown-timeout-s", "STAGE_SHUTDOWN_TIMEOUT_S", _number(float),
            "drain time for in-flight requests after SIGTERM (a second signal forces the exit)", "10", "S"),
+    Option("header_timeout_s", "--header-timeout-s", "STAGE_HEADER_TIMEOUT_S", _number(float),
+           "a request head must arrive within this, from its first byte (or the connection's start)", "10", "S"),
+    Option("body_timeout_s", "--body-timeout-s", "STAGE_BODY_TIMEOUT_S", _number(float),
+           "longest pause between reads of a request body; past it 408 and the connection closes", "30", "S"),
+    Option("idle_timeout_s", "--idle-timeout-s", "STAGE_IDLE_TIMEOUT_S", _number(float),
+           "an idle keep-alive connection closes after this", "60", "S"),
+    Option("client_write_timeout_s", "--client-write-timeout-s", "STAGE_CLIENT_WRITE_TIMEOUT_S", _number(float),
+           "a client that stops reading a response is dropped after this (its upstream connection too)", "30", "S"),
+    Option("max_connections", "--max-connections", "STAGE_MAX_CONNECTIONS", _number(int),
+           "open client connections on the main listener; past it new ones are closed at once",
+           "(`RLIMIT_NOFILE` − 128) / 2", "N"),
+    Option("admin_max_body_bytes", "--admin-max-body-bytes", "STAGE_ADMIN_MAX_BODY_BYTES", _number(int),
+           "largest admin request body (the Alertmanager webhook included); past it 413", "8388608 (8 MiB)", "N"),
+    Option("canary_key_header", "--canary-key-header", "STAGE_CANARY_KEY_HEADER", _text,
+           "header whose value places a request in the canary instead of its request ID (e.g. a consumer ID), "
+           "so one consumer sees one behaviour", "unset: the request ID", "NAME"),
     Option("workers", "--workers", "STAGE_WORKERS", _number(int, 1, 64, low_inclusive=True),
            "processes sharing both ports (SO_REUSEPORT), metrics aggregated; more than 1 needs `--redis-url`",
            "1", "N"),

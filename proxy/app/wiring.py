@@ -76,7 +76,8 @@ def build_parts(settings: Settings) -> Parts:
     upstream = Upstream(settings.upstream_url, timeout_s=settings.upstream_timeout_s,
                         connect_timeout_s=settings.upstream_connect_timeout_s)
     dataplane = DataPlane(catalog, view, metrics, upstream, id_header=settings.request_id_header,
-                          max_body_bytes=settings.max_body_bytes, warn_log_per_s=settings.warn_log_per_s)
+                          max_body_bytes=settings.max_body_bytes, warn_log_per_s=settings.warn_log_per_s,
+                          body_timeout_s=settings.body_timeout_s, canary_key_header=settings.canary_key_header)
     health = functools.partial(upstream.health, settings.upstream_health_path, 2.0)
     ops = OpsContext(catalog, view, changes, metrics, settings.ops_token, health)
     return Parts(settings, metrics, store, view, refresher, changes, state_file, upstream, dataplane, ops)

@@ -35,6 +35,9 @@ UNREADABLE_STATUS: Final[Mapping[str, int]] = {
     "byte_order_mark": 400,
     "invalid_utf8": 400,
     "duplicate_key": 400,
+    "ambiguous_key": 400,  # the field's key in another ASCII case ("Stage"): case-insensitive decoders read it
+    "ambiguous_path": 400,  # an encoded / \\ NUL or % in a segment: routers split it differently
+    "ambiguous_method": 400,  # method overrides that routers resolve to different endpoints
     "too_large": 413,
     "unsupported_media_type": 415,
     "unsupported_encoding": 415,
@@ -80,14 +83,21 @@ _SEPARATORS = re.compile(r"[\s\-_.]+")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _FIELD_PART = re.compile(r"^([^.\[\]]+)(\[\*\])?$")
 _TEMPLATE_VAR = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+_SEGMENT = r"(?:\{[A-Za-z_][A-Za-z0-9_]*\}|(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+)"
+_PATH = re.compile(rf"/|(?:/{_SEGMENT})+/?")
 
 
 class CatalogError(ValueError):
     """The catalog file is not valid; the message names the entry (and line)."""
 
 
+_ASCII_SEPARATORS = str.maketrans("-_.", "   ")
+
+
 def fold(value: str) -> str:
-    """Fold a stage string: NFKC, trim, casefold, separators to one ``_`` (DESIGN §1)."""
+    """Fold a stage string: NFKC, trim, casefold, separators to one ``_`` (docs/catalog.md#folding)."""
+    if value.isascii():  # NFKC and casefold are lower() for ASCII; split() drops the runs and both ends
+        return "_".join(value.lower().translate(_ASCII_SEPARATORS).split())
     folded = unicodedata.normalize("NFKC", value).strip().casefold()
     return _SEPARATORS.sub("_", folded).strip("_")
 
@@ -118,16 +128,6 @@ class Endpoint:
     required: bool
     field_path: tuple[str, ...]
 
-    @property
-    def is_template(self) -> bool:
-        return _TEMPLATE_VAR.search(self.path) is not None
-
-    def path_regex(self) -> re.Pattern[str]:
-        """The path template as an anchored regex; ``{var}`` matches one segment."""
-        pieces = _TEMPLATE_VAR.split(self.path)
-        body = "[^/]+".join(re.escape(piece) for piece in pieces)
-        return re.compile(f"^{body}$")
-
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
@@ -137,6 +137,7 @@ class Catalog:
     canonical: tuple[str, ...]
     aliases: Mapping[str, str]
     endpoints: tuple[Endpoint, ...]
+    case_sensitive_paths: bool
     _canonical_set: frozenset[str] = field(repr=False)
     _folded: Mapping[str, str] = field(repr=False)
 
@@ -219,8 +220,9 @@ def _parse_endpoint(raw: object, index: int, text: str) -> Endpoint:
     required = raw.get("required", False)
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise CatalogError(f"{label}: method must be one of {sorted(METHODS)}{where}")
-    if not isinstance(path, str) or not path.startswith("/") or path.startswith("/_ops"):
-        raise CatalogError(f"{label}: path must start with '/' and not be under /_ops{where}")
+    if not isinstance(path, str) or not _PATH.fullmatch(path) or path.lower().startswith("/_ops"):
+        raise CatalogError(f"{label}: path must be a normalized absolute path (segments of letters, digits, "
+                           f"-._~ or one {{var}} each; no '//', '.', '..' or '%'), not under /_ops{where}")
     if not isinstance(spec, str) or not spec:
         raise CatalogError(f"{label}: field must be a dotted path such as 'stage' or 'deals[*].stage'{where}")
     if not isinstance(required, bool):
@@ -232,12 +234,18 @@ def _parse_endpoint(raw: object, index: int, text: str) -> Endpoint:
     return Endpoint(name, method.upper(), path.rstrip("/") or "/", spec, required, field_path)
 
 
-def _parse_endpoints(raw: object, text: str) -> tuple[Endpoint, ...]:
+def _route_key(endpoint: Endpoint, case_sensitive: bool) -> tuple[str, str]:
+    """How the router tells endpoints apart: method, and path with every {var} alike (and case folded)."""
+    shape = _TEMPLATE_VAR.sub("{}", endpoint.path)
+    return endpoint.method, shape if case_sensitive else shape.lower()
+
+
+def _parse_endpoints(raw: object, text: str, case_sensitive: bool) -> tuple[Endpoint, ...]:
     if not isinstance(raw, list) or not raw:
         raise CatalogError("[[endpoints]] must list at least one endpoint")
     endpoints = tuple(_parse_endpoint(item, i, text) for i, item in enumerate(raw))
     names = [e.name for e in endpoints]
-    routes = [(e.method, e.path) for e in endpoints]
+    routes = [_route_key(e, case_sensitive) for e in endpoints]
     if len(set(names)) != len(names):
         raise CatalogError(f"endpoint names must be unique: {names}")
     if len(set(routes)) != len(routes):
@@ -251,7 +259,7 @@ def parse_catalog(text: str) -> Catalog:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CatalogError(f"not valid TOML: {exc}") from None
-    unknown = set(data) - {"default_mode", "stages", "endpoints"}
+    unknown = set(data) - {"default_mode", "case_sensitive_paths", "stages", "endpoints"}
     if unknown:
         raise CatalogError(f"unknown top-level key(s) {sorted(unknown)}")
     default_mode = data.get("default_mode", "off")
@@ -264,12 +272,16 @@ def parse_catalog(text: str) -> Catalog:
     aliases = stages.get("aliases", {})
     if not isinstance(aliases, dict):
         raise CatalogError("[stages.aliases] must be a table of alias = canonical stage")
+    case_sensitive = data.get("case_sensitive_paths", False)
+    if not isinstance(case_sensitive, bool):
+        raise CatalogError("case_sensitive_paths must be true or false")
     folded = _fold_table(canonical, aliases, text)
     return Catalog(
         default_mode=default_mode,
         canonical=tuple(canonical),
         aliases=dict(aliases),
-        endpoints=_parse_endpoints(data.get("endpoints"), text),
+        endpoints=_parse_endpoints(data.get("endpoints"), text, case_sensitive),
+        case_sensitive_paths=case_sensitive,
         _canonical_set=frozenset(canonical),
         _folded=folded,
     )

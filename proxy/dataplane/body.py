@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Final
 
 import orjson
 
 from proxy.catalog.stages import SEVERITY, UNREADABLE_STATUS, Catalog, Endpoint, Result
-from proxy.dataplane.jsonscan import Scanner, literal_spans
+from proxy.dataplane.jsonscan import Scanner, Spans, spelling_count, splice_literal
 from proxy.dataplane.pointer import escape_pointer
 
 UTF8_BOM: Final = b"\xef\xbb\xbf"
 MISSING: Final = object()
+MEMO_SIZE: Final = 4096  # distinct stage values whose classification is remembered per endpoint
 
 
 @dataclass(slots=True)
@@ -49,6 +51,7 @@ class Inspection:
     reason: str | None = None
     leaves: int = 0  # values present at the end of the path, canonical ones included
     literal_keys: bool = False  # every occurrence of the leaf key in the bytes is a path key (fast splice)
+    spans: Spans | None = None  # leaf value spans, when the Scanner had to run (the rewrite reuses them)
 
     @property
     def status(self) -> int:
@@ -116,9 +119,14 @@ def parse_json(raw: bytes) -> tuple[object, str | None]:
     except UnicodeDecodeError:
         return None, "invalid_utf8"
     try:
-        return json.loads(text, parse_constant=_reject_constant), None
+        return json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int), None
     except (ValueError, RecursionError):
         return None, "malformed_json"
+
+
+def _parse_int(digits: str) -> int | Decimal:
+    """Integers of any length (RFC 8259 sets no limit; Python's int() refuses more than 4300 digits)."""
+    return int(digits) if len(digits) <= 4000 else Decimal(digits)
 
 
 def type_name(value: object) -> str:
@@ -127,7 +135,7 @@ def type_name(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Decimal):
         return "number"
     if isinstance(value, str):
         return "string"
@@ -141,15 +149,16 @@ class _Walker:
     import that is all canonical allocates nothing per deal.
     """
 
-    __slots__ = ("catalog", "canonical", "parts", "required", "findings", "key_counts", "leaves")
+    __slots__ = ("catalog", "canonical", "parts", "required", "findings", "key_counts", "leaves", "memo")
 
-    def __init__(self, catalog: Catalog, endpoint: Endpoint) -> None:
+    def __init__(self, catalog: Catalog, endpoint: Endpoint, memo: dict[str, tuple[Result, str | None]]) -> None:
         self.catalog = catalog
+        self.memo = memo  # value -> classification, shared by the Inspector's walks (bounded)
         self.canonical = catalog.canonical_set
         self.parts = endpoint.field_path
         self.required = endpoint.required
         self.findings: list[Finding] = []
-        self.key_counts: dict[str, int] = {}
+        self.key_counts = dict.fromkeys((part for part in self.parts if part != "*"), 0)  # absent keys count too
         self.leaves = 0
 
     def walk(self, node: object, index: int, pointer: str) -> None:
@@ -177,27 +186,42 @@ class _Walker:
         self.walk(child, index + 1, f"{pointer}/{escape_pointer(part)}")
 
     def _leaf_objects(self, items: list[object], pointer: str, key: str) -> None:
-        """The hot loop of ``deals[*].stage``: pointers are built only for findings."""
-        canonical, present = self.canonical, 0
+        """The hot loop of ``deals[*].stage``: pointers are built only for findings, strings classified once."""
+        canonical, present, escaped = self.canonical, 0, escape_pointer(key)
+        findings, classify = self.findings, self._classify
         for position, item in enumerate(items):
             if type(item) is not dict:
                 self._wrong_type(item, f"{pointer}/{position}", "object")
                 continue
             value = item.get(key, MISSING)
             if value is MISSING:
-                self._missing(f"{pointer}/{position}/{escape_pointer(key)}")
+                self._missing(f"{pointer}/{position}/{escaped}")
                 continue
             present += 1
-            if type(value) is str and value in canonical:
+            if type(value) is not str:
+                self._leaf(value, f"{pointer}/{position}/{escaped}")
+            elif value in canonical:
                 self.leaves += 1
             else:
-                self._leaf(value, f"{pointer}/{position}/{escape_pointer(key)}")
+                result, normalized = classify(value)
+                findings.append(Finding(f"{pointer}/{position}/{escaped}", value, result, normalized, None,
+                                        self.leaves))
+                self.leaves += 1
         self.key_counts[key] = self.key_counts.get(key, 0) + present
+
+    def _classify(self, value: str) -> tuple[Result, str | None]:
+        verdict = self.memo.get(value)
+        if verdict is None:
+            verdict = self.catalog.classify(value)
+            if len(self.memo) >= MEMO_SIZE:
+                self.memo.clear()  # junk values cannot grow it; the few real ones come back at once
+            self.memo[value] = verdict
+        return verdict
 
     def _leaf(self, node: object, pointer: str) -> None:
         position = self.leaves
         self.leaves += 1
-        result, normalized = self.catalog.classify(node)
+        result, normalized = self._classify(node) if type(node) is str else self.catalog.classify(node)
         if result == "canonical":
             return
         detail = f"expected a string, got {type_name(node)}" if result == "invalid" else None
@@ -223,14 +247,31 @@ def _no_unicode_escapes(raw: bytes) -> bool:
     return b"\\" not in raw or b"\\u" not in raw  # the one-byte test is a memchr: most bodies stop there
 
 
+def _spelled_exactly(raw: bytes, key: str, needle: bytes, count: int) -> bool:
+    """The literal proof for one key: it is spelled in the bytes ``count`` times, and in no other ASCII case.
+
+    ``count`` is how often the parsed document has the key on the path, each occurrence spelled at least once.
+    Without ``\\u`` escapes every spelling is the plain needle, so counting the lower-cased needle in the
+    lower-cased bytes proves both at once (one pass: any extra spelling, in any case, makes it larger). With
+    escapes every spelling JSON allows is counted by a regular expression. Case-insensitive decoders (Go's
+    encoding/json) read ``"Stage"`` as the stage field, so another case must not occur either.
+    """
+    if _no_unicode_escapes(raw):
+        lowered = needle.lower()
+        return (raw.lower().count(lowered) if lowered != needle.upper() else raw.count(needle)) == count
+    return (spelling_count(raw, key) == count
+            and spelling_count(raw, key, any_case=True) == count)
+
+
 class Inspector:
     """Inspection of one endpoint's bodies, with everything computable once done once."""
 
-    __slots__ = ("catalog", "endpoint", "_needles", "_single", "_canonical")
+    __slots__ = ("catalog", "endpoint", "_needles", "_single", "_canonical", "_memo")
 
     def __init__(self, catalog: Catalog, endpoint: Endpoint) -> None:
         self.catalog = catalog
         self.endpoint = endpoint
+        self._memo: dict[str, tuple[Result, str | None]] = {}
         self._needles = {key: _needle(key) for key in endpoint.field_path if key != "*"}
         parts = endpoint.field_path
         self._single = parts[0] if len(parts) == 1 and self._needles[parts[0]] is not None else None
@@ -254,35 +295,42 @@ class Inspector:
 
     def _spelled_once(self, raw: bytes, key: str) -> bool:
         needle = self._needles[key]
-        return needle is not None and _no_unicode_escapes(raw) and raw.count(needle) == 1
+        return needle is not None and _no_unicode_escapes(raw) and _spelled_exactly(raw, key, needle, 1)
 
     def _keys_are_literal(self, raw: bytes, key_counts: dict[str, int]) -> bool:
         """True when raw bytes prove no key on the path is duplicated (the fast screen).
 
-        Without ``\\u`` escapes a key that decodes to ``stage`` is spelled ``"stage"``
-        in the bytes, so if the literal occurs exactly as often as the parsed document
-        has that key on the path, no path object holds it twice (orjson keeps the
-        last duplicate silently, so this must be proven, not assumed).
+        If every spelling of ``stage`` in the bytes is counted and there are
+        exactly as many as the parsed document has that key on the path, no path
+        object holds it twice (orjson keeps the last duplicate silently, so this
+        must be proven, not assumed) and every spelling is a path key.
         """
-        if not _no_unicode_escapes(raw):
-            return False
         for key, count in key_counts.items():
             needle = self._needles.get(key)
-            if needle is None or raw.count(needle) != count:
+            if needle is None or not _spelled_exactly(raw, key, needle, count):
                 return False
         return True
 
     def _inspect_document(self, raw: bytes, document: object) -> Inspection:
-        walker = _Walker(self.catalog, self.endpoint)
+        walker = _Walker(self.catalog, self.endpoint, self._memo)
         walker.walk(document, 0, "")
         literal = self._keys_are_literal(raw, walker.key_counts)
-        if not literal and Scanner(self.endpoint.field_path).scan(raw).duplicate:
-            return unreadable("duplicate_key")
+        spans = None
+        if not literal:
+            try:
+                scan = Scanner(self.endpoint.field_path).scan(raw)
+            except RecursionError:  # nesting the parser accepted but the stdlib scanner cannot follow
+                return unreadable("malformed_json")
+            if scan.duplicate:
+                return unreadable("duplicate_key")
+            if scan.case_variant:
+                return unreadable("ambiguous_key")
+            spans = scan.spans
         findings = tuple(walker.findings)
         if not findings:
             return Inspection("canonical" if walker.leaves else "absent", leaves=walker.leaves, literal_keys=literal)
         worst = max({f.result for f in findings}, key=SEVERITY.__getitem__)
-        return Inspection(worst, findings, leaves=walker.leaves, literal_keys=literal)
+        return Inspection(worst, findings, leaves=walker.leaves, literal_keys=literal, spans=spans)
 
 
 CANONICAL_ONE: Final = Inspection("canonical", leaves=1, literal_keys=True)
@@ -295,18 +343,22 @@ def inspect(raw: bytes, catalog: Catalog, endpoint: Endpoint) -> Inspection:
 
 def rewrite(raw: bytes, endpoint: Endpoint, inspection: Inspection) -> bytes:
     """Splice canonical values over alias values; every other byte stays as it was."""
-    aliases = [f for f in inspection.findings if f.result == "alias" and f.normalized is not None]
-    spans = None
-    if inspection.literal_keys:
-        wanted = [(f.pointer, f.leaf_index) for f in aliases if f.leaf_index is not None]
-        spans = literal_spans(raw, endpoint.field_path[-1], inspection.leaves, wanted)
-    if spans is None:
-        spans = Scanner(endpoint.field_path).scan(raw).spans
+    targets: dict[int, bytes] = {}  # leaf ordinal -> the canonical value's JSON
+    encoded: dict[str, bytes] = {}  # a handful of canonical stages, each encoded once
+    for finding in inspection.findings:
+        if finding.result == "alias" and finding.normalized is not None and finding.leaf_index is not None:
+            value = finding.normalized
+            targets[finding.leaf_index] = encoded.get(value) or encoded.setdefault(value, orjson.dumps(value))
+    if inspection.spans is None and inspection.literal_keys:
+        spliced = splice_literal(raw, endpoint.field_path[-1], inspection.leaves, targets)
+        if spliced is not None:
+            return spliced
+    spans = inspection.spans if inspection.spans is not None else Scanner(endpoint.field_path).scan(raw).spans
+    by_pointer = {f.pointer: targets[f.leaf_index] for f in inspection.findings if f.leaf_index in targets}
     pieces: list[bytes] = []
     cursor = 0
-    for finding in aliases:
-        start, end = spans[finding.pointer]
-        pieces += (raw[cursor:start], orjson.dumps(finding.normalized))
+    for pointer, (start, end) in sorted(((p, spans[p]) for p in by_pointer), key=lambda item: item[1][0]):
+        pieces += (raw[cursor:start], by_pointer[pointer])
         cursor = end
     pieces.append(raw[cursor:])
     return b"".join(pieces)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from proxy.dataplane.upstream_http import UpstreamConnectError, UpstreamPool, UpstreamProtocolError, UpstreamResponse
+from proxy.dataplane.upstream_conn import UpstreamConnectError, UpstreamProtocolError
+from proxy.dataplane.upstream_http import UpstreamPool, UpstreamResponse
 from proxy.shared.logs import log_event
 
 log = logging.getLogger(__name__)
@@ -75,14 +76,6 @@ def request_headers(request: web.BaseRequest, id_header: str, request_id: str, *
     return headers
 
 
-async def stream_body(request: web.BaseRequest, prefix: bytes = b"") -> AsyncIterator[bytes]:
-    """The request body as it arrives, after ``prefix`` (bytes already read)."""
-    if prefix:
-        yield prefix
-    async for chunk in request.content.iter_any():
-        yield chunk
-
-
 class RelayedStreamResponse(web.StreamResponse):
     """An upstream answer, relayed. aiohttp gives every body without a Content-Type
     ``application/octet-stream``: right for an origin, wrong for a proxy, which must not
@@ -108,7 +101,7 @@ def _upstream_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, UpstreamConnectError):
         return UpstreamError("refused", 502, "the upstream refused the connection")
     if isinstance(exc, UpstreamProtocolError):
-        return UpstreamError("reset", 502, "the upstream sent an invalid response")
+        return UpstreamError("invalid", 502, f"the upstream sent an invalid response ({exc})")
     return UpstreamError("reset", 502, f"the upstream connection failed ({type(exc).__name__})")
 
 
@@ -121,13 +114,6 @@ class Upstream:
 
     def __init__(self, base_url: str, *, timeout_s: float, connect_timeout_s: float) -> None:
         self.pool = UpstreamPool(base_url, connect_timeout_s=connect_timeout_s, read_timeout_s=timeout_s)
-
-    @staticmethod
-    def target_for(request: web.BaseRequest) -> str:
-        raw = request.raw_path
-        if not raw.startswith("/"):  # absolute-form request target (RFC 9112 §3.2.2)
-            raw = str(request.rel_url)
-        return raw
 
     async def health(self, path: str, timeout_s: float) -> dict[str, Any]:
         """GET ``path`` for readiness: ``{"ok": True, "status": N}`` or ``{"ok": False, "error": name}``."""
@@ -145,11 +131,11 @@ class Upstream:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def forward(self, request: web.BaseRequest, headers: CIMultiDict[str], body: Body,
+    async def forward(self, request: web.BaseRequest, target: str, headers: CIMultiDict[str], body: Body,
                       extra_headers: dict[str, str]) -> web.StreamResponse:
-        """Send the request upstream and stream the answer back; UpstreamError if none came."""
+        """Send the request to ``target`` upstream and stream the answer back; UpstreamError if none came."""
         try:
-            upstream = await self.pool.request(request.method, self.target_for(request), headers, body)
+            upstream = await self.pool.request(request.method, target, headers, body)
         except _FAILURES as exc:
             raise _upstream_error(exc) from exc
         try:
@@ -180,8 +166,12 @@ class Upstream:
             async for chunk in upstream.iter_chunks():
                 await response.write(chunk)
         except _FAILURES as exc:
-            # Headers are gone already: cut the connection so the client sees a truncated response.
-            log_event(log, logging.WARNING, "upstream_body_failed", error=type(exc).__name__)
+            # Headers are gone already: cut the connection so the client sees a truncated response. Either the
+            # upstream failed mid-body, or the client went away (or was dropped: --client-write-timeout-s); the
+            # upstream connection is discarded either way (its exchange did not end cleanly).
+            client_gone = request.transport is None or request.transport.is_closing()
+            log_event(log, logging.INFO if client_gone else logging.WARNING,
+                      "client_disconnected" if client_gone else "upstream_body_failed", error=type(exc).__name__)
             if request.transport is not None:
                 request.transport.abort()
             return response

@@ -8,20 +8,22 @@ or reject. Everything else is streamed through untouched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-import aiohttp
 from aiohttp import HttpVersion11, web
 
 from proxy.catalog.canary import is_enforced
-from proxy.catalog.paths import RouteTable, is_ops_path
 from proxy.catalog.stages import Catalog, Endpoint, Mode
 from proxy.dataplane import body as bodies
-from proxy.dataplane.forwarding import Body, Upstream, UpstreamError, request_headers, stream_body
+from proxy.dataplane.forwarding import Body, Upstream, UpstreamError, request_headers
+from proxy.dataplane.reading import BodyTimeout, ClientGone, read_limited, stream_body
 from proxy.dataplane.requestid import accept_request_id, new_request_id
+from proxy.dataplane.routing import Route, Router, is_ops, split_target
 from proxy.modes.view import ModeView
 from proxy.shared.logs import FloodGuard, log_event, safe_text
 from proxy.shared.metrics import PASSTHROUGH, Metrics
@@ -30,16 +32,15 @@ from proxy.shared.problems import problem
 log = logging.getLogger("stagegate.requests")
 
 MAX_ERRORS: Final = 100
+OFF_LOOP_BYTES: Final = 64 * 1024  # bodies from this size are inspected and rewritten in a worker thread
+T = TypeVar("T")
+ALLOW: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _TITLES: Final = {
     400: "Request body is not readable JSON",
     413: "Request body is too large to validate",
     415: "Unsupported content type or encoding",
     422: "Stage value not allowed by contract v3.4",
 }
-
-
-class ClientGone(Exception):
-    """The client went away while we were reading its body."""
 
 
 @dataclass(slots=True)
@@ -67,41 +68,30 @@ def _error_value(value: object) -> object:
     return f"<{bodies.type_name(value)}>"
 
 
-async def read_limited(request: web.BaseRequest, limit: int) -> tuple[bytes, bool]:
-    """Read the body up to ``limit`` bytes: (bytes read, True if the body is larger)."""
-    declared = request.content_length
-    try:
-        if declared is not None:
-            if declared > limit:
-                return b"", True
-            if declared == 0:
-                return b"", False
-            return await request.content.readexactly(declared), False
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                return b"".join(chunks), True
-        return b"".join(chunks), False
-    except (asyncio.IncompleteReadError, aiohttp.ClientError, ConnectionError) as exc:
-        raise ClientGone(type(exc).__name__) from exc
+async def _off_loop_if_large(raw: bytes, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` here for small bodies; in a worker thread for large ones, so that inspecting a body of
+    --max-body-bytes (tens of ms of CPU) never stalls the other requests on this event loop."""
+    if len(raw) < OFF_LOOP_BYTES:
+        return work(*args)
+    return await asyncio.to_thread(work, *args)
 
 
 class DataPlane:
     """The main listener's single handler."""
 
     def __init__(self, catalog: Catalog, modes: ModeView, metrics: Metrics, upstream: Upstream, *, id_header: str,
-                 max_body_bytes: int, warn_log_per_s: int) -> None:
+                 max_body_bytes: int, warn_log_per_s: int, body_timeout_s: float = 30.0,
+                 canary_key_header: str | None = None) -> None:
         self.catalog = catalog
         self.modes = modes
         self.metrics = metrics
         self.upstream = upstream
-        self.routes = RouteTable(catalog.endpoints)
+        self.router = Router(catalog)
         self.inspectors = {e.name: bodies.Inspector(catalog, e) for e in catalog.endpoints}
         self.id_header = id_header
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.canary_key_header = canary_key_header  # buckets by this header's value when present (docs/canary.md)
         self.flood = FloodGuard(log, warn_log_per_s)
         self.in_flight: set[asyncio.Task[Any]] = set()  # requests being handled: a forced shutdown cancels them
 
@@ -113,7 +103,36 @@ class DataPlane:
             task.add_done_callback(self.in_flight.discard)
         started = time.perf_counter()
         request_id = accept_request_id(request.headers.get(self.id_header)) or new_request_id()
-        path = request.path
+        refused = await self._refuse_early(request, request_id)
+        if refused is not None:
+            return refused
+        path, query = split_target(request.raw_path)
+        if is_ops(path):
+            return problem(404, "not-found", "Not Found", "/_ops is served on the admin listener only",
+                           request_id=request_id, headers={self.id_header: request_id})
+        route = self.router.route(request, path, query)
+        label = route.endpoint.name if route.endpoint is not None else PASSTHROUGH
+        try:
+            if route.endpoint is None:
+                return await self._pass_through(request, request_id, route)
+            return await self._validated(request, request_id, route, route.endpoint)
+        except UpstreamError as exc:
+            return self._upstream_problem(request, request_id, exc)
+        except ClientGone as exc:
+            log_event(log, logging.INFO, "client_disconnected", request_id=request_id, error=str(exc))
+            return web.Response(status=400)
+        except BodyTimeout as exc:
+            return await self._body_timeout(request, request_id, label, str(exc))
+        finally:
+            self.metrics.request_children[label].observe(time.perf_counter() - started)
+
+    async def _refuse_early(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse | None:
+        """CONNECT (never forwarded: a tunnel has no framing the upstream would agree on) and Expect."""
+        if request.method == "CONNECT":
+            response = problem(405, "method-not-allowed", "Method Not Allowed", "CONNECT is never forwarded",
+                               request_id=request_id, headers={self.id_header: request_id, "Allow": ALLOW})
+            response.force_close()  # what follows on this connection is not a request we could frame
+            return response
         expect = request.headers.get("Expect")
         if expect is not None:  # what aiohttp's router would do; the low-level server leaves it to us
             if expect.lower() != "100-continue":
@@ -121,30 +140,16 @@ class DataPlane:
                                request_id=request_id, headers={self.id_header: request_id})
             if request.version >= HttpVersion11:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if is_ops_path(path):
-            return problem(404, "not-found", "Not Found", "/_ops is served on the admin listener only",
-                           request_id=request_id, headers={self.id_header: request_id})
-        endpoint = self.routes.match(request.method, path)
-        label = endpoint.name if endpoint is not None else PASSTHROUGH
-        try:
-            if endpoint is None:
-                return await self._pass_through(request, request_id)
-            return await self._validated(request, request_id, endpoint)
-        except UpstreamError as exc:
-            return self._upstream_problem(request, request_id, exc)
-        except ClientGone as exc:
-            log_event(log, logging.INFO, "client_disconnected", request_id=request_id, error=str(exc))
-            return web.Response(status=400)
-        finally:
-            self.metrics.request_children[label].observe(time.perf_counter() - started)
+        return None
 
-    async def _pass_through(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse:
+    async def _pass_through(self, request: web.BaseRequest, request_id: str, route: Route) -> web.StreamResponse:
         headers = request_headers(request, self.id_header, request_id, buffered=False)
-        data: Body = stream_body(request) if request.body_exists else None
-        return await self.upstream.forward(request, headers, data, {self.id_header: request_id})
+        data: Body = stream_body(request, self.body_timeout_s) if request.body_exists else None
+        return await self.upstream.forward(request, route.target, headers, data, {self.id_header: request_id})
 
-    async def _validated(self, request: web.BaseRequest, request_id: str, endpoint: Endpoint) -> web.StreamResponse:
-        verdict = await self._decide(request, request_id, endpoint)
+    async def _validated(self, request: web.BaseRequest, request_id: str, route: Route,
+                         endpoint: Endpoint) -> web.StreamResponse:
+        verdict = await self._decide(request, request_id, endpoint, route.unreadable)
         self._account(request, request_id, verdict)
         result = verdict.inspection.result
         extra = {self.id_header: request_id, "X-Stage-Validation": f"mode={verdict.mode}; result={result}"}
@@ -152,35 +157,38 @@ class DataPlane:
             return self._reject(request_id, verdict, extra)
         data: Body
         if verdict.rest_pending:
-            data = stream_body(request, verdict.raw)
+            data = stream_body(request, self.body_timeout_s, verdict.raw)
         elif verdict.mode == "enforce" and result == "alias":
-            data = bodies.rewrite(verdict.raw, endpoint, verdict.inspection)
+            data = await _off_loop_if_large(verdict.raw, bodies.rewrite, verdict.raw, endpoint, verdict.inspection)
         else:
             data = verdict.raw
         headers = request_headers(request, self.id_header, request_id, buffered=not verdict.rest_pending)
-        return await self.upstream.forward(request, headers, data, extra)
+        return await self.upstream.forward(request, route.target, headers, data, extra)
 
-    def effective_mode(self, endpoint: str, request_id: str) -> Mode:
+    def effective_mode(self, endpoint: str, request_id: str, canary_key: str | None = None) -> Mode:
         """The mode this request is handled in: a canary below 100 % enforces only its share (docs/canary.md)."""
         mode, percent = self.modes.lookup(endpoint)
         if mode != "enforce" or percent >= 100:
             return mode
-        return "enforce" if is_enforced(request_id, percent) else "warn"
+        return "enforce" if is_enforced(canary_key or request_id, percent) else "warn"
 
-    async def _decide(self, request: web.BaseRequest, request_id: str, endpoint: Endpoint) -> Verdict:
-        mode = self.effective_mode(endpoint.name, request_id)
-        reason = bodies.media_problem(request.headers.get("Content-Type"), request.headers.get("Content-Encoding"))
+    async def _decide(self, request: web.BaseRequest, request_id: str, endpoint: Endpoint,
+                      route_problem: str | None) -> Verdict:
+        key = request.headers.get(self.canary_key_header) if self.canary_key_header else None
+        mode = self.effective_mode(endpoint.name, request_id, key)
+        reason = route_problem or bodies.media_problem(request.headers.get("Content-Type"),
+                                                       request.headers.get("Content-Encoding"))
         if reason is not None and mode == "enforce":
             # Nothing to read: the verdict is already known from the headers.
             return Verdict(endpoint, mode, bodies.unreadable(reason), b"", False)
-        raw, too_large = await read_limited(request, self.max_body_bytes)
+        raw, too_large = await read_limited(request, self.max_body_bytes, self.body_timeout_s)
         started = time.perf_counter()
         if too_large:
             inspection = bodies.unreadable("too_large")
         elif reason is not None:
             inspection = bodies.unreadable(reason)
         else:
-            inspection = self.inspectors[endpoint.name].inspect(raw)
+            inspection = await _off_loop_if_large(raw, self.inspectors[endpoint.name].inspect, raw)
         self.metrics.validator_children[endpoint.name].observe(time.perf_counter() - started)
         return Verdict(endpoint, mode, inspection, raw, too_large)
 
@@ -227,6 +235,28 @@ class DataPlane:
             extra["reason"] = inspection.reason
         slug = "stage-not-allowed" if status == 422 else (inspection.reason or "unreadable").replace("_", "-")
         return problem(status, slug, _TITLES[status], detail, request_id=request_id, headers=headers, **extra)
+
+    async def _body_timeout(self, request: web.BaseRequest, request_id: str, label: str,
+                            detail: str) -> web.StreamResponse:
+        """408, then close at once: the client stopped sending its body (Slowloris-style).
+
+        The answer is written here and the connection closed after it, so that
+        aiohttp does not linger another 10 s reading the rest of a body that
+        is not coming. The upstream got nothing whole (its connection aborted).
+        """
+        self.metrics.dropped_children[("main", "body_timeout")].inc()
+        if self.flood.allow(("-", "body_timeout")):
+            log_event(log, logging.WARNING, "client_body_timeout", request_id=request_id, endpoint=label,
+                      detail=detail)
+        response = problem(408, "request-timeout", "Request Timeout", detail, request_id=request_id,
+                           headers={self.id_header: request_id})
+        response.force_close()
+        with contextlib.suppress(ConnectionError):
+            await response.prepare(request)
+            await response.write_eof()
+        if request.transport is not None:
+            request.transport.close()  # flushes the 408, then closes
+        return response
 
     def _upstream_problem(self, request: web.BaseRequest, request_id: str, exc: UpstreamError) -> web.Response:
         transport = request.transport

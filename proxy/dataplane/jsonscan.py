@@ -1,132 +1,224 @@
-"""Token-level reading of raw JSON bytes along a field path.
+"""Reading raw JSON bytes along a field path: duplicate keys and the byte span of each value.
 
-Used where the parsed document is not enough: to find duplicate keys on the
-path (orjson keeps the last silently) and the byte span of each value, so a
-rewrite can splice new bytes in and leave every other byte as sent. Only called
-on bodies a JSON parser already accepted, so tokens are well formed.
+Used where the parsed document is not enough: orjson keeps the last of two
+duplicate keys silently, and a rewrite must splice new bytes into the original
+so that every other byte stays as sent. Only called on bodies a JSON parser
+already accepted, so tokens are well formed.
+
+Two ways, fast first:
+
+* :func:`spelling_count` / :func:`splice_literal` — regular expressions over the
+  bytes (C speed) for the path key in every spelling JSON allows (each
+  character literal or ``\\u00XX``). When the key occurs exactly as often as
+  the parsed document has it on the path, every occurrence *is* a path key, so
+  no path object holds it twice and the n-th occurrence's value is the n-th
+  leaf (the "literal proof", see proxy/dataplane/body.py).
+* :class:`Scanner` — when the proof fails (the key also appears elsewhere):
+  walks only the containers on the path, member by member, and skips every
+  other value in one call of the stdlib's C JSON scanner.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import json.scanner
 import re
-from dataclasses import dataclass
 from typing import Final
 
+from proxy.catalog.paths import ascii_lower
 from proxy.dataplane.pointer import escape_pointer
 
 Spans = dict[str, tuple[int, int]]  # RFC 6901 pointer -> (start, end) of the value token
 
-# Strings as "unrolled loops" (Friedl): linear, no per-character alternation.
-_TOKEN: Final = re.compile(rb'[ \t\n\r]*(?:("[^"\\]*(?:\\.[^"\\]*)*")|([{}\[\]:,])|([^ \t\n\r{}\[\]:,"]+))', re.DOTALL)
+_WS: Final = rb"[ \t\n\r]*"
+_STRING: Final = rb'"[^"\\]*(?:\\.[^"\\]*)*"'  # "unrolled loop" (Friedl): linear, no per-character alternation
+_STRING_RE: Final = re.compile(_STRING, re.DOTALL)
+_MEMBER: Final = re.compile(_WS + rb"(" + _STRING + rb")" + _WS + rb":" + _WS, re.DOTALL)
+_NEXT: Final = re.compile(_WS + rb"([,}\]])")
+_EMPTY: Final = re.compile(_WS + rb"([}\]])")
+_SKIP_WS: Final = re.compile(_WS)
+_WHITESPACE: Final = frozenset(b" \t\n\r")
+_SCALAR: Final = rb'(?:' + _STRING + rb'|-?[0-9][0-9.eE+-]*|true|false|null)'
+# The stdlib's C scanner, to find where a value ends: numbers are not converted (len is a cheap C callable), so
+# integers of any length pass (int() refuses more than 4300 digits).
+_DECODER: Final = json.JSONDecoder(parse_int=len, parse_float=len, parse_constant=len)
+_SCAN_ONCE: Final = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]  # typeshed: the pure-Python class
 
 
-@dataclass(slots=True)
-class _Frame:
-    is_object: bool
-    level: int | None  # index into the field path its children sit at; None: off the path
-    pointer: str
-    index: int = 0
-    expect_key: bool = True
-    child_level: int | None = None
-    child_pointer: str = ""
-    seen: set[str] | None = None
+def _char_spelling(char: str, any_case: bool) -> bytes:
+    """Every way JSON can spell one ASCII character inside a string: itself or a \\u escape (hex in any case)."""
+    chars = {char, char.lower(), char.upper()} if any_case else {char}
+    options = []
+    for option in sorted(chars):
+        hex_digits = f"{ord(option):04x}"
+        escaped = "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in hex_digits)
+        options += [re.escape(option), rf"\\u{escaped}"]
+    return ("(?:" + "|".join(options) + ")").encode()
 
 
-def _decode_key(token: bytes) -> str:
+@functools.cache
+def spelling(key: str, *, any_case: bool = False) -> re.Pattern[bytes]:
+    """A JSON string token spelling ``key`` (printable ASCII without ``"\\/``) in any allowed way."""
+    return re.compile(b'"' + b"".join(_char_spelling(c, any_case) for c in key) + b'"')
+
+
+def spelling_count(raw: bytes, key: str, *, any_case: bool = False) -> int:
+    """How often ``key`` is spelled as a string token in ``raw`` (also inside other strings: see the proof)."""
+    return sum(1 for _ in spelling(key, any_case=any_case).finditer(raw))
+
+
+@functools.cache
+def member_run(key: str) -> re.Pattern[bytes]:
+    """A run of ``"other": scalar,`` members: keys that spell ``key`` in no case, values that hold no container.
+
+    Skipped in one C call, so that objects of many small members cost no Python per member.
+    """
+    other_key = rb"(?!" + spelling(key, any_case=True).pattern + rb")" + _STRING
+    return re.compile(rb"(?:" + _WS + other_key + _WS + rb":" + _WS + _SCALAR + _WS + rb",)*", re.DOTALL)
+
+
+@functools.cache
+def leaf_regex(key: str) -> re.Pattern[bytes]:
+    """The key in any spelling, a colon, and the value when it is a string (group 1)."""
+    return re.compile(spelling(key).pattern + _WS + b":" + _WS + b"(" + _STRING + b")?", re.DOTALL)
+
+
+def splice_literal(raw: bytes, leaf_key: str, leaves: int, targets: dict[int, bytes]) -> bytes | None:
+    """``raw`` with the string values of the leaves in ``targets`` (ordinal -> new JSON) replaced.
+
+    Only when the literal proof holds: every spelling of ``leaf_key`` in the
+    bytes is then a path key, in document order, so the n-th match is the n-th
+    leaf. None when the count does not line up (the caller scans instead).
+    """
+    ordinal = -1
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        nonlocal ordinal
+        ordinal += 1
+        new = targets.get(ordinal)
+        if new is None or match.group(1) is None:
+            return match.group(0)
+        return match.group(0)[:match.start(1) - match.start(0)] + new
+
+    spliced = leaf_regex(leaf_key).sub(replace, raw)
+    return spliced if ordinal + 1 == leaves else None
+
+
+def _plain(key: str) -> bool:
+    """A key :func:`spelling` can express (printable ASCII without quote, backslash or slash)."""
+    return key.isascii() and key.isprintable() and not any(c in key for c in '"\\/')
+
+
+def decode_key(token: bytes) -> str:
+    """The text of a JSON string token (a key); escapes decoded as JSON does."""
     if b"\\" not in token:
         return token[1:-1].decode("utf-8", "surrogatepass")
+    if b"\\/" not in token and token.isascii():  # JSON's escapes minus \/ are Python's: the C codec is faster
+        return token[1:-1].decode("unicode_escape")
     decoded = json.loads(token.decode("utf-8", "surrogatepass"))
     return decoded if isinstance(decoded, str) else ""
 
 
 class Scanner:
-    """Token-level walk of raw JSON bytes along the field path (the exact path).
-
-    Finds duplicate keys on the path and the byte span of every leaf value.
-    Only called on bodies orjson/json already accepted, so tokens are well formed.
-    """
+    """A walk of the containers on the field path in the raw bytes: duplicates, case variants, leaf spans."""
 
     def __init__(self, parts: tuple[str, ...]) -> None:
         self.parts = parts
-        self.stack: list[_Frame] = []
         self.spans: Spans = {}
-        self.duplicate = False
-
-    def _value_context(self) -> tuple[int | None, str]:
-        if not self.stack:
-            return 0, ""
-        top = self.stack[-1]
-        if top.is_object:
-            return top.child_level, top.child_pointer
-        level = top.level
-        if level is not None and level < len(self.parts) and self.parts[level] == "*":
-            return level + 1, f"{top.pointer}/{top.index}"
-        return None, ""
-
-    def _key(self, top: _Frame, token: bytes) -> None:
-        top.expect_key = False
-        level = top.level
-        if level is None or level >= len(self.parts) or self.parts[level] == "*":
-            top.child_level = None
-            return
-        key = _decode_key(token)
-        if key != self.parts[level]:
-            top.child_level = None
-            return
-        if top.seen is None:
-            top.seen = set()
-        if key in top.seen:
-            self.duplicate = True
-        top.seen.add(key)
-        top.child_level, top.child_pointer = level + 1, f"{top.pointer}/{escape_pointer(key)}"
-
-    def _punct(self, char: int) -> None:
-        if char in b"{[":
-            level, pointer = self._value_context()
-            if level is not None and level >= len(self.parts):
-                level = None  # a container where a leaf belongs: invalid, nothing to splice
-            self.stack.append(_Frame(char == ord("{"), level, pointer))
-        elif char in b"}]":
-            self.stack.pop()
-        elif char == ord(",") and self.stack:
-            top = self.stack[-1]
-            top.index += 1
-            top.expect_key = top.is_object
+        self.duplicate = False  # a path object holds the path key twice
+        self.case_variant = False  # a path object holds a key equal to the path key but for ASCII case
+        self._folded = tuple(ascii_lower(part) for part in parts)
+        self._needles = tuple(b'"' + part.encode() + b'"' for part in parts)
+        self._runs = tuple(member_run(part) if part != "*" and _plain(part) else None for part in parts)
+        self._raw = b""
+        self._text = ""
 
     def scan(self, raw: bytes) -> Scanner:
-        pos, match_token = 0, _TOKEN.match
-        while (match := match_token(raw, pos)) is not None and match.end() > pos:
-            pos = match.end()
-            string, punct, literal = match.groups()
-            if punct is not None:
-                self._punct(punct[0])
-                continue
-            top = self.stack[-1] if self.stack else None
-            if string is not None and top is not None and top.is_object and top.expect_key:
-                self._key(top, string)
-                continue
-            level, pointer = self._value_context()
-            if level == len(self.parts):
-                self.spans[pointer] = (match.start(1 if string is not None else 3), pos)
+        self._raw = raw
+        self._text = raw.decode("latin-1")  # one character per byte: the C scanner's indices are byte offsets
+        start = _SKIP_WS.match(raw, 0)
+        self._value(0, "", start.end() if start else 0)
         return self
 
+    def _skip(self, pos: int) -> int:
+        """The end of the value at ``pos``, not looked into (strings by regex, the rest by the C scanner)."""
+        if self._raw[pos] == 0x22:  # '"'
+            match = _STRING_RE.match(self._raw, pos)
+            assert match is not None
+            return match.end()
+        end: int = _SCAN_ONCE(self._text, pos)[1]
+        return end
 
-def literal_spans(raw: bytes, leaf_key: str, leaves: int, wanted: list[tuple[str, int]]) -> Spans | None:
-    """Spans of string leaf values found by their literal key, when the fast screen proved that exact.
+    def _value(self, level: int, pointer: str, pos: int) -> int:
+        """Walk the value at ``pos`` (on the path at ``level``); its end."""
+        if level == len(self.parts):
+            end = self._skip(pos)
+            self.spans[pointer] = (pos, end)
+            return end
+        opener = self._raw[pos]
+        if self.parts[level] == "*":
+            return self._array(level, pointer, pos) if opener == 0x5B else self._skip(pos)  # '['
+        return self._object(level, pointer, pos) if opener == 0x7B else self._skip(pos)  # '{'
 
-    Every ``"stage"`` in the bytes is then a path key, in document order, so the
-    n-th match is the n-th leaf value (``wanted``: pointer, leaf ordinal). None
-    when anything does not line up.
-    """
-    matches = list(leaf_regex(leaf_key).finditer(raw))
-    if len(matches) != leaves:
-        return None
-    return {pointer: matches[index].span(1) for pointer, index in wanted if matches[index].group(1) is not None}
+    def _array(self, level: int, pointer: str, pos: int) -> int:
+        raw = self._raw
+        empty = _EMPTY.match(raw, pos + 1)
+        if empty is not None:
+            return empty.end()
+        index = 0
+        pos += 1
+        while True:
+            if raw[pos] in _WHITESPACE:
+                pos = _SKIP_WS.match(raw, pos).end()  # type: ignore[union-attr]  # matches the empty string too
+            pos = self._value(level + 1, f"{pointer}/{index}", pos)
+            index += 1
+            separator = _NEXT.match(raw, pos)
+            assert separator is not None
+            pos = separator.end()
+            if separator.group(1) == b"]":
+                return pos
 
+    def _object(self, level: int, pointer: str, pos: int) -> int:
+        raw = self._raw
+        empty = _EMPTY.match(raw, pos + 1)
+        if empty is not None:
+            return empty.end()
+        pos += 1
+        seen = False
+        run = self._runs[level]
+        while True:
+            if run is not None:
+                pos = run.match(raw, pos).end()  # type: ignore[union-attr]  # a run may be empty, never absent
+            member = _MEMBER.match(raw, pos)
+            assert member is not None
+            pos = member.end()
+            if self._is_path_key(member.group(1), level):
+                self.duplicate = self.duplicate or seen
+                seen = True
+                pos = self._value(level + 1, f"{pointer}/{escape_pointer(self.parts[level])}", pos)
+            else:
+                pos = self._skip(pos)
+            separator = _NEXT.match(raw, pos)
+            assert separator is not None
+            pos = separator.end()
+            if separator.group(1) == b"}":
+                return pos
 
-@functools.cache
-def leaf_regex(key: str) -> re.Pattern[bytes]:
-    return re.compile(b'"' + re.escape(key.encode()) + rb'"[ \t\n\r]*:[ \t\n\r]*("[^"\\]*(?:\\.[^"\\]*)*")?',
-                      re.DOTALL)
+    def _is_path_key(self, token: bytes, level: int) -> bool:
+        """True for the path key at ``level``; notes a key that differs from it only in ASCII case."""
+        needle = self._needles[level]
+        if token == needle:
+            return True
+        if b"\\" not in token:  # an ASCII case change keeps the length in bytes
+            if len(token) == len(needle) and ascii_lower(decode_key(token)) == self._folded[level]:
+                self.case_variant = True
+            return False
+        if not len(needle) <= len(token) <= 6 * len(needle):  # cannot decode to a key of the needle's length
+            return False
+        key = decode_key(token)
+        if key == self.parts[level]:
+            return True
+        if ascii_lower(key) == self._folded[level]:
+            self.case_variant = True
+        return False

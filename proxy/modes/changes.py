@@ -18,6 +18,7 @@ from proxy.modes.view import ModeView
 from proxy.shared.logs import log_event
 
 log = logging.getLogger(__name__)
+HISTORY_PER_CHANGE = 20  # block entries written one by one per notification; the rest are summarized
 
 
 class ModeChanges:
@@ -67,9 +68,9 @@ class ModeChanges:
         remove = [fp for fp in dict.fromkeys(resolved) if fp in current and fp not in added]
         if not add and not remove:
             return [], []
-        history = [_block_entry("block_enforce", b, f"alert {b.alertname} firing") for b in add]
-        history += [_block_entry("unblock_enforce", current[fp], f"alert {current[fp].alertname} resolved")
-                    for fp in remove]
+        history = _capped_history("block_enforce", [(b, f"alert {b.alertname} firing") for b in add])
+        history += _capped_history("unblock_enforce", [(current[fp], f"alert {current[fp].alertname} resolved")
+                                                       for fp in remove])
         await self._store.set_blocks(add, remove, history)
         blocks = {**current, **{b.fingerprint: b for b in add}}
         for fingerprint in remove:
@@ -77,11 +78,21 @@ class ModeChanges:
         self._view.generation += 1
         self._view.set_blocks(blocks)
         log_event(log, logging.WARNING if add else logging.INFO, "enforce_block_changed", blocked=bool(blocks),
-                  added=[b.alertname for b in add], removed=len(remove))
+                  added=len(add), alerts=sorted({b.alertname for b in add})[:HISTORY_PER_CHANGE], removed=len(remove))
         return [b.fingerprint for b in add], remove
 
     async def history(self, limit: int) -> list[HistoryEntry]:
         return await self._store.history(limit)
+
+
+def _capped_history(action: str, items: list[tuple[Block, str]]) -> list[HistoryEntry]:
+    """One entry per block, up to HISTORY_PER_CHANGE; past it one entry saying how many more (a notification can
+    carry thousands of alerts: the history must stay readable and the write small)."""
+    entries = [_block_entry(action, block, reason) for block, reason in items[:HISTORY_PER_CHANGE]]
+    if len(items) > HISTORY_PER_CHANGE:
+        entries.append(HistoryEntry(action, "alertmanager", "alertmanager",
+                                    f"and {len(items) - HISTORY_PER_CHANGE} more alerts in the same notification"))
+    return entries
 
 
 def _block_entry(action: str, block: Block, reason: str) -> HistoryEntry:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.catalog.stages import MODES, Catalog, Mode
@@ -151,11 +152,11 @@ async def put_mode(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
     if mode == "enforce" and ctx.view.enforce_blocked and not force:
-        alerts = sorted({f"{b.alertname}" + (f" ({b.endpoint})" if b.endpoint else "") for b in
-                         ctx.view.blocks.values()})
+        names = alerts.capped(sorted({b.alertname + (f" ({b.endpoint})" if b.endpoint else "")
+                                      for b in ctx.view.blocks.values()}))
         return problem(409, "enforce-blocked", "Enforce is blocked",
-                       f"enforce is blocked while these alerts fire: {', '.join(alerts)}; wait for them to resolve "
-                       "or send force=true", blocked_by=alerts)
+                       f"enforce is blocked while these alerts fire: {', '.join(names)}; wait for them to resolve "
+                       "or send force=true", blocked_by=names)
     try:
         await ctx.changes.change(endpoints, mode, percent, actor, reason, forced=force and ctx.view.enforce_blocked)
     except StoreUnavailable as exc:
@@ -167,7 +168,7 @@ async def put_mode(request: web.Request) -> web.Response:
 async def get_history(request: web.Request) -> web.Response:
     ctx = request.app[OPS]
     text = request.query.get("limit", "100")
-    if not text.isdigit() or not 1 <= int(text) <= HISTORY_LIMIT:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= HISTORY_LIMIT:  # "²".isdigit() is True
         return problem(400, "bad-request", "Bad Request", f"'limit' must be an integer from 1 to {HISTORY_LIMIT}")
     try:
         entries = await ctx.changes.history(int(text))
@@ -219,9 +220,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def create_admin_app(ctx: OpsContext) -> web.Application:
-    """The admin listener's application (no I/O here)."""
-    app = web.Application(client_max_size=ADMIN_MAX_BODY)
+def create_admin_app(ctx: OpsContext, *, max_body_bytes: int = ADMIN_MAX_BODY,
+                     middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The admin listener's application (no I/O here); bodies over ``max_body_bytes`` answer 413."""
+    app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app[OPS] = ctx
     app[PROBE] = UpstreamProbe()
     app.router.add_get("/_ops/healthz", healthz)

@@ -16,6 +16,7 @@ are 400.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -127,17 +128,24 @@ async def apply(plan_: Plan, group_key: str, view: ModeView, changes: ModeChange
     if plan_.firing_blocks or plan_.resolved_blocks:
         added, removed = await changes.update_blocks(list(plan_.firing_blocks.values()), plan_.resolved_blocks)
     if plan_.unknown_endpoints:
-        log_event(log, logging.WARNING, "alert_unknown_endpoint", endpoints=sorted(plan_.unknown_endpoints),
+        log_event(log, logging.WARNING, "alert_unknown_endpoint", endpoints=capped(sorted(plan_.unknown_endpoints)),
                   group_key=safe_text(group_key))
     return {"downgraded": downgraded, "blocks_added": len(added), "blocks_removed": len(removed),
             "enforce_blocked": view.enforce_blocked, "ignored": plan_.ignored,
-            "unknown_endpoints": sorted(plan_.unknown_endpoints)}
+            "unknown_endpoints": capped(sorted(plan_.unknown_endpoints))}
+
+
+def capped(names: list[str], limit: int = 20) -> list[str]:
+    """At most ``limit`` names, then one saying how many more: what goes into one log line or one answer."""
+    return names if len(names) <= limit else [*names[:limit], f"... and {len(names) - limit} more"]
 
 
 async def webhook(request: web.Request, catalog: Catalog, view: ModeView, changes: ModeChanges) -> web.Response:
     """The handler body (auth is checked by the caller)."""
     try:
-        plan_, group_key = plan(await request.read(), catalog)
+        raw = await request.read()
+        # Parsing and planning thousands of alerts is CPU work: off the event loop, so the data plane keeps going.
+        plan_, group_key = await asyncio.to_thread(plan, raw, catalog) if len(raw) > 64 * 1024 else plan(raw, catalog)
     except PayloadError as exc:
         return problem(400, "bad-alertmanager-payload", "Bad Request", str(exc))
     except web.HTTPRequestEntityTooLarge:

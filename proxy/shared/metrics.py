@@ -20,9 +20,11 @@ VALIDATOR_BUCKETS: Final = (5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 
 REQUEST_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STORE_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 SOURCES: Final = ("redis", "last_known", "state_file", "default", "memory")
-UPSTREAM_ERRORS: Final = ("refused", "reset", "timeout")
+UPSTREAM_ERRORS: Final = ("refused", "reset", "timeout", "invalid")  # invalid: broke HTTP or the proxy's bounds
 REJECTION_REASONS: Final = ("unknown", "invalid", *UNREADABLE_STATUS)
 STORE_OPS: Final = ("load", "save", "publish")
+LISTENERS: Final = ("main", "admin")
+DROP_REASONS: Final = ("max_connections", "header_timeout", "body_timeout", "write_timeout")
 PASSTHROUGH: Final = "passthrough"
 
 # `*_created` series double the exposition and no rule or dashboard reads them.
@@ -57,6 +59,10 @@ class Metrics:
                              multiprocess_mode=live)
         self.store = Histogram("stage_mode_store_seconds", "Mode store round trips", ["op"],
                                buckets=STORE_BUCKETS, registry=reg)
+        self.connections = Gauge("stage_client_connections", "Open client connections", ["listener"], registry=reg,
+                                 multiprocess_mode="livesum")
+        self.dropped = Counter("stage_connections_dropped_total", "Client connections closed by a bound",
+                               ["listener", "reason"], registry=reg)
         self._prebind()
 
     def _prebind(self) -> None:
@@ -69,6 +75,8 @@ class Metrics:
         self.request_children = {e: self.request.labels(e) for e in (*self.endpoints, PASSTHROUGH)}
         self.upstream_children = {r: self.upstream_errors.labels(r) for r in UPSTREAM_ERRORS}
         self.store_children = {op: self.store.labels(op) for op in STORE_OPS}
+        self.connection_children = {name: self.connections.labels(name) for name in LISTENERS}
+        self.dropped_children = {(name, r): self.dropped.labels(name, r) for name in LISTENERS for r in DROP_REASONS}
         self.set_source("default")
         self.set_blocked(False)
 

@@ -1,0 +1,334 @@
+"""One upstream connection: an asyncio protocol carrying one exchange at a time, parsed by ``httptools``.
+
+The upstream's framing is trusted no further than a client's: a response that
+breaks HTTP or the proxy's bounds — bytes past its declared end, a status
+outside 100–599, a head over 64 KiB or 256 fields, a header that is not UTF-8 —
+fails the exchange (502) and drops the connection, whose bytes are never parsed
+as part of this response or the next (docs/proxy.md, "Hostile clients and
+upstreams"). The pool and the request side are in proxy/dataplane/upstream_http.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import select
+import socket
+from typing import Final, cast
+
+import httptools
+from multidict import CIMultiDict
+
+_HIGH_WATER: Final = 256 * 1024  # body bytes buffered before we stop reading from the upstream
+_LOW_WATER: Final = 64 * 1024
+# Response heads are bounded like request heads (nginx answers 502 "upstream sent too big header" likewise).
+MAX_HEAD_BYTES: Final = 64 * 1024
+MAX_HEAD_FIELDS: Final = 256
+
+
+class UpstreamConnectError(OSError):
+    """The TCP (or TLS) connection to the upstream could not be opened."""
+
+
+class UpstreamClosed(ConnectionError):
+    """The upstream closed or reset the connection before the response was complete."""
+
+
+class UpstreamConnectTimeout(TimeoutError):
+    """Connecting to the upstream took longer than the connect timeout."""
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream's answer is not valid HTTP/1.1."""
+
+
+class UpstreamReadTimeout(TimeoutError):
+    """Nothing arrived from the upstream for the read timeout."""
+
+
+class Exchange:
+    """The state of one request/response on a connection; a fresh one per request."""
+
+    __slots__ = ("parser", "head", "head_only", "received_any", "reason", "headers", "status", "keep_alive",
+                 "complete", "until_eof", "reusable", "error", "chunks", "buffered", "timeout_s", "last_read",
+                 "head_bytes", "fields", "violation")
+
+    def __init__(self, connection: Connection, head: asyncio.Future[None], head_only: bool, timeout_s: float,
+                 now: float) -> None:
+        self.parser = httptools.HttpResponseParser(connection)
+        self.head = head  # completes when the response head arrived
+        self.head_only = head_only  # HEAD: the answer has no body whatever it declares
+        self.received_any = False
+        self.reason = ""
+        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.status = 0
+        self.keep_alive = False
+        self.complete = False
+        self.until_eof = False  # no length declared: the body ends when the upstream closes
+        self.reusable = True  # False once the request could not be sent whole
+        self.error: BaseException | None = None
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.timeout_s = timeout_s
+        self.last_read = now
+        self.head_bytes = 0  # bytes received while no final response head was complete
+        self.fields = 0
+        self.violation: str | None = None  # why a callback stopped the parser
+
+
+class Connection(asyncio.Protocol):
+    """One upstream connection; carries one exchange at a time (``self.x``), idle in the pool between them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.x: Exchange | None = None  # the exchange in progress (kept after it ends, until the next one)
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._write_ready: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self._paused_writing = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def exchange(self) -> Exchange:
+        assert self.x is not None, "no exchange was begun on this connection"
+        return self.x
+
+    # -- asyncio.Protocol -----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        x = self.x
+        if x is not None and not x.complete:
+            if x.status and x.until_eof and exc is None:
+                self._on_complete(keep_alive=False)  # a body delimited by the connection's end
+            else:
+                self._fail(UpstreamClosed("the upstream closed the connection" + (f" ({exc})" if exc else "")))
+        if self._write_ready is not None and not self._write_ready.done():
+            self._write_ready.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        x = self.x
+        if x is None or x.complete:  # nothing asked for: a misbehaving upstream; do not reuse this connection
+            self.abort()
+            return
+        x.received_any = True
+        x.last_read = self.loop.time()
+        try:
+            x.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._protocol_error("the upstream switched protocols, which the proxy never asked for")
+            return
+        except httptools.HttpParserError as exc:
+            self._protocol_error(x.violation or f"invalid HTTP response from the upstream: {exc}")
+            return
+        if not x.status:
+            x.head_bytes += len(data)
+            if x.head_bytes > MAX_HEAD_BYTES:
+                self._protocol_error(f"the upstream's response head exceeds {MAX_HEAD_BYTES} bytes")
+
+    def eof_received(self) -> bool:
+        return False  # close our side too; connection_lost follows
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        if self._write_ready is not None and not self._write_ready.done():
+            self._write_ready.set_result(None)
+
+    # -- httptools callbacks (only ever called while an exchange is in progress) ----------------
+    # A callback that finds the answer unacceptable records why and raises: the parser stops there.
+
+    def _violate(self, why: str) -> None:
+        self.exchange.violation = why
+        raise UpstreamProtocolError(why)
+
+    def on_message_begin(self) -> None:
+        if self.exchange.status:  # a second response on one exchange: bytes past the declared end
+            self._violate("the upstream sent bytes after the response's declared end")
+
+    def on_status(self, reason: bytes) -> None:
+        self.exchange.reason = reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        x = self.exchange
+        x.fields += 1
+        if x.fields > MAX_HEAD_FIELDS:
+            self._violate(f"the upstream's response has more than {MAX_HEAD_FIELDS} header fields")
+        try:  # relayed as received or refused, never changed: aiohttp writes header values as UTF-8
+            x.headers.add(name.decode("ascii"), value.decode("utf-8"))
+        except UnicodeDecodeError:
+            self._violate("the upstream sent a header that is not valid UTF-8")
+
+    def on_headers_complete(self) -> None:
+        x = self.exchange
+        status = x.parser.get_status_code()
+        if not 100 <= status <= 599:
+            self._violate(f"the upstream answered with status {status}, outside 100-599")
+        if 100 <= status < 200:  # interim answer (101 is refused by the parser as an upgrade)
+            x.headers = CIMultiDict()
+            x.reason = ""
+            return
+        x.status = status
+        x.until_eof = "Content-Length" not in x.headers and "Transfer-Encoding" not in x.headers
+        if not x.head.done():
+            x.head.set_result(None)
+        if x.head_only:  # HEAD: the parser cannot be told there is no body; the message ends here
+            self._on_complete(keep_alive=x.parser.should_keep_alive() and not x.until_eof)
+
+    def on_body(self, body: bytes) -> None:
+        x = self.exchange
+        if x.complete:
+            return
+        x.chunks.append(body)
+        x.buffered += len(body)
+        if x.buffered > _HIGH_WATER and not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+        self._wake_body()
+
+    def on_message_complete(self) -> None:
+        x = self.exchange
+        if x.status == 0 or x.complete:
+            return  # the end of a 1xx interim answer, or a HEAD answer already complete
+        self._on_complete(keep_alive=x.parser.should_keep_alive())
+
+    # -- request side -----------------------------------------------------------
+
+    def begin(self, head_only: bool, timeout_s: float) -> Exchange:
+        """Start a new exchange; its ``head`` future completes when the response head arrived."""
+        now = self.loop.time()
+        self.x = Exchange(self, self.loop.create_future(), head_only, timeout_s, now)
+        self._timer = self.loop.call_at(now + timeout_s, self._check_timeout)
+        return self.x
+
+    async def write(self, data: bytes) -> None:
+        """Write with back-pressure; raises the connection's error (or UpstreamClosed) if it is gone.
+
+        Sending counts as activity for the read timeout: a slow upload is not upstream silence.
+        """
+        x = self.exchange
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise x.error or UpstreamClosed("the upstream closed the connection while the request was sent")
+        self.transport.write(data)
+        x.last_read = self.loop.time()
+        if self._paused_writing:
+            self._write_ready = self.loop.create_future()
+            await self._write_ready
+            self._write_ready = None
+            if self.closed:
+                raise x.error or UpstreamClosed("the upstream closed the connection while the request was sent")
+            x.last_read = self.loop.time()
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body; b"" at its end."""
+        x = self.exchange
+        while True:
+            if x.chunks:
+                chunk = x.chunks.popleft()
+                x.buffered -= len(chunk)
+                if self._paused_reading and x.buffered < _LOW_WATER and self.transport is not None:
+                    self._paused_reading = False
+                    x.last_read = self.loop.time()  # the pause was ours, not the upstream's silence
+                    self.transport.resume_reading()
+                return chunk
+            if x.error is not None:
+                raise x.error
+            if x.complete:
+                return b""
+            self._body_waiter = self.loop.create_future()
+            await self._body_waiter
+            self._body_waiter = None
+
+    async def read_pending(self) -> None:
+        """Let bytes the upstream already sent be read before writing more.
+
+        An upstream that answers early (413) and closes makes the next write
+        fail at once — uvloop writes synchronously — and the transport then
+        closes without reading the answer waiting in the socket. So before each
+        piece of a streamed body: if the socket is readable, let the loop read.
+        """
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return
+        for _ in range(8):
+            if self.closed or self.exchange.status or not select.select([sock.fileno()], [], [], 0)[0]:
+                return
+            await asyncio.sleep(0)
+
+    @property
+    def reusable(self) -> bool:
+        """The exchange ended cleanly and both sides allow another one on this connection."""
+        x = self.x
+        return (x is not None and x.complete and x.keep_alive and x.reusable and x.error is None
+                and not self.closed)
+
+    def park(self) -> None:
+        """Idle in the pool: no exchange, so any byte that arrives now is a fault."""
+        self.x = None
+        self.idle_since = self.loop.time()
+
+    def abort(self) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- internals ------------------------------------------------------------------
+
+    def _on_complete(self, *, keep_alive: bool) -> None:
+        x = self.exchange
+        x.complete = True
+        x.keep_alive = keep_alive
+        self._cancel_timer()
+        self._wake_body()
+
+    def _protocol_error(self, why: str) -> None:
+        """The answer breaks HTTP (or our bounds): fail the exchange, even if it looked complete, and drop the
+        connection; its bytes are never parsed as part of this response or the next."""
+        x = self.exchange
+        x.complete = False
+        self._fail(UpstreamProtocolError(why))
+        self.abort()
+
+    def _fail(self, exc: BaseException) -> None:
+        x = self.exchange
+        if x.error is None:
+            x.error = exc
+        self._cancel_timer()
+        if not x.head.done():
+            x.head.set_exception(exc)
+            x.head.exception()  # the caller may be gone (client disconnected): never "never retrieved"
+        self._wake_body()
+
+    def _wake_body(self) -> None:
+        if self._body_waiter is not None and not self._body_waiter.done():
+            self._body_waiter.set_result(None)
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        x = self.x
+        if x is None or x.complete or x.error is not None:
+            return
+        due = x.last_read + x.timeout_s
+        if self._paused_reading or due > self.loop.time():
+            self._timer = self.loop.call_at(max(due, self.loop.time() + 0.01), self._check_timeout)
+            return
+        self._fail(UpstreamReadTimeout("the upstream sent nothing for the read timeout"))
+        self.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
