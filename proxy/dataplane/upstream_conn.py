@@ -76,6 +76,11 @@ class Exchange:
         self.violation: str | None = None  # why a callback stopped the parser
 
 
+    def keeps_connection(self) -> bool:
+        """The answer (head arrived) lets the connection live on (httptools forgets it once the message ends)."""
+        return self.keep_alive if self.complete else bool(self.parser.should_keep_alive())
+
+
 class Connection(asyncio.Protocol):
     """One upstream connection; carries one exchange at a time (``self.x``), idle in the pool between them."""
 

@@ -102,6 +102,13 @@ def _encode_head(method: str, target: str, headers: CIMultiDict[str], extra: str
     return "".join(lines).encode("utf-8", "surrogateescape")
 
 
+def _frame(chunk: bytes, chunked: bool) -> bytes:
+    """A body piece as sent: itself, or a chunk of the chunked coding (empty pieces send nothing)."""
+    if not chunked or not chunk:
+        return chunk
+    return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+
+
 class UpstreamPool:
     """Keep-alive connections to one origin (``http://`` or ``https://``)."""
 
@@ -204,22 +211,34 @@ class UpstreamPool:
         if isinstance(body, bytes) and len(body) + len(head) <= _SMALL_WRITE:
             await conn.write(head + body)
             return
-        await conn.write(head)
         if isinstance(body, bytes):
+            await conn.write(head)
             await conn.write(body)
         elif body is not None:
-            await self._send_stream(conn, body, chunked)
+            await self._send_stream(conn, head, aiter(body), chunked)
+        else:
+            await conn.write(head)
 
-    async def _send_stream(self, conn: Connection, body: StreamBody, chunked: bool) -> None:
+    async def _send_stream(self, conn: Connection, head: bytes, body: AsyncIterator[bytes], chunked: bool) -> None:
+        """The head with the body's first piece (one write: the common small body already came with its head),
+        then the rest as it arrives."""
+        first = await anext(body, b"")
+        framed = _frame(first, chunked)
+        if len(head) + len(framed) <= _SMALL_WRITE:
+            await conn.write(head + framed)
+        else:
+            await conn.write(head)
+            await conn.write(framed)
         exchange = conn.exchange
         async for chunk in body:
             await conn.read_pending()
-            if exchange.status:  # answered early (e.g. 413): stop sending, never reuse
+            # Answered early and closing (a 413, say): stop sending, never reuse (RFC 9112 §9.5). An early answer
+            # that keeps the connection (nginx's `return 200` does not wait for the body) gets the rest of the
+            # body, so that both sides still agree where the next request starts.
+            if exchange.status and not exchange.keeps_connection():
                 exchange.reusable = False
                 return
-            if not chunk:
-                continue
-            await conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await conn.write(_frame(chunk, chunked))
         if chunked:
             await conn.write(b"0\r\n\r\n")
 
