@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.catalog.paths import (
+    PathMatch,
     RouteTable,
     ascii_lower,
     is_ambiguous,
@@ -20,7 +21,16 @@ from proxy.catalog.paths import (
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, default_catalog, parse_catalog
 
 CATALOG = default_catalog()
-TABLE = RouteTable(CATALOG.endpoints)
+
+
+class _Table:
+    """A fresh route table per use: built inside the test, not at import (mutation testing must see it built)."""
+
+    def match(self, method: str, raw: str) -> PathMatch | None:
+        return RouteTable(CATALOG.endpoints).match(method, raw)
+
+
+TABLE = _Table()
 
 
 @pytest.mark.parametrize(("method", "raw", "endpoint", "forwarded", "ambiguous"), [

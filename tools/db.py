@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
@@ -24,8 +24,9 @@ def masked(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def resolve_dsn(dsn: str | None) -> str:
-    value = dsn or os.environ.get("DATABASE_URL", "")
+def resolve_dsn(dsn: str | None, environ: Mapping[str, str]) -> str:
+    """--dsn, else $DATABASE_URL (``environ`` is stagectl's, read once in its main)."""
+    value = dsn or environ.get("DATABASE_URL", "")
     if not value:
         raise CommandError("no database: pass --dsn or set DATABASE_URL", EXIT_USAGE)
     if not value.startswith(("postgresql://", "postgres://")):

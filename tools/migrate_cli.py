@@ -94,8 +94,8 @@ def load_catalog(path: str | None, environ: Mapping[str, str]) -> Catalog:
 
 
 @contextlib.asynccontextmanager
-async def database(args: argparse.Namespace) -> AsyncIterator[asyncpg.Connection]:
-    connection = await connect(resolve_dsn(args.dsn))
+async def database(args: argparse.Namespace, environ: Mapping[str, str]) -> AsyncIterator[asyncpg.Connection]:
+    connection = await connect(resolve_dsn(args.dsn, environ))
     try:
         yield connection
     except asyncpg.ReadOnlySQLTransactionError:
@@ -113,7 +113,7 @@ def emit(args: argparse.Namespace, data: object, text: str) -> None:
 async def run_seed(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.rows < 0:
         raise CommandError("--rows must be 0 or more", EXIT_USAGE)
-    async with database(args) as connection:
+    async with database(args, environ) as connection:
         total = await seed(connection, args.table, args.rows, args.seed, args.truncate)
     print(f"seeded {args.rows} rows into {args.table}; it now holds {total}")
     return EXIT_OK
@@ -138,7 +138,7 @@ async def run_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with database(args) as connection:
+    async with database(args, environ) as connection:
         target = await introspect(connection, args.table, args.column, args.pk)
         migration = Migration(connection, target, catalog, options, stop)
         await migration.prepare()
@@ -206,7 +206,7 @@ def render(report: dict[str, Any], applied: bool) -> str:
 
 
 async def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    async with database(args) as connection:
+    async with database(args, environ) as connection:
         runs = await migrate_admin.status(connection, args.run, args.limit)
     header = f"{'RUN':>5}  {'TARGET':<22} {'KIND':<6} {'STATUS':<10} {'BATCHES':>7} {'SCANNED':>10} {'CHANGED':>9} " \
              f"{'UNKNOWN':>8} {'SKIPPED':>8}  LAST ID"
@@ -220,7 +220,7 @@ async def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> in
 
 async def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     catalog = load_catalog(getattr(args, "config", None), environ)
-    async with database(args) as connection:
+    async with database(args, environ) as connection:
         target = await introspect(connection, args.table, args.column, getattr(args, "pk", None))
         verdict = await migrate_admin.verify(connection, target, catalog)
     lines = [f"{target.label}: " + ("all canonical" if verdict.clean else "NOT all canonical")]
@@ -233,7 +233,7 @@ async def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> in
 
 
 async def run_revert(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    async with database(args) as connection:
+    async with database(args, environ) as connection:
         result = await migrate_admin.revert(connection, args.run, getattr(args, "apply", False),
                                             getattr(args, "batch_size", 1000))
     if getattr(args, "apply", False):

@@ -91,7 +91,7 @@ def register(commands: Any) -> None:
 async def run_backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.keep is not None and args.keep < 1:
         raise CommandError("--keep must be at least 1", EXIT_USAGE)
-    result = await backup.backup(resolve_dsn(args.dsn), args.out, args.format, args.keep)
+    result = await backup.backup(resolve_dsn(args.dsn, environ), args.out, args.format, args.keep)
     data = {"file": str(result.file), "sha256": result.sha256, "bytes": result.bytes,
             "seconds": round(result.seconds, 3), "removed": result.removed}
     print(_json(data) if args.json else f"backup {result.file} ({result.bytes:,} bytes, {result.seconds:.1f} s), "
@@ -113,8 +113,9 @@ async def run_verify_backup(args: argparse.Namespace, environ: Mapping[str, str]
 async def run_test_restore(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.budget <= 0:
         raise CommandError("--budget must be positive", EXIT_USAGE)
-    receipt = await run_restore_test(resolve_dsn(args.dsn), args.file, budget_s=args.budget, min_rows=args.min_rows,
-                                     table=args.table, column=args.column, queries=args.smoke_query)
+    receipt = await run_restore_test(resolve_dsn(args.dsn, environ), args.file, budget_s=args.budget,
+                                     min_rows=args.min_rows, table=args.table, column=args.column,
+                                     queries=args.smoke_query)
     if args.json:
         print(_json(receipt.as_json()))
     else:

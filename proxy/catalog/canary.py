@@ -13,8 +13,8 @@ import hashlib
 
 def bucket_hundredths(request_id: str) -> int:
     """The request's bucket in hundredths of a percent: 0..9999."""
-    digest = hashlib.sha256(request_id.encode("utf-8", "surrogateescape")).digest()
-    return int.from_bytes(digest[:8], "big") % 10000
+    digest = hashlib.sha256(request_id.encode("utf-8", "surrogateescape")).digest()  # pragma: no mutate - codec case
+    return int.from_bytes(digest[:8], "big") % 10000  # pragma: no mutate - "big" is the default, written for readers
 
 
 def bucket(request_id: str) -> float:

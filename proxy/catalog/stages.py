@@ -99,7 +99,7 @@ def fold(value: str) -> str:
     if value.isascii():  # NFKC and casefold are lower() for ASCII; split() drops the runs and both ends
         return "_".join(value.lower().translate(_ASCII_SEPARATORS).split())
     folded = unicodedata.normalize("NFKC", value).strip().casefold()
-    return _SEPARATORS.sub("_", folded).strip("_")
+    return _SEPARATORS.sub("_", folded).strip("_")  # pragma: no mutate - casefolded: no X left to strip
 
 
 def parse_field(spec: str) -> tuple[str, ...]:

@@ -59,11 +59,15 @@ class Verdict:
 
 
 def _error_value(value: object) -> object:
+    """The offending value as a problem detail echoes it: strings truncated; numbers only where exact.
+
+    orjson reads integers beyond 64 bits as floats, so a float of 2**53 or more may not be what was sent.
+    """
     if isinstance(value, str):
         return safe_text(value)
     if value is None or isinstance(value, bool) or (isinstance(value, int) and abs(value) < 2**63):
         return value
-    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+    if isinstance(value, float) and abs(value) < 2**53:
         return value
     return f"<{bodies.type_name(value)}>"
 

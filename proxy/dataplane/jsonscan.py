@@ -37,7 +37,6 @@ _STRING_RE: Final = re.compile(_STRING, re.DOTALL)
 _MEMBER: Final = re.compile(_WS + rb"(" + _STRING + rb")" + _WS + rb":" + _WS, re.DOTALL)
 _NEXT: Final = re.compile(_WS + rb"([,}\]])")
 _EMPTY: Final = re.compile(_WS + rb"([}\]])")
-_SKIP_WS: Final = re.compile(_WS)
 _WHITESPACE: Final = frozenset(b" \t\n\r")
 _SCALAR: Final = rb'(?:' + _STRING + rb'|-?[0-9][0-9.eE+-]*|true|false|null)'
 # The stdlib's C scanner, to find where a value ends: numbers are not converted (len is a cheap C callable), so
@@ -105,17 +104,28 @@ def splice_literal(raw: bytes, leaf_key: str, leaves: int, targets: dict[int, by
     return spliced if ordinal + 1 == leaves else None
 
 
+def _skip_ws(raw: bytes, pos: int) -> int:
+    """The first position at or after ``pos`` that is not JSON whitespace."""
+    while pos < len(raw) and raw[pos] in _WHITESPACE:
+        pos += 1
+    return pos
+
+
 def _plain(key: str) -> bool:
     """A key :func:`spelling` can express (printable ASCII without quote, backslash or slash)."""
     return key.isascii() and key.isprintable() and not any(c in key for c in '"\\/')
 
 
+# JSON escapes Python's unicode_escape reads differently: \/ and surrogate pairs (joined by JSON, not by Python).
+_NOT_PYTHON_ESCAPES: Final = (b"\\/", b"\\ud", b"\\uD")
+
+
 def decode_key(token: bytes) -> str:
     """The text of a JSON string token (a key); escapes decoded as JSON does."""
     if b"\\" not in token:
-        return token[1:-1].decode("utf-8", "surrogatepass")
-    if b"\\/" not in token and token.isascii():  # JSON's escapes minus \/ are Python's: the C codec is faster
-        return token[1:-1].decode("unicode_escape")
+        return token[1:-1].decode("utf-8", "surrogatepass")  # pragma: no mutate - parsed JSON: valid UTF-8
+    if token.isascii() and not any(marker in token for marker in _NOT_PYTHON_ESCAPES):  # pragma: no mutate
+        return token[1:-1].decode("unicode_escape")  # pragma: no mutate - JSON's escapes are Python's here
     decoded = json.loads(token.decode("utf-8", "surrogatepass"))
     return decoded if isinstance(decoded, str) else ""
 
@@ -130,20 +140,21 @@ class Scanner:
         self.case_variant = False  # a path object holds a key equal to the path key but for ASCII case
         self._folded = tuple(ascii_lower(part) for part in parts)
         self._needles = tuple(b'"' + part.encode() + b'"' for part in parts)
-        self._runs = tuple(member_run(part) if part != "*" and _plain(part) else None for part in parts)
-        self._raw = b""
-        self._text = ""
+        # Runs only speed the walk up (pragma: a mutant without them scans the same members one by one).
+        self._runs = tuple(member_run(part) if part != "*" and _plain(part) else None  # pragma: no mutate
+                           for part in parts)
+        self._raw = b""  # pragma: no mutate - set by scan()
+        self._text = ""  # pragma: no mutate - set by scan()
 
     def scan(self, raw: bytes) -> Scanner:
         self._raw = raw
-        self._text = raw.decode("latin-1")  # one character per byte: the C scanner's indices are byte offsets
-        start = _SKIP_WS.match(raw, 0)
-        self._value(0, "", start.end() if start else 0)
+        self._text = raw.decode("latin-1")  # pragma: no mutate - one character per byte: indices are byte offsets
+        self._value(0, "", _skip_ws(raw, 0))
         return self
 
     def _skip(self, pos: int) -> int:
         """The end of the value at ``pos``, not looked into (strings by regex, the rest by the C scanner)."""
-        if self._raw[pos] == 0x22:  # '"'
+        if self._raw[pos] == 0x22:  # pragma: no mutate - '"': the regex is only faster than the C scanner here
             match = _STRING_RE.match(self._raw, pos)
             assert match is not None
             return match.end()
@@ -169,9 +180,7 @@ class Scanner:
         index = 0
         pos += 1
         while True:
-            if raw[pos] in _WHITESPACE:
-                pos = _SKIP_WS.match(raw, pos).end()  # type: ignore[union-attr]  # matches the empty string too
-            pos = self._value(level + 1, f"{pointer}/{index}", pos)
+            pos = self._value(level + 1, f"{pointer}/{index}", _skip_ws(raw, pos))
             index += 1
             separator = _NEXT.match(raw, pos)
             assert separator is not None
@@ -186,7 +195,7 @@ class Scanner:
             return empty.end()
         pos += 1
         seen = False
-        run = self._runs[level]
+        run = self._runs[level]  # pragma: no mutate - see __init__
         while True:
             if run is not None:
                 pos = run.match(raw, pos).end()  # type: ignore[union-attr]  # a run may be empty, never absent
@@ -214,7 +223,7 @@ class Scanner:
             if len(token) == len(needle) and ascii_lower(decode_key(token)) == self._folded[level]:
                 self.case_variant = True
             return False
-        if not len(needle) <= len(token) <= 6 * len(needle):  # cannot decode to a key of the needle's length
+        if len(token) > 6 * len(needle):  # too long to decode to a key of the needle's length (\uXXXX is 6 bytes)
             return False
         key = decode_key(token)
         if key == self.parts[level]:
