@@ -39,6 +39,20 @@ def _common(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
                         help="machine-readable output")
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """How a migration runs (stagectl migrate and stagectl normalize take the same)."""
+    add = parser.add_argument
+    add("--apply", action="store_true", help="write the changes (default: dry run, plan logged for review)")
+    add("--batch-size", type=int, default=1000, help="rows per batch (default 1000)")
+    add("--target-batch-ms", type=float, help="auto-tune the batch size towards this batch time")
+    add("--sleep-ms", type=float, default=0.0, help="pause between batches")
+    add("--lock-timeout-ms", type=int, default=2000, help="per batch (default 2000); on timeout the batch halves")
+    add("--statement-timeout-ms", type=int, default=30_000, help="per batch (default 30000)")
+    add("--retries", type=int, default=5, help="timeouts tolerated per batch (default 5)")
+    add("--transactional", action="store_true", help="the whole run in one transaction (all or nothing)")
+    add("--progress-interval-s", type=float, default=5.0, help="JSON progress line interval when not on a terminal")
+
+
 def register(commands: Any) -> None:
     """Add seed-db and migrate to stagectl's subcommands."""
     seeder = commands.add_parser("seed-db", help="create and fill the legacy deals table (COPY)")
@@ -52,18 +66,9 @@ def register(commands: Any) -> None:
     migrate = commands.add_parser("migrate", help="normalize stored stages: dry run by default, --apply to write",
                                   description="Batched, resumable normalization of stored stages (DESIGN §4).")
     _common(migrate, inherited=False)
-    add = migrate.add_argument
-    add("--apply", action="store_true", help="write the changes (default: dry run, plan logged for review)")
-    add("--batch-size", type=int, default=1000, help="rows per batch (default 1000)")
-    add("--target-batch-ms", type=float, help="auto-tune the batch size towards this batch time")
-    add("--sleep-ms", type=float, default=0.0, help="pause between batches")
-    add("--lock-timeout-ms", type=int, default=2000, help="per batch (default 2000); on timeout the batch halves")
-    add("--statement-timeout-ms", type=int, default=30_000, help="per batch (default 30000)")
-    add("--retries", type=int, default=5, help="timeouts tolerated per batch (default 5)")
-    add("--resume", action="store_true", help="continue the latest unfinished run")
-    add("--resume-from", metavar="LAST_GOOD_ID", help="start a new run after this key")
-    add("--transactional", action="store_true", help="the whole run in one transaction (all or nothing)")
-    add("--progress-interval-s", type=float, default=5.0, help="JSON progress line interval when not on a terminal")
+    add_run_options(migrate)
+    migrate.add_argument("--resume", action="store_true", help="continue the latest unfinished run")
+    migrate.add_argument("--resume-from", metavar="LAST_GOOD_ID", help="start a new run after this key")
     migrate.set_defaults(handler=run_migrate)
     actions = migrate.add_subparsers(dest="action", parser_class=type(migrate))
     status = actions.add_parser("status", help="runs, their state and progress")
@@ -132,6 +137,17 @@ def _options(args: argparse.Namespace) -> Options:
 
 
 async def run_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    code, report = await perform(args, environ)
+    if report is None:
+        print("interrupted: the --transactional run was rolled back; nothing changed")
+        return code
+    emit(args, report, render(report, args.apply))
+    return code
+
+
+async def perform(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, dict[str, Any] | None]:
+    """One migration run as ``args`` describe it: (exit code, summary; None when a transactional run was rolled
+    back). Shared by ``stagectl migrate`` and ``stagectl normalize``."""
     options = _options(args)
     catalog = load_catalog(args.config, environ)
     stop = asyncio.Event()
@@ -146,13 +162,11 @@ async def run_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> i
         status = await (_transactional(migration, progress) if options.transactional else _batched(migration, progress))
         progress.finish(migration.tally.scanned)
         if status == "rolled back":
-            print("interrupted: the --transactional run was rolled back; nothing changed")
-            return EXIT_INTERRUPTED
+            return EXIT_INTERRUPTED, None
         report = await summary(connection, migration.run_id, target, catalog)
     report["batch_ms_p50"], report["batch_ms_p99"] = _percentiles(migration.tally.batch_ms)
     report["batches_s"] = round(sum(migration.tally.batch_ms) / 1000, 3)
-    emit(args, report, render(report, options.apply))
-    return EXIT_INTERRUPTED if status == "aborted" else EXIT_OK
+    return (EXIT_INTERRUPTED if status == "aborted" else EXIT_OK), report
 
 
 async def _batched(migration: Migration, progress: Progress) -> str:

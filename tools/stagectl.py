@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import aiohttp
 import orjson
 
-from tools import migrate_cli, offenders, week0_cli
+from tools import migrate_cli, offenders, week0_cli, week4_cli
 from tools.errors import EXIT_AUTH, EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, EXIT_STORE, EXIT_USAGE, CommandError
 
 _STATUS_EXIT = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 409: EXIT_BLOCKED, 503: EXIT_STORE}
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     offenders.set_defaults(handler=run_offenders)
     migrate_cli.register(commands)
     week0_cli.register(commands)
+    week4_cli.register(commands)
     return parser
 
 

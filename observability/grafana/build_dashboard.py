@@ -63,6 +63,9 @@ def dashboard() -> dict[str, Any]:
             target("histogram_quantile(0.99, sum by (endpoint, le) (rate(stage_proxy_request_seconds_bucket[5m])))",
                    "request {{endpoint}}", "A"),
             target("stage:mode_store_seconds:p99_5m", "store {{op}}", "B")], "s", (("green", None), ("red", 0.01))),
+        timeseries(9, "Would-reject ratio in off (baseline before warn)", (0, 37, 24, 7),
+                   [target("stage:off_would_reject_ratio:rate5m", "{{endpoint}}")], "percentunit",
+                   description="What enforce would reject while nothing is enforced (stagectl gate: baseline)"),
         timeseries(8, "Rejections and upstream errors (req/s)", (0, 30, 24, 7), [
             target("sum by (endpoint, reason) (rate(stage_enforce_rejections_total[5m]))", "reject {{endpoint}} "
                    "{{reason}}", "A"),

@@ -112,6 +112,7 @@ async def flood_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await stop_task(task)
     dataplane.flood.flush()
+    dataplane.inspect_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -72,14 +74,6 @@ def _error_value(value: object) -> object:
     return f"<{bodies.type_name(value)}>"
 
 
-async def _off_loop_if_large(raw: bytes, work: Callable[..., T], *args: Any) -> T:
-    """``work(*args)`` here for small bodies; in a worker thread for large ones, so that inspecting a body of
-    --max-body-bytes (tens of ms of CPU) never stalls the other requests on this event loop."""
-    if len(raw) < OFF_LOOP_BYTES:
-        return work(*args)
-    return await asyncio.to_thread(work, *args)
-
-
 class DataPlane:
     """The main listener's single handler."""
 
@@ -98,6 +92,9 @@ class DataPlane:
         self.canary_key_header = canary_key_header  # buckets by this header's value when present (docs/canary.md)
         self.flood = FloodGuard(log, warn_log_per_s)
         self.in_flight: set[asyncio.Task[Any]] = set()  # requests being handled: a forced shutdown cancels them
+        # Large bodies are inspected here, one at a time: with one busy thread the event loop waits at most one
+        # GIL switch interval (5 ms) for its turn; with several it would wait for each of them in turn.
+        self.inspect_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stagegate-inspect")
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Route one request: ops paths 404, validated endpoints, or pass-through."""
@@ -163,11 +160,19 @@ class DataPlane:
         if verdict.rest_pending:
             data = stream_body(request, self.body_timeout_s, verdict.raw)
         elif verdict.mode == "enforce" and result == "alias":
-            data = await _off_loop_if_large(verdict.raw, bodies.rewrite, verdict.raw, endpoint, verdict.inspection)
+            data = await self._off_loop_if_large(verdict.raw, bodies.rewrite, verdict.raw, endpoint,
+                                                 verdict.inspection)
         else:
             data = verdict.raw
         headers = request_headers(request, self.id_header, request_id, buffered=not verdict.rest_pending)
         return await self.upstream.forward(request, route.target, headers, data, extra)
+
+    async def _off_loop_if_large(self, raw: bytes, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` here for small bodies; in the inspection thread for large ones, so that a body of
+        --max-body-bytes (tens to hundreds of ms of CPU) never stalls the other requests on this event loop."""
+        if len(raw) < OFF_LOOP_BYTES:
+            return work(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.inspect_pool, functools.partial(work, *args))
 
     def effective_mode(self, endpoint: str, request_id: str, canary_key: str | None = None) -> Mode:
         """The mode this request is handled in: a canary below 100 % enforces only its share (docs/canary.md)."""
@@ -192,7 +197,7 @@ class DataPlane:
         elif reason is not None:
             inspection = bodies.unreadable(reason)
         else:
-            inspection = await _off_loop_if_large(raw, self.inspectors[endpoint.name].inspect, raw)
+            inspection = await self._off_loop_if_large(raw, self.inspectors[endpoint.name].inspect, raw)
         self.metrics.validator_children[endpoint.name].observe(time.perf_counter() - started)
         return Verdict(endpoint, mode, inspection, raw, too_large)
 

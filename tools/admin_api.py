@@ -1,0 +1,49 @@
+"""The proxy's ``_ops`` API as the tools use it: one call, its errors as one line and a meaningful exit code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import aiohttp
+import orjson
+
+from tools.errors import EXIT_AUTH, EXIT_BLOCKED, EXIT_FAILED, EXIT_STORE, EXIT_USAGE, CommandError
+
+STATUS_EXIT: Final = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 409: EXIT_BLOCKED, 503: EXIT_STORE}
+DEFAULT_ADMIN_URL: Final = "http://127.0.0.1:9901"
+
+
+def admin_url(flag: str | None, environ: Mapping[str, str]) -> str:
+    """--admin-url, else $STAGE_ADMIN_URL, else the default listener."""
+    return (flag or environ.get("STAGE_ADMIN_URL") or DEFAULT_ADMIN_URL).rstrip("/")
+
+
+def ops_token(environ: Mapping[str, str], what: str) -> str:
+    """$STAGE_OPS_TOKEN, or a CommandError saying which command needs it."""
+    token = environ.get("STAGE_OPS_TOKEN", "").strip()
+    if not token:
+        raise CommandError(f"STAGE_OPS_TOKEN is not set: {what} needs the ops bearer token", EXIT_AUTH)
+    return token
+
+
+async def call(session: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any] | None = None,
+               token: str | None = None) -> dict[str, Any]:
+    """One request to the admin listener; the JSON object it answered, or a CommandError."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with session.request(method, url, json=body, headers=headers) as response:
+            raw = await response.read()
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise CommandError(f"cannot reach {url}: {type(exc).__name__} {exc}".strip()) from None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise CommandError(f"{url} answered {status} with a body that is not JSON") from None
+    if status >= 400:
+        detail = data.get("detail") if isinstance(data, dict) else None
+        raise CommandError(f"{method} {url}: {status} {detail or ''}".strip(), STATUS_EXIT.get(status, EXIT_FAILED))
+    if not isinstance(data, dict):
+        raise CommandError(f"{url} answered with unexpected JSON")
+    return data
