@@ -1,4 +1,4 @@
-"""``stagectl migrate``: batched, resumable normalization of stored stages (DESIGN §4).
+"""``stagectl migrate``: batched, resumable normalization of stored stages (docs/migrate.md).
 
 Each batch is one transaction holding the data update, its log rows and the
 control row, so a crash at any instant loses nothing and repeats nothing. The
@@ -16,13 +16,13 @@ import collections
 import hashlib
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 
 import asyncpg
 
 from proxy.catalog.stages import Catalog
+from tools import migrate_runs as runs
 from tools.db import Target, quote_ident, read_only
-from tools.errors import EXIT_BUSY, EXIT_FAILED, EXIT_USAGE, CommandError
+from tools.errors import EXIT_FAILED, EXIT_USAGE, CommandError
 from tools.migrate_sql import CREATE_KNOWN, REMEMBER, batch_sql
 from tools.progress import Progress
 
@@ -60,10 +60,6 @@ class Tally:
     batch_ms: list[float] = field(default_factory=list)
 
 
-def ddl() -> str:
-    return resources.files("tools").joinpath("migrate.sql").read_text(encoding="utf-8")
-
-
 def catalog_digest(catalog: Catalog) -> str:
     text = repr((catalog.canonical, sorted(catalog.aliases.items())))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -83,6 +79,8 @@ class Migration:
         self.run_id = 0
         self.last_id: str | None = None
         self.batch_no = 0
+        self.done_before = 0  # rows scanned by earlier processes of a resumed run
+        self.resumed: str | None = None  # what --resume picked up, for the operator
         self.size = options.batch_size
         self.sql = batch_sql(target, options.apply)
 
@@ -93,38 +91,42 @@ class Migration:
         if await read_only(self.db):
             raise CommandError("the database is read-only (default_transaction_read_only or a standby): "
                                "nothing can be migrated", EXIT_USAGE)
-        await self.db.execute(ddl())
+        await runs.create_tables(self.db)
         await self.db.execute(CREATE_KNOWN)
-        key = f"stagegate-migrate:{self.target.label}"
-        if not await self.db.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
-            raise CommandError(f"another stagectl migrate is running on {self.target.label} "
-                               "(its advisory lock is held); wait for it or stop it", EXIT_BUSY)
+        await runs.take_lock(self.db, self.target)
+        await runs.reconcile(self.db)  # runs that say running with nobody holding their lock: interrupted
 
     async def open_run(self) -> None:
         """Start a run, or pick up the one --resume names."""
         if self.options.resume:
             await self._resume_latest()
             return
+        if self.options.apply:
+            await runs.refuse_if_unfinished(self.db, self.target)
         if self.options.resume_from is not None:
             await self._check_resume_from(self.options.resume_from)
             self.last_id = self.options.resume_from
         self.run_id = await self.db.fetchval(
             "INSERT INTO stage_migration_control (table_name, column_name, pk_name, dry_run, transactional, status, "
-            "last_id, catalog_sha256) VALUES ($1, $2, $3, $4, $5, 'running', $6, $7) RETURNING run_id",
+            "last_id, catalog_sha256, holder_pid) VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, pg_backend_pid()) "
+            "RETURNING run_id",
             f"{self.target.schema}.{self.target.table}", self.target.column, self.target.pk, not self.options.apply,
             self.options.transactional, self.last_id, catalog_digest(self.catalog))
 
     async def _resume_latest(self) -> None:
-        row = await self.db.fetchrow(
-            "SELECT run_id, last_id, batch_no FROM stage_migration_control WHERE table_name = $1 AND column_name = $2 "
-            "AND dry_run = $3 AND status <> 'completed' ORDER BY run_id DESC LIMIT 1",
-            f"{self.target.schema}.{self.target.table}", self.target.column, not self.options.apply)
+        row = await runs.unfinished(self.db, self.target, dry_run=not self.options.apply)
         if row is None:
             kind = "--apply" if self.options.apply else "dry"
             raise CommandError(f"nothing to resume: no unfinished {kind} run on {self.target.label}", EXIT_USAGE)
+        await runs.check_resumable(self.db, self.target, row)
         self.run_id, self.last_id, self.batch_no = row["run_id"], row["last_id"], row["batch_no"]
+        self.done_before = int(row["rows_scanned"])
         await self.db.execute("UPDATE stage_migration_control SET status = 'running', error = NULL, "
-                              "updated_at = now() WHERE run_id = $1", self.run_id)
+                              "holder_pid = pg_backend_pid(), resumes = resumes + 1, updated_at = now() "
+                              "WHERE run_id = $1", self.run_id)
+        self.resumed = (f"resuming run {self.run_id} ({row['status']}) after id {self.last_id}: "
+                        f"{self.done_before} rows already scanned, {row['rows_changed']} changed, "
+                        f"{row['batch_no']} batches")
 
     async def _check_resume_from(self, value: str) -> None:
         t, pk = self.target.qualified, quote_ident(self.target.pk)
@@ -139,6 +141,11 @@ class Migration:
             raise CommandError(f"--resume-from {value!r} is at or beyond the last {self.target.pk} of "
                                f"{self.target.label}: nothing would be migrated", EXIT_USAGE)
 
+    @property
+    def resume_command(self) -> str:
+        return runs.resume_command(f"{self.target.schema}.{self.target.table}", self.target.column,
+                                   not self.options.apply)
+
     async def total_rows(self) -> int:
         estimate = await self.db.fetchval("SELECT reltuples::bigint FROM pg_class WHERE oid = $1::regclass",
                                           self.target.qualified)
@@ -150,6 +157,7 @@ class Migration:
 
     async def run(self, progress: Progress) -> str:
         """Batches until the table is done or a stop is asked for; returns the final status."""
+        progress.starting_at(self.done_before)
         while not self.stop.is_set():
             started = time.perf_counter()
             batch = await self._batch_with_retry()
@@ -158,7 +166,8 @@ class Migration:
             elapsed_ms = (time.perf_counter() - started) * 1000
             self.tally.batch_ms.append(elapsed_ms)
             self._tune(elapsed_ms)
-            progress.update(self.tally.scanned, run_id=self.run_id, batch=self.batch_no, changed=self.tally.changed)
+            progress.update(self.done_before + self.tally.scanned, run_id=self.run_id, batch=self.batch_no,
+                            changed=self.tally.changed)
             if self.options.sleep_ms:
                 await asyncio.sleep(self.options.sleep_ms / 1000)
         return "aborted"
@@ -177,7 +186,8 @@ class Migration:
             except TIMEOUTS as exc:
                 if attempt == self.options.retries:
                     raise CommandError(f"batch {self.batch_no + 1} timed out {attempt + 1} times "
-                                       f"({type(exc).__name__}); the run stops here and can be resumed") from None
+                                       f"({type(exc).__name__}); the run stops here: resume it with "
+                                       f"`{self.resume_command}`") from None
                 self.size = max(1, self.size // 2)  # a smaller batch holds fewer locks for less time
         return None
 

@@ -6,7 +6,11 @@ CREATE TABLE IF NOT EXISTS stage_migration_control (
     pk_name        text        NOT NULL,
     dry_run        boolean     NOT NULL,
     transactional  boolean     NOT NULL DEFAULT false,
-    status         text        NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'aborted')),
+    -- running: a process holds the run's advisory lock (holder_pid); interrupted: it was found running with no
+    -- process holding its lock (killed); aborted: stopped by SIGINT/SIGTERM; failed: gave up (resumable);
+    -- abandoned: closed by `stagectl migrate abandon`, never resumed.
+    status         text        NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'aborted', 'interrupted',
+                                                          'abandoned')),
     last_id        text,                         -- keyset position (the key as text), NULL before the first batch
     batch_no       integer     NOT NULL DEFAULT 0,
     rows_scanned   bigint      NOT NULL DEFAULT 0,
@@ -19,8 +23,29 @@ CREATE TABLE IF NOT EXISTS stage_migration_control (
     updated_at     timestamptz NOT NULL DEFAULT now(),
     finished_at    timestamptz,
     reverted_at    timestamptz,
-    error          text
+    error          text,
+    holder_pid     integer,                      -- the backend that holds (or held) the run's advisory lock
+    interrupted_at timestamptz,                  -- when the run was found running without its lock holder
+    abandoned_at   timestamptz,
+    resumes        integer     NOT NULL DEFAULT 0
 );
+-- Tables created before runs had a lifecycle gain its columns and states; checked first so a routine run
+-- takes no ACCESS EXCLUSIVE lock on the control table.
+DO $$
+DECLARE
+    control regclass := to_regclass('stage_migration_control');
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = control AND attname = 'resumes' AND NOT attisdropped)
+    THEN
+        ALTER TABLE stage_migration_control ADD COLUMN IF NOT EXISTS holder_pid integer,
+            ADD COLUMN IF NOT EXISTS interrupted_at timestamptz, ADD COLUMN IF NOT EXISTS abandoned_at timestamptz,
+            ADD COLUMN resumes integer NOT NULL DEFAULT 0,
+            DROP CONSTRAINT IF EXISTS stage_migration_control_status_check,
+            ADD CONSTRAINT stage_migration_control_status_check CHECK (status IN ('running', 'completed', 'failed',
+                'aborted', 'interrupted', 'abandoned'));
+    END IF;
+END
+$$;
 -- --resume finds the latest unfinished run of a table/column quickly.
 CREATE INDEX IF NOT EXISTS stage_migration_control_target
     ON stage_migration_control (table_name, column_name, dry_run, run_id DESC);

@@ -8,32 +8,46 @@ from typing import Any
 import asyncpg
 
 from proxy.catalog.stages import Catalog
+from tools import migrate_runs as runs
 from tools.db import Target, introspect, quote_ident
 from tools.errors import EXIT_USAGE, CommandError
 
-STATUS_COLUMNS = ("run_id", "table_name", "column_name", "dry_run", "transactional", "status", "batch_no",
+STATUS_COLUMNS = ("run_id", "table_name", "column_name", "dry_run", "transactional", "batch_no",
                   "rows_scanned", "rows_changed", "rows_unknown", "rows_null", "rows_skipped", "last_id",
-                  "started_at", "updated_at", "finished_at", "reverted_at", "error")
-
-
-async def _has_control(connection: asyncpg.Connection) -> bool:
-    return bool(await connection.fetchval("SELECT to_regclass('stage_migration_control') IS NOT NULL"))
+                  "started_at", "updated_at", "finished_at", "interrupted_at", "abandoned_at", "reverted_at",
+                  "resumes", "error")
 
 
 async def status(connection: asyncpg.Connection, run_id: int | None, limit: int) -> list[dict[str, Any]]:
-    """The latest runs (or one), newest first."""
-    if not await _has_control(connection):
+    """The latest runs (or one), newest first: each with its state as of now (a run whose process died is
+    ``interrupted``, never ``running``), the pid holding a live run's lock, and how to resume the latest
+    unfinished run of each table/column."""
+    if not await runs.has_control(connection):
         return []
-    columns = ", ".join(STATUS_COLUMNS)
+    await runs.reconcile(connection)
+    columns = ", ".join(f"c.{name}" for name in STATUS_COLUMNS)
+    select = (f"SELECT {columns}, {runs.LIVE} AS live, c.holder_pid, "
+              f"CASE WHEN c.status = 'running' AND NOT {runs.LIVE} THEN 'interrupted' ELSE c.status END AS status, "
+              "c.run_id = (SELECT max(u.run_id) FROM stage_migration_control u WHERE u.table_name = c.table_name "
+              "AND u.column_name = c.column_name AND u.dry_run = c.dry_run "
+              "AND u.status = ANY($1::text[])) AS latest_unfinished FROM stage_migration_control c")
+    unfinished = list(runs.UNFINISHED)
     if run_id is not None:
-        rows = await connection.fetch(f"SELECT {columns} FROM stage_migration_control WHERE run_id = $1", run_id)
+        rows = await connection.fetch(f"{select} WHERE c.run_id = $2", unfinished, run_id)
         if not rows:
             raise CommandError(f"run {run_id} does not exist", EXIT_USAGE)
     else:
-        rows = await connection.fetch(f"SELECT {columns} FROM stage_migration_control ORDER BY run_id DESC LIMIT $1",
-                                      limit)
-    return [{key: (value.isoformat() if hasattr(value, "isoformat") else value) for key, value in row.items()}
-            for row in rows]
+        rows = await connection.fetch(f"{select} ORDER BY c.run_id DESC LIMIT $2", unfinished, limit)
+    return [_described(row) for row in rows]
+
+
+def _described(row: asyncpg.Record) -> dict[str, Any]:
+    run = {key: (value.isoformat() if hasattr(value, "isoformat") else value) for key, value in row.items()
+           if key not in ("live", "latest_unfinished")}
+    run["holder_pid"] = row["holder_pid"] if row["live"] else None
+    run["resume_command"] = (runs.resume_command(row["table_name"], row["column_name"], row["dry_run"])
+                             if row["latest_unfinished"] and not row["live"] and row["reverted_at"] is None else None)
+    return run
 
 
 @dataclass
@@ -71,7 +85,7 @@ async def verify(connection: asyncpg.Connection, target: Target, catalog: Catalo
 
 
 async def _run_target(connection: asyncpg.Connection, run_id: int) -> tuple[Target, bool]:
-    if not await _has_control(connection):
+    if not await runs.has_control(connection):
         raise CommandError("no migration has run on this database", EXIT_USAGE)
     row = await connection.fetchrow("SELECT table_name, column_name, pk_name, dry_run FROM stage_migration_control "
                                     "WHERE run_id = $1", run_id)
@@ -79,6 +93,12 @@ async def _run_target(connection: asyncpg.Connection, run_id: int) -> tuple[Targ
         raise CommandError(f"run {run_id} does not exist", EXIT_USAGE)
     target = await introspect(connection, row["table_name"], row["column_name"], row["pk_name"])
     return target, bool(row["dry_run"])
+
+
+async def abandon(connection: asyncpg.Connection, run_id: int) -> asyncpg.Record:
+    """Close an unfinished run so new runs may start; its changes stay (``revert`` undoes them)."""
+    target, _ = await _run_target(connection, run_id)
+    return await runs.abandon(connection, target, run_id)
 
 
 async def revert(connection: asyncpg.Connection, run_id: int, apply: bool, batch_size: int) -> dict[str, int]:
@@ -94,9 +114,11 @@ async def revert(connection: asyncpg.Connection, run_id: int, apply: bool, batch
                                                "l.new_value", run_id))
     if not apply:
         return {"logged": logged, "restorable": restorable, "changed_since": logged - restorable, "restored": 0}
-    restored = await _revert_batches(connection, run_id, target, batch_size)
-    await connection.execute("UPDATE stage_migration_control SET reverted_at = now(), updated_at = now() "
-                             "WHERE run_id = $1", run_id)
+    async with runs.holding_lock(connection, target):  # never under a live run of the same table/column
+        restored = await _revert_batches(connection, run_id, target, batch_size)
+        await connection.execute("UPDATE stage_migration_control SET reverted_at = now(), updated_at = now() "
+                                 "WHERE run_id = $1", run_id)
+        await runs.close(connection, run_id)  # a reverted run cannot be resumed: if it was unfinished, it is closed
     return {"logged": logged, "restorable": restorable, "changed_since": logged - restored, "restored": restored}
 
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import statistics
+import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,10 @@ def register(commands: Any) -> None:
     verify = actions.add_parser("verify", help="distinct stages with counts; exit 1 if any is not canonical")
     _common(verify, inherited=True)
     verify.set_defaults(handler=run_verify)
+    abandon = actions.add_parser("abandon", help="close an unfinished run so new runs may start (its changes stay)")
+    _common(abandon, inherited=True)
+    abandon.add_argument("--run", type=int, required=True, help="the unfinished run")
+    abandon.set_defaults(handler=run_abandon)
     revert = actions.add_parser("revert", help="restore a run's old values (dry by default)")
     _common(revert, inherited=True)
     revert.add_argument("--run", type=int, required=True, help="the run to revert")
@@ -142,6 +147,9 @@ async def run_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> i
         print("interrupted: the --transactional run was rolled back; nothing changed")
         return code
     emit(args, report, render(report, args.apply))
+    if report["status"] == "aborted":
+        print(f"run {report['run_id']} stopped after id {report['last_id']}; resume it with "
+              f"`{report['resume_command']}`", file=sys.stderr)
     return code
 
 
@@ -160,17 +168,24 @@ async def perform(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple
         await migration.prepare()
         progress = Progress(await migration.total_rows(), interval_s=options.progress_interval_s)
         status = await (_transactional(migration, progress) if options.transactional else _batched(migration, progress))
-        progress.finish(migration.tally.scanned)
+        progress.finish(migration.done_before + migration.tally.scanned)
         if status == "rolled back":
             return EXIT_INTERRUPTED, None
         report = await summary(connection, migration.run_id, target, catalog)
     report["batch_ms_p50"], report["batch_ms_p99"] = _percentiles(migration.tally.batch_ms)
+    report["resume_command"] = migration.resume_command if status == "aborted" else None
     report["batches_s"] = round(sum(migration.tally.batch_ms) / 1000, 3)
     return (EXIT_INTERRUPTED if status == "aborted" else EXIT_OK), report
 
 
+def _say_resumed(migration: Migration) -> None:
+    if migration.resumed:
+        print(migration.resumed, file=sys.stderr, flush=True)
+
+
 async def _batched(migration: Migration, progress: Progress) -> str:
     await migration.open_run()
+    _say_resumed(migration)
     try:
         status = await migration.run(progress)
     except CommandError as exc:
@@ -188,6 +203,7 @@ async def _transactional(migration: Migration, progress: Progress) -> str:
     try:
         async with migration.db.transaction():
             await migration.open_run()
+            _say_resumed(migration)
             if await migration.run(progress) == "aborted":
                 raise _Rollback
             await migration.finish("completed")
@@ -219,16 +235,58 @@ def render(report: dict[str, Any], applied: bool) -> str:
     return "\n".join(lines)
 
 
+def _when(value: str | None) -> str:
+    return value[:19].replace("T", " ") if value else "-"
+
+
+def render_status(runs: list[dict[str, Any]]) -> str:
+    """Runs as a table (times UTC), then what to do about live and unfinished ones."""
+    if not runs:
+        return "no migration runs yet"
+    header = ("RUN", "TARGET", "KIND", "STATUS", "STARTED (UTC)", "ENDED (UTC)", "SCANNED", "CHANGED", "LAST ID")
+    rows = [header]
+    notes: list[str] = []
+    for r in runs:
+        ended = r["finished_at"] or r["abandoned_at"] or r["interrupted_at"] or (
+            r["updated_at"] if r["status"] in ("aborted", "failed") else None)
+        rows.append((str(r["run_id"]), f"{r['table_name']}.{r['column_name']}", "dry" if r["dry_run"] else "apply",
+                     r["status"], _when(r["started_at"]), _when(ended), str(r["rows_scanned"]),
+                     str(r["rows_changed"]), str(r["last_id"] or "-")))
+        run = f"run {r['run_id']}"
+        if r["holder_pid"]:
+            notes.append(f"{run}: running, lock held by pid {r['holder_pid']}")
+        if r["reverted_at"]:
+            notes.append(f"{run}: reverted at {_when(r['reverted_at'])}")
+        if r["error"] and r["status"] != "completed":
+            notes.append(f"{run}: {r['error']}")
+        if r["resume_command"]:
+            notes.append(f"{run}: resume with `{r['resume_command']}` or close with "
+                         f"`stagectl migrate abandon --run {r['run_id']}`")
+    numeric = {0, 6, 7}
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
 async def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.limit < 1:
+        raise CommandError("--limit must be at least 1", EXIT_USAGE)
     async with database(args, environ) as connection:
         runs = await migrate_admin.status(connection, args.run, args.limit)
-    header = f"{'RUN':>5}  {'TARGET':<22} {'KIND':<6} {'STATUS':<10} {'BATCHES':>7} {'SCANNED':>10} {'CHANGED':>9} " \
-             f"{'UNKNOWN':>8} {'SKIPPED':>8}  LAST ID"
-    rows = [f"{r['run_id']:>5}  {r['table_name'] + '.' + r['column_name']:<22} "
-            f"{'dry' if r['dry_run'] else 'apply':<6} {r['status']:<10} {r['batch_no']:>7} {r['rows_scanned']:>10} "
-            f"{r['rows_changed']:>9} {r['rows_unknown']:>8} {r['rows_skipped']:>8}  {r['last_id']}"
-            + (f"  error: {r['error']}" if r["error"] else "") for r in runs]
-    emit(args, runs, "\n".join([header, *rows]) if runs else "no migration runs yet")
+    emit(args, runs, render_status(runs))
+    return EXIT_OK
+
+
+async def run_abandon(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    async with database(args, environ) as connection:
+        row = await migrate_admin.abandon(connection, args.run)
+    kind = "planned" if row["dry_run"] else "changed"
+    text = (f"run {row['run_id']} abandoned (it stopped after id {row['last_id']}); the {row['rows_changed']} rows "
+            f"it {kind} stay as they are" + ("" if row["dry_run"] else
+                                             f" (undo with `stagectl migrate revert --run {row['run_id']} --apply`)"))
+    emit(args, {"run_id": row["run_id"], "status": "abandoned", "last_id": row["last_id"],
+                "rows_changed": row["rows_changed"]}, text)
     return EXIT_OK
 
 

@@ -18,7 +18,13 @@ class Progress:
         self.tty = self.stream.isatty()
         self.interval_s = 0.1 if self.tty else interval_s
         self.started = time.monotonic()
+        self.start = 0  # rows done before this process (a resumed run): not part of the rate
         self._last = 0.0
+
+    def starting_at(self, done: int) -> None:
+        """A resumed run: the bar starts at the rows already done, the rate counts only this process's."""
+        self.start = done
+        self.started = time.monotonic()
 
     def update(self, done: int, **extra: object) -> None:
         now = time.monotonic()
@@ -26,7 +32,7 @@ class Progress:
             return
         self._last = now
         elapsed = max(now - self.started, 1e-6)
-        rate = done / elapsed
+        rate = max(done - self.start, 0) / elapsed
         eta = (self.total - done) / rate if rate > 0 and done < self.total else 0.0
         if self.tty:
             share = min(done / self.total, 1.0)
