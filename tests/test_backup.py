@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,7 +122,9 @@ async def test_restore_failing_halfway_is_caught(backups: Path, database: str, t
     cut = text.index("COPY public.deals")
     broken.write_text(text[:cut] + "SELECT no_such_function();\n" + text[cut:])
     result = await stagectl("test-restore", str(broken), dsn=database)
-    assert result.returncode == 1 and "restore failed" in result.stdout
+    assert result.returncode == 1 and "FAILED at step restore" in result.stdout, result.stdout
+    assert "ERROR:  function no_such_function() does not exist" in result.stdout  # psql's own error, not a tail
+    assert "None" not in result.stdout
     assert postgres.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'stagegate_restore%'") == "0"
 
 
@@ -152,3 +155,48 @@ async def test_unreachable_database(tmp_path: Path) -> None:
         assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("stagectl: error:"), result.stderr
         assert "topsecret" not in result.stderr
     assert not [p for p in (tmp_path / "b").iterdir() if p.is_file()]
+
+
+async def test_restore_refuses_a_dump_its_checksum_disowns(backups: Path, database: str,
+                                                            postgres: PostgresServer) -> None:
+    """A byte flipped inside the data restores fine - so the checksum is checked first and the dump refused;
+    --no-verify restores it anyway, loudly."""
+    sql = dump(backups, "sql")
+    text = sql.read_bytes()
+    flip_byte(sql, text.index(b"COPY public.deals") + 300)  # inside the rows: still valid SQL
+    verify = await stagectl("verify-backup", str(backups))
+    assert verify.returncode == 1 and "checksum mismatch" in verify.stdout
+
+    result = await stagectl("test-restore", str(backups / "latest.sql"), dsn=database)
+    assert result.returncode == 1 and "FAILED at step checksum" in result.stdout, result.stdout
+    assert f"checksum mismatch: {sql.name}" in result.stdout and "--no-verify" in result.stdout
+    receipt = orjson.loads((await stagectl("test-restore", str(sql), "--json", dsn=database)).stdout)
+    assert receipt["failed_step"] == "checksum" and receipt["rows"] is None and receipt["seconds"] == 0
+
+    forced = await stagectl("test-restore", str(sql), "--no-verify", "--json", dsn=database)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert "WARNING: --no-verify" in forced.stderr
+    assert orjson.loads(forced.stdout)["checksum"] == "skipped (--no-verify)"
+    assert postgres.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'stagegate_restore%'") == "0"
+
+
+async def test_restore_refuses_a_dump_its_directory_does_not_list(backups: Path, database: str) -> None:
+    stray = backups / "crm-20261126T100000Z.sql"
+    stray.write_bytes((backups / "latest.sql").read_bytes())
+    result = await stagectl("test-restore", str(stray), dsn=database)
+    assert result.returncode == 1 and f"{stray.name} is not listed in" in result.stdout
+
+
+async def test_backup_names_are_to_the_second_and_never_collide(database: str, tmp_path: Path) -> None:
+    """Two backups within one second get distinct names; latest points at the second one."""
+    assert (await stagectl("seed-db", "--rows", "10", dsn=database)).returncode == 0
+    out = tmp_path / "b"
+    names = []
+    for _ in range(3):
+        result = await stagectl("backup", "--out", str(out), "--json", dsn=database)
+        assert result.returncode == 0, result.stderr
+        names.append(Path(orjson.loads(result.stdout)["file"]).name)
+    assert len(set(names)) == 3
+    assert all(re.fullmatch(r"[a-z0-9_]+-\d{8}T\d{6}Z(_\d)?\.sql", name) for name in names), names
+    assert os.readlink(out / "latest.sql") == names[-1]
+    assert (await stagectl("verify-backup", str(out))).returncode == 0

@@ -26,7 +26,9 @@ from tools.errors import EXIT_USAGE, CommandError
 
 SUMS = "SHA256SUMS"
 PLAIN_TRAILER = b"-- PostgreSQL database dump complete"
-DUMP_NAME = re.compile(r"^(?P<db>.+)-(?P<ts>\d{8}T\d{6}(?:\d{6})?Z)\.(?P<ext>sql|dump)$")
+# <database>-<UTC time to the second>[_<n> for a further backup within the same second].<ext> ('_' sorts after
+# '.', so `ls` lists them in order); names with microseconds (stagegate 0.1) are still read.
+DUMP_NAME = re.compile(r"^(?P<db>.+)-(?P<ts>\d{8}T\d{6}(?:\d{6})?Z)(?:_(?P<n>\d{1,4}))?\.(?P<ext>sql|dump)$")
 SUM_LINE = re.compile(r"^(?P<hex>[0-9a-f]{64}) [ *](?P<name>[^/\x00]+)$")
 
 
@@ -97,10 +99,26 @@ def _write_sums(directory: Path, entries: dict[str, str]) -> None:
     _atomic_write(directory / SUMS, text.encode())
 
 
+def _age(name: str) -> tuple[str, int]:
+    match = DUMP_NAME.match(name)
+    assert match is not None
+    return match["ts"].rstrip("Z").ljust(21, "0"), int(match["n"] or 0)
+
+
 def dumps_in(directory: Path) -> list[Path]:
     """Dump files (not links, not temporaries), oldest first by their timestamp."""
     found = [p for p in directory.iterdir() if p.is_file() and not p.is_symlink() and DUMP_NAME.match(p.name)]
-    return sorted(found, key=lambda p: DUMP_NAME.match(p.name)["ts"])  # type: ignore[index]
+    return sorted(found, key=lambda p: _age(p.name))
+
+
+def _new_name(out: Path, database: str, ext: str) -> Path:
+    """``<database>-<UTC second>.<ext>``; further backups in the same second get ``_1``, ``_2``…"""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(10_000):
+        path = out / f"{database}-{stamp}{f'_{n}' if n else ''}.{ext}"
+        if not path.exists() and not path.with_name(f".{path.name}.partial").exists():
+            return path
+    raise CommandError(f"{out} already has 10000 backups named for {stamp}")
 
 
 @dataclass
@@ -114,11 +132,15 @@ class BackupResult:
 
 async def backup(dsn: str, out: Path, fmt: str, keep: int | None) -> BackupResult:
     """pg_dump into ``out``: temp name, fsync, rename; latest link and SHA256SUMS updated; retention applied."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandError(f"--out {out}: cannot create the directory: {exc.strerror}", EXIT_USAGE) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {out}: not writable", EXIT_USAGE)
     database = urlsplit(dsn).path.lstrip("/") or "postgres"
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     ext = "sql" if fmt == "plain" else "dump"
-    final = out / f"{database}-{stamp}.{ext}"
+    final = _new_name(out, database, ext)
     tmp = out / f".{final.name}.partial"
     started = asyncio.get_running_loop().time()
     await _run_pg_dump(dsn, tmp, fmt)

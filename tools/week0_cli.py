@@ -46,6 +46,8 @@ def register(commands: Any) -> None:
     p.add_argument("--table", default="deals")
     p.add_argument("--column", default="stage")
     p.add_argument("--smoke-query", action="append", default=[], help="extra SQL that must succeed (repeatable)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="restore even if the SHA256SUMS beside the file does not list it or disagrees")
     p.add_argument("--json", action="store_true", help="a JSON receipt")
     p.set_defaults(handler=run_test_restore)
 
@@ -113,15 +115,23 @@ async def run_verify_backup(args: argparse.Namespace, environ: Mapping[str, str]
 async def run_test_restore(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.budget <= 0:
         raise CommandError("--budget must be positive", EXIT_USAGE)
-    receipt = await run_restore_test(resolve_dsn(args.dsn, environ), args.file, budget_s=args.budget,
-                                     min_rows=args.min_rows, table=args.table, column=args.column,
-                                     queries=args.smoke_query)
+    if args.min_rows < 0:
+        raise CommandError("--min-rows must be 0 or more", EXIT_USAGE)
+    dsn = resolve_dsn(args.dsn, environ)
+    if args.no_verify:
+        print(f"stagectl: WARNING: --no-verify: {args.file} is restored without checking its checksum",
+              file=sys.stderr)
+    receipt = await run_restore_test(dsn, args.file, budget_s=args.budget, min_rows=args.min_rows, table=args.table,
+                                     column=args.column, queries=args.smoke_query, verify=not args.no_verify)
     if args.json:
         print(_json(receipt.as_json()))
+    elif receipt.ok:
+        print(f"restore test OK: {args.file} (checksum: {receipt.checksum}) in {receipt.seconds:.2f} s; "
+              f"{args.table}: {receipt.rows} rows, {receipt.distinct_stages} distinct stages; "
+              "scratch database dropped")
     else:
-        state = "OK" if receipt.ok else "FAILED"
-        print(f"restore test {state}: {args.file} in {receipt.seconds:.2f} s; rows {receipt.rows}, "
-              f"distinct stages {receipt.distinct_stages}; scratch database dropped")
+        print(f"restore test FAILED at step {receipt.step}: {args.file} (checksum: {receipt.checksum}, "
+              f"{receipt.seconds:.2f} s)")
         for failure in receipt.failures:
             print(f"  {failure}")
     return EXIT_OK if receipt.ok else EXIT_FAILED
