@@ -69,8 +69,10 @@ async def redis(args: PreflightArgs) -> Criterion:
     name, threshold = "Redis GET p99", f"< {args.redis_max_p99_ms:g} ms"
     if not args.redis_url:
         return Criterion(name, "no --redis-url", threshold, False)
-    result = await redis_latency.measure(args.redis_url, args.samples, 200.0, threshold_ms=args.redis_max_p99_ms)
-    return Criterion(name, f"{result['p99_ms']} ms over {args.samples} GETs", threshold, bool(result["ok"]))
+    result = await redis_latency.measure(args.redis_url, args.samples, 500.0, threshold_ms=args.redis_max_p99_ms)
+    server = (result["server"] or {}).get("p99_ms")
+    inside = f" (Redis's own <= {server:g} ms)" if server is not None else ""
+    return Criterion(name, f"{result['p99_ms']:g} ms over {args.samples} GETs{inside}", threshold, bool(result["ok"]))
 
 
 async def fallback(args: PreflightArgs) -> Criterion:
