@@ -106,3 +106,18 @@ def test_bad_cidr(log: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "tools.stagectl", "audit-consumers", str(log),
                              "--internal-cidr", "10.0.0.0/33"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--internal-cidr" in result.stderr
+
+
+def test_human_output_has_a_header_new_consumers_first_and_a_verdict(log: Path, tmp_path: Path) -> None:
+    """The table a person reads: a header row, undecided (NEW) consumers before known ones, a verdict line."""
+    decisions = tmp_path / "consumers.toml"
+    decisions.write_text('[[consumer]]\nip = "10.1.2.3"\nuser_agent = "crm-sync/2.1"\nclass = "internal"\n')
+    result = subprocess.run([sys.executable, "-m", "tools.stagectl", "audit-consumers", str(log), "--classifications",
+                             str(decisions)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    lines = result.stdout.splitlines()
+    assert lines[1].split()[:5] == ["CLASS", "SEEN", "IP", "REQUESTS", "UNKNOWN"]
+    seen = [line.split()[1] for line in lines[2:] if line.startswith("  ")]
+    assert "known" in seen and seen == sorted(seen, key=lambda mark: mark == "known")  # NEW ones first
+    assert lines[-1] == "verdict: unclassified consumers left (ambiguous addresses): decide them in " \
+                        "--classifications (exit 4)"
+    assert result.returncode == 4

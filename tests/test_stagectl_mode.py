@@ -45,7 +45,7 @@ async def test_set_then_get_json(proxy: Running) -> None:
     [(("set", "create_deal", "warn", "--reason", "x"), "wrong", 3, "401"),
      (("set", "create_deal", "warn", "--reason", "x"), None, 3, "STAGE_OPS_TOKEN is not set"),
      (("set", "nope", "warn", "--reason", "x"), TOKEN, 2, "'endpoint' must be"),
-     (("set", "create_deal", "enforce", "--percent", "101", "--reason", "x"), TOKEN, 2, "'percent'"),
+     (("set", "create_deal", "enforce", "--percent", "101", "--reason", "x"), TOKEN, 2, "--percent must be between"),
      (("set", "create_deal", "loud", "--reason", "x"), TOKEN, 2, "invalid choice"),
      (("set", "create_deal", "warn"), TOKEN, 2, "--reason")],
 )

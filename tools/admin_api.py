@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
-from tools.errors import EXIT_AUTH, EXIT_BLOCKED, EXIT_FAILED, EXIT_STORE, EXIT_USAGE, CommandError
+from proxy.shared.secrets import mask_url
+from tools.errors import EXIT_AUTH, EXIT_BLOCKED, EXIT_FAILED, EXIT_STORE, EXIT_USAGE, CommandError, network_reason
 
 STATUS_EXIT: Final = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 409: EXIT_BLOCKED, 503: EXIT_STORE}
 DEFAULT_ADMIN_URL: Final = "http://127.0.0.1:9901"
 
 
 def admin_url(flag: str | None, environ: Mapping[str, str]) -> str:
-    """--admin-url, else $STAGE_ADMIN_URL, else the default listener."""
-    return (flag or environ.get("STAGE_ADMIN_URL") or DEFAULT_ADMIN_URL).rstrip("/")
+    """--admin-url, else $STAGE_ADMIN_URL, else the default listener; checked."""
+    return check_url((flag or environ.get("STAGE_ADMIN_URL") or DEFAULT_ADMIN_URL).rstrip("/"))
 
 
 def ops_token(environ: Mapping[str, str], what: str) -> str:
@@ -27,6 +29,19 @@ def ops_token(environ: Mapping[str, str], what: str) -> str:
     return token
 
 
+def session(timeout_s: float) -> aiohttp.ClientSession:
+    """A client session for the admin listener; an invalid URL later surfaces from call() as one line."""
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+
+
+def check_url(url: str) -> str:
+    """The admin URL if it is http(s) with a host, else a usage error (never with its credentials)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CommandError(f"--admin-url must be an http:// or https:// URL, got {mask_url(url)!r}", EXIT_USAGE)
+    return url
+
+
 async def call(session: aiohttp.ClientSession, method: str, url: str, body: dict[str, Any] | None = None,
                token: str | None = None) -> dict[str, Any]:
     """One request to the admin listener; the JSON object it answered, or a CommandError."""
@@ -35,8 +50,8 @@ async def call(session: aiohttp.ClientSession, method: str, url: str, body: dict
         async with session.request(method, url, json=body, headers=headers) as response:
             raw = await response.read()
             status = response.status
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise CommandError(f"cannot reach {url}: {type(exc).__name__} {exc}".strip()) from None
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        raise CommandError(f"cannot reach {mask_url(url)}: {network_reason(exc)}") from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from tools.db import masked
+from proxy.shared.secrets import mask_url
 from tools.errors import EXIT_USAGE, CommandError
 
 SUMS = "SHA256SUMS"
@@ -171,7 +171,7 @@ async def _run_pg_dump(dsn: str, target: Path, fmt: str) -> None:
     if proc.returncode != 0:
         target.unlink(missing_ok=True)
         first = err.decode(errors="replace").strip().splitlines()
-        raise CommandError(f"pg_dump of {masked(dsn)} failed: {first[0] if first else proc.returncode}")
+        raise CommandError(f"pg_dump of {mask_url(dsn)} failed: {first[0] if first else proc.returncode}")
 
 
 def _retain(out: Path, keep: int, entries: dict[str, str]) -> list[str]:

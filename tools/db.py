@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 
+from proxy.shared.secrets import mask_url
 from tools.errors import EXIT_AUTH, EXIT_USAGE, CommandError
 
 TEXT_TYPES: Final = frozenset({"text", "character varying", "character", "citext"})
-
-
-def masked(dsn: str) -> str:
-    """The DSN with its password replaced, for messages."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def resolve_dsn(dsn: str | None, environ: Mapping[str, str]) -> str:
@@ -30,7 +23,11 @@ def resolve_dsn(dsn: str | None, environ: Mapping[str, str]) -> str:
     if not value:
         raise CommandError("no database: pass --dsn or set DATABASE_URL", EXIT_USAGE)
     if not value.startswith(("postgresql://", "postgres://")):
-        raise CommandError(f"--dsn must be a postgresql:// URL, got {masked(value)!r}", EXIT_USAGE)
+        raise CommandError(f"--dsn must be a postgresql:// URL, got {mask_url(value)!r}", EXIT_USAGE)
+    try:
+        urlsplit(value).port  # noqa: B018 - parsing is the check
+    except ValueError as exc:
+        raise CommandError(f"--dsn {mask_url(value)!r}: {exc}", EXIT_USAGE) from None
     return value
 
 
@@ -40,12 +37,34 @@ async def connect(dsn: str, timeout_s: float = 10.0) -> asyncpg.Connection:
         connection: asyncpg.Connection = await asyncpg.connect(dsn, timeout=timeout_s)
         return connection
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
-        raise CommandError(f"database refused the credentials for {masked(dsn)}: {exc}", EXIT_AUTH) from None
+        raise CommandError(f"database refused the credentials for {mask_url(dsn)}: {exc}", EXIT_AUTH) from None
     except asyncpg.InvalidCatalogNameError as exc:
-        raise CommandError(f"database does not exist ({masked(dsn)}): {exc}", EXIT_USAGE) from None
+        raise CommandError(f"database does not exist ({mask_url(dsn)}): {exc}", EXIT_USAGE) from None
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise CommandError(f"cannot connect to {masked(dsn)}: {reason}") from None
+        raise CommandError(f"cannot connect to {mask_url(dsn)}: {reason}") from None
+    except (ValueError, asyncpg.ClientConfigurationError) as exc:  # a DSN asyncpg cannot use (bad port, option)
+        raise CommandError(f"--dsn {mask_url(dsn)}: {exc}", EXIT_USAGE) from None
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
+def table_name(text: str) -> str:
+    """An argparse type: ``table`` or ``schema.table``, each a plain SQL identifier (letters, digits, _ and $;
+    not starting with a digit; at most 63 characters). Anything else — ``x;drop``, spaces, quotes — is refused
+    rather than quoted into an object nobody meant to create."""
+    parts = text.split(".")
+    if len(parts) > 2 or not all(_IDENT.fullmatch(part) for part in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a table name (schema.table of letters, digits, _)")
+    return text
+
+
+def column_name(text: str) -> str:
+    """An argparse type: one plain SQL identifier (see table_name)."""
+    if not _IDENT.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a column name (letters, digits, _; not a digit first)")
+    return text
 
 
 def quote_ident(name: str) -> str:

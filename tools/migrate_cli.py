@@ -17,7 +17,7 @@ import orjson
 
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, CatalogError, parse_catalog
 from tools import migrate_admin
-from tools.db import connect, introspect, resolve_dsn
+from tools.db import column_name, connect, introspect, resolve_dsn, table_name
 from tools.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 from tools.migrate import Migration, Options, summary
 from tools.progress import Progress
@@ -32,9 +32,11 @@ def _common(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
     """Options every migrate action takes; on action parsers they must not reset what came before."""
     default: Any = argparse.SUPPRESS if inherited else None
     parser.add_argument("--dsn", default=default, help="PostgreSQL URL (default $DATABASE_URL)")
-    parser.add_argument("--table", default=argparse.SUPPRESS if inherited else "deals", help="default deals")
-    parser.add_argument("--column", default=argparse.SUPPRESS if inherited else "stage", help="default stage")
-    parser.add_argument("--pk", default=default, help="key column (default: the primary key)")
+    parser.add_argument("--table", type=table_name, default=argparse.SUPPRESS if inherited else "deals",
+                        help="[schema.]table (default deals)")
+    parser.add_argument("--column", type=column_name, default=argparse.SUPPRESS if inherited else "stage",
+                        help="default stage")
+    parser.add_argument("--pk", type=column_name, default=default, help="key column (default: the primary key)")
     parser.add_argument("--config", default=default, help="stage catalog TOML, as the proxy's (default $STAGE_CONFIG)")
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if inherited else False,
                         help="machine-readable output")
@@ -59,7 +61,7 @@ def register(commands: Any) -> None:
     seeder = commands.add_parser("seed-db", help="create and fill the legacy deals table (COPY)")
     seeder.add_argument("--dsn", help="PostgreSQL URL (default $DATABASE_URL)")
     seeder.add_argument("--rows", type=int, default=1000, help="rows to add (default 1000)")
-    seeder.add_argument("--table", default="deals")
+    seeder.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
     seeder.add_argument("--seed", type=int, default=42, help="random seed (default 42): same seed, same rows")
     seeder.add_argument("--truncate", action="store_true", help="empty the table first")
     seeder.set_defaults(handler=run_seed)
@@ -298,7 +300,8 @@ async def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> in
     lines = [f"{target.label}: " + ("all canonical" if verdict.clean else "NOT all canonical")]
     for label, table in (("canonical", verdict.canonical), ("alias (migrate can fix)", verdict.alias),
                          ("unknown (needs a decision)", verdict.unknown)):
-        lines += [f"  {label}:"] + [f"    {n:>9}  {v!r}" for v, n in table.items()]
+        if table:  # no empty headings
+            lines += [f"  {label}:"] + [f"    {n:>9}  {v!r}" for v, n in table.items()]
     lines.append(f"  NULL: {verdict.null}")
     emit(args, verdict.as_json(), "\n".join(lines))
     return EXIT_OK if verdict.clean else EXIT_FAILED

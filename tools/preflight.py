@@ -1,8 +1,10 @@
-"""``stagectl preflight``: the runbook's Week-0 exit criteria, each measured by its command, in one table."""
+"""``stagectl preflight``: the runbook's Week-0 exit criteria, each measured by its command, in one table
+(100 columns wide at most) or one JSON object; a FAIL row names what failed."""
 
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from proxy.catalog.stages import Catalog
-from tools import audit, backup, redis_latency
+from tools import audit, backup, drill, redis_latency
 from tools.db import connect, quote_ident
 from tools.errors import CommandError
 from tools.offenders import read_lines
@@ -45,6 +47,7 @@ class PreflightArgs:
     budget_s: float
     table: str
     redis_max_p99_ms: float = redis_latency.THRESHOLD_MS
+    fallback_drill: drill.Drill | None = None  # run the drill instead of only checking the source
 
 
 async def _guard(name: str, threshold: str, check: Callable[[], Awaitable[Criterion]]) -> Criterion:
@@ -55,14 +58,21 @@ async def _guard(name: str, threshold: str, check: Callable[[], Awaitable[Criter
 
 
 async def consumers(args: PreflightArgs, catalog: Catalog) -> Criterion:
-    name, threshold = "consumer audit clear or mitigated", "no external (unmitigated) or unclassified consumer"
+    name, threshold = "consumer audit clear or mitigated", "no external or unclassified consumer"
     if not args.logs:
         return Criterion(name, "no logs given (--logs)", threshold, False)
-    found, _ = audit.audit(read_lines(args.logs, sys.stdin.buffer), catalog, internal=args.internal,
-                           trusted=args.trusted, decisions=audit.load_classifications(args.classifications))
+    try:
+        found, _ = audit.audit(read_lines(args.logs, sys.stdin.buffer), catalog, internal=args.internal,
+                               trusted=args.trusted, decisions=audit.load_classifications(args.classifications))
+    except OSError as exc:
+        return Criterion(name, f"cannot read {exc.filename}: {exc.strerror}", threshold, False)
     classes = [c.cls for c in found.values()]
     counts = ", ".join(f"{classes.count(cls)} {cls}" for cls in sorted(set(classes))) or "no consumers"
-    return Criterion(name, counts, threshold, audit.verdict(found.values()) == 0)
+    ok = audit.verdict(found.values()) == 0
+    blocking = sorted((c for c in found.values() if c.cls in ("external", "ambiguous")), key=lambda c: -c.requests)
+    named = ", ".join(f"{c.ip} ({c.user_agent or 'no user agent'}, {c.cls})" for c in blocking[:3])
+    more = f" and {len(blocking) - 3} more" if len(blocking) > 3 else ""
+    return Criterion(name, counts if ok else f"{counts}: {named}{more}", threshold, ok)
 
 
 async def redis(args: PreflightArgs) -> Criterion:
@@ -76,6 +86,9 @@ async def redis(args: PreflightArgs) -> Criterion:
 
 
 async def fallback(args: PreflightArgs) -> Criterion:
+    if args.fallback_drill is not None:
+        report = await args.fallback_drill.run()
+        return Criterion("Redis fallback drill", report.summary(), "last_known on loss, redis on return", report.ok)
     name, threshold = "proxy on Redis with fallback armed", "_ops/mode answers, source = redis"
     if not args.admin_url:
         return Criterion(name, "no --admin-url", threshold, False)
@@ -96,10 +109,14 @@ async def restore(args: PreflightArgs) -> Criterion:
         return Criterion(name, "no --backup-dir or --dsn", threshold, False)
     verification = backup.verify(args.backup_dir)
     if not verification.ok:
-        return Criterion(name, f"verify-backup: {len(verification.problems)} problem(s)", threshold, False)
-    receipt = await run_restore_test(args.dsn, backup.latest(args.backup_dir), budget_s=args.budget_s, min_rows=1,
-                                     table=args.table, column="stage", queries=[])
-    measured = f"restore {receipt.seconds:.1f} s, {receipt.rows} rows" if receipt.ok else receipt.failures[0]
+        first = verification.problems[0]
+        more = f" (+{len(verification.problems) - 1} more)" if len(verification.problems) > 1 else ""
+        return Criterion(name, f"verify-backup: {first['file']}: {first['problem']}{more}", threshold, False)
+    latest = backup.latest(args.backup_dir)
+    receipt = await run_restore_test(args.dsn, latest, budget_s=args.budget_s, min_rows=1, table=args.table,
+                                     column="stage", queries=[])
+    measured = (f"{latest.name}: restore {receipt.seconds:.1f} s, {receipt.rows} rows" if receipt.ok
+                else f"{latest.name}: {receipt.step}: {receipt.failures[0]}")
     return Criterion(name, measured, threshold, receipt.ok)
 
 
@@ -119,21 +136,36 @@ async def seeded(args: PreflightArgs) -> Criterion:
 
 
 async def run(args: PreflightArgs, catalog: Catalog) -> list[Criterion]:
+    fallback_name = "Redis fallback drill" if args.fallback_drill else "proxy on Redis with fallback armed"
     checks: list[tuple[str, str, Callable[[], Awaitable[Criterion]]]] = [
         ("consumer audit clear or mitigated", "", lambda: consumers(args, catalog)),
         ("Redis GET p99", "< 10 ms", lambda: redis(args)),
-        ("proxy on Redis with fallback armed", "source = redis", lambda: fallback(args)),
+        (fallback_name, "source = redis", lambda: fallback(args)),
         ("backup verified and restore test OK", "", lambda: restore(args)),
         ("test DB seeded", f">= {args.min_rows} rows", lambda: seeded(args)),
     ]
     return [await _guard(name, threshold, check) for name, threshold, check in checks]
 
 
+WIDTH = 100
+COLUMNS = (("CRITERION", 24), ("RESULT", 6), ("MEASURED", 40), ("THRESHOLD", 22))  # 92 + 3 gaps of 2 = 98
+
+
 def render(criteria: list[Criterion]) -> str:
-    widths = [max(len(c.name) for c in criteria), max(len(c.measured) for c in criteria),
-              max(len(c.threshold) for c in criteria)]
-    head = f"{'CRITERION':<{widths[0]}}  {'MEASURED':<{widths[1]}}  {'THRESHOLD':<{widths[2]}}  RESULT"
-    rows = [f"{c.name:<{widths[0]}}  {c.measured:<{widths[1]}}  {c.threshold:<{widths[2]}}  "
-            f"{'PASS' if c.ok else 'FAIL'}" for c in criteria]
-    verdict = "Week 0 exit criteria: all PASS" if all(c.ok for c in criteria) else "Week 0 exit criteria: NOT met"
-    return "\n".join([head, *rows, "", verdict])
+    """The table, each cell wrapped to its column so no line passes 100 columns, then the verdict."""
+    lines = ["  ".join(f"{title:<{width}}" for title, width in COLUMNS).rstrip()]
+    for c in criteria:
+        cells = [textwrap.wrap(text, width, break_long_words=True) or [""] for text, (_, width) in
+                 zip((c.name, "PASS" if c.ok else "FAIL", c.measured, c.threshold), COLUMNS, strict=True)]
+        for row in range(max(len(cell) for cell in cells)):
+            lines.append("  ".join(f"{cell[row] if row < len(cell) else '':<{width}}"
+                                   for cell, (_, width) in zip(cells, COLUMNS, strict=True)).rstrip())
+    failed = [c.name for c in criteria if not c.ok]
+    lines += ["", "Week 0 exit criteria: all PASS" if not failed else
+              f"Week 0 exit criteria: NOT met ({len(failed)} of {len(criteria)} FAIL)"]
+    return "\n".join(lines)
+
+
+def as_json(criteria: list[Criterion]) -> dict[str, Any]:
+    ok = all(c.ok for c in criteria)
+    return {"ok": ok, "verdict": "PASS" if ok else "FAIL", "criteria": [c.as_json() for c in criteria]}

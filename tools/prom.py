@@ -16,7 +16,7 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-from tools.errors import EXIT_FAILED, CommandError
+from tools.errors import EXIT_FAILED, CommandError, network_reason
 
 WOULD_REJECT: Final = 'result=~"unknown|invalid|unreadable"'
 
@@ -95,8 +95,7 @@ class Prometheus:
                 raw = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise CommandError(f"cannot reach Prometheus at {self.url}: {type(exc).__name__} {exc}".strip(),
-                               EXIT_FAILED) from None
+            raise CommandError(f"cannot reach Prometheus at {self.url}: {network_reason(exc)}", EXIT_FAILED) from None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:

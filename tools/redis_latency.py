@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError, ResponseError
 
-from tools.db import masked
+from proxy.shared.secrets import mask_url
 from tools.errors import EXIT_USAGE, CommandError
 
 KEY = "stagegate:latency-probe"
@@ -144,16 +144,16 @@ async def measure(url: str, samples: int, rate: float, timeout_s: float = 2.0, t
                   warmup: int = 100) -> dict[str, Any]:
     """Measure on a worker thread; a CommandError naming the problem when Redis cannot be reached."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise CommandError(f"--redis-url must be a redis://, rediss:// or unix:// URL, got {masked(url)!r}",
+        raise CommandError(f"--redis-url must be a redis://, rediss:// or unix:// URL, got {mask_url(url)!r}",
                            EXIT_USAGE)
     try:
         latencies, view = await asyncio.to_thread(_measure_sync, url, Plan(samples, rate, warmup, timeout_s))
     except ValueError as exc:  # a URL redis-py cannot parse (bad port, bad db)
-        raise CommandError(f"--redis-url {masked(url)!r}: {exc}", EXIT_USAGE) from None
+        raise CommandError(f"--redis-url {mask_url(url)!r}: {exc}", EXIT_USAGE) from None
     except (RedisError, OSError) as exc:
-        raise CommandError(f"redis at {masked(url)} unreachable or failing: {type(exc).__name__}: {exc}") from None
+        raise CommandError(f"redis at {mask_url(url)} unreachable or failing: {type(exc).__name__}: {exc}") from None
     ordered = sorted(latencies)
-    result: dict[str, Any] = {"target": masked(url), "samples": samples, "warmup_discarded": warmup,
+    result: dict[str, Any] = {"target": mask_url(url), "samples": samples, "warmup_discarded": warmup,
                               "rate_per_s": rate}
     result.update({f"{name}_ms": round(percentile(ordered, q), 3) for name, q in QUANTILES})
     result["max_ms"] = round(ordered[-1], 3)

@@ -124,7 +124,7 @@ async def run_restore_test(dsn: str, file: Path, *, budget_s: float, min_rows: i
     With a ``SHA256SUMS`` beside the file and ``verify``, a file it does not list or whose checksum differs is
     not restored at all (step ``checksum``)."""
     if not file.is_file():
-        raise CommandError(f"{file} does not exist", EXIT_USAGE)
+        raise CommandError(f"{file} is not a file" if file.exists() else f"{file} does not exist", EXIT_USAGE)
     try:
         receipt = Receipt(str(file), sha256(file))
     except OSError as exc:

@@ -1,9 +1,8 @@
-"""``stagectl``: the rollout tools (DESIGN §4). Entry point is :func:`main`.
+"""``stagectl``: the rollout tools (docs/reference.md lists every command). Entry point is :func:`main`.
 
-Exit codes (tools/errors.py): 0 ok; 1 service unreachable, run failed or
-verification failed; 2 bad usage or rejected input; 3 credentials refused;
-4 enforce blocked (409); 5 mode store unavailable (503); 6 another migration
-holds the lock; 130 interrupted.
+Exit codes common to every command: 0 ok; 1 a service unreachable or a check
+failed; 2 bad usage or rejected input; 130 interrupted. 3-6 mean something
+per command (tools/errors.py, each command's --help).
 """
 
 from __future__ import annotations
@@ -13,15 +12,13 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
-import aiohttp
 import orjson
 
-from tools import migrate_cli, offenders, week0_cli, week4_cli
-from tools.errors import EXIT_AUTH, EXIT_BLOCKED, EXIT_FAILED, EXIT_OK, EXIT_STORE, EXIT_USAGE, CommandError
-
-_STATUS_EXIT = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 409: EXIT_BLOCKED, 503: EXIT_STORE}
+from proxy.shared.secrets import mask_text
+from tools import admin_api, migrate_cli, offenders, week0_cli, week4_cli
+from tools.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,20 +26,33 @@ class _Parser(argparse.ArgumentParser):
         raise CommandError(message, EXIT_USAGE)
 
 
+def _mode_options(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
+    """Accepted before or after get/set; after, they must not reset what came before."""
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if inherited else value
+    parser.add_argument("--admin-url", default=default(None),
+                        help="admin listener URL (default $STAGE_ADMIN_URL or http://127.0.0.1:9901)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print the API's JSON instead of a table")
+    parser.add_argument("--timeout-s", type=float, default=default(5.0), help="HTTP timeout (default 5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="stagectl", description="stagegate rollout tools.",
-                     epilog="exit codes: 0 ok, 1 unreachable/failed, 2 usage or rejected input, 3 auth refused, "
-                            "4 enforce blocked, 5 mode store unavailable, 6 migration lock held, 130 interrupted")
+    parser = _Parser(prog="stagectl", description="stagegate rollout tools: the runbook as commands.",
+                     epilog="exit codes: 0 ok, 1 a service unreachable or a check failed, 2 usage or rejected "
+                            "input, 130 interrupted; 3-6 mean something per command (COMMAND --help, and "
+                            "docs/reference.md)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    mode = commands.add_parser("mode", help="read or change endpoint modes through the proxy's _ops API")
-    mode.add_argument("--admin-url", default=None,
-                      help="admin listener URL (default $STAGE_ADMIN_URL or http://127.0.0.1:9901)")
-    mode.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
-    mode.add_argument("--timeout-s", type=float, default=5.0, help="HTTP timeout (default 5)")
+    mode = commands.add_parser("mode", help="read or change endpoint modes through the proxy's _ops API",
+                               description="Exit 0 ok, 1 proxy unreachable, 2 rejected, 3 token refused, 4 enforce "
+                                           "blocked (--force overrides), 5 the proxy's mode store is unavailable.")
+    _mode_options(mode, inherited=False)
     actions = mode.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    actions.add_parser("get", help="show every endpoint's mode, the source and the enforce block")
+    _mode_options(actions.add_parser("get", help="show every endpoint's mode, the source and the enforce block"),
+                  inherited=True)
     mode.set_defaults(handler=run_mode)
     change = actions.add_parser("set", help="change a mode (token from $STAGE_OPS_TOKEN)")
+    _mode_options(change, inherited=True)
     change.add_argument("endpoint", help="endpoint name, or '*' for all")
     change.add_argument("mode", choices=["off", "warn", "enforce"])
     change.add_argument("--percent", type=float, help="canary share for enforce, 0-100 (default 100)")
@@ -74,42 +84,22 @@ def render_table(view: Mapping[str, Any]) -> str:
     return "\n".join([*lines, "", f"source: {view['source']}   enforce blocked: {blocked}"])
 
 
-async def _call(method: str, url: str, timeout_s: float, body: dict[str, Any] | None = None,
-                token: str | None = None) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-            async with session.request(method, url, json=body, headers=headers) as response:
-                raw = await response.read()
-                status = response.status
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise CommandError(f"cannot reach {url}: {type(exc).__name__} {exc}".strip()) from None
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise CommandError(f"{url} answered {status} with a body that is not JSON") from None
-    if status >= 400:
-        detail = data.get("detail") if isinstance(data, dict) else None
-        raise CommandError(f"{method} {url}: {status} {detail or ''}".strip(), _STATUS_EXIT.get(status, EXIT_FAILED))
-    if not isinstance(data, dict):
-        raise CommandError(f"{url} answered with unexpected JSON")
-    return data
-
-
 async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    admin = (args.admin_url or environ.get("STAGE_ADMIN_URL") or "http://127.0.0.1:9901").rstrip("/")
-    url = f"{admin}/_ops/mode"
-    if args.action == "get":
-        view = await _call("GET", url, args.timeout_s)
-    else:
-        token = environ.get("STAGE_OPS_TOKEN", "").strip()
-        if not token:
-            raise CommandError("STAGE_OPS_TOKEN is not set: mode set needs the ops bearer token", EXIT_AUTH)
-        body: dict[str, Any] = {"endpoint": args.endpoint, "mode": args.mode, "reason": args.reason,
-                                "actor": args.actor or environ.get("USER") or "stagectl", "force": args.force}
-        if args.percent is not None:
-            body["percent"] = args.percent
-        view = await _call("PUT", url, args.timeout_s, body, token)
+    if args.timeout_s <= 0:
+        raise CommandError("--timeout-s must be positive", EXIT_USAGE)
+    url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/mode"
+    async with admin_api.session(args.timeout_s) as session:
+        if args.action == "get":
+            view = await admin_api.call(session, "GET", url)
+        else:
+            if args.percent is not None and not 0 <= args.percent <= 100:
+                raise CommandError("--percent must be between 0 and 100", EXIT_USAGE)
+            token = admin_api.ops_token(environ, "mode set")
+            body: dict[str, Any] = {"endpoint": args.endpoint, "mode": args.mode, "reason": args.reason,
+                                    "actor": args.actor or environ.get("USER") or "stagectl", "force": args.force}
+            if args.percent is not None:
+                body["percent"] = args.percent
+            view = await admin_api.call(session, "PUT", url, body, token)
     print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() if args.json else render_table(view))
     return EXIT_OK
 
@@ -128,18 +118,69 @@ async def run_offenders(args: argparse.Namespace, environ: Mapping[str, str]) ->
     return EXIT_OK
 
 
+class _Stdout:
+    """sys.stdout for which a reader going away (``stagectl mode get | head``) ends the output, not the command:
+    the rest is written to /dev/null and the command's exit code stands."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())  # what is still buffered goes nowhere, quietly
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _fail(message: str) -> None:
+    print(f"stagectl: error: {mask_text(message)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Run one stagectl command; errors are one line on stderr and a meaningful exit code."""
+    """Run one stagectl command; errors are one line on stderr (credentials masked) and a meaningful exit code.
+
+    Set STAGECTL_DEBUG=1 to get the traceback of an unexpected error instead of its one line."""
     env = os.environ if environ is None else environ
+    stdout = sys.stdout
+    sys.stdout = _Stdout(stdout)
     try:
         args = build_parser().parse_args(argv)
         code: int = asyncio.run(args.handler(args, env))
         return code
     except CommandError as exc:
-        print(f"stagectl: error: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return exc.code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except OSError as exc:  # a file or socket problem no command worded itself: still one line
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"{exc.strerror or type(exc).__name__}{where}")
+        return EXIT_FAILED
+    except Exception as exc:
+        if env.get("STAGECTL_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (a bug; STAGECTL_DEBUG=1 shows the traceback)")
+        return EXIT_FAILED
+    finally:
+        sys.stdout.flush()
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

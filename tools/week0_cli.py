@@ -11,12 +11,16 @@ from typing import Any
 
 import orjson
 
-from tools import audit, backup, preflight, redis_latency
-from tools.db import resolve_dsn
+from tools import admin_api, audit, backup, drill, preflight, redis_latency
+from tools.db import column_name, resolve_dsn, table_name
 from tools.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 from tools.migrate_cli import load_catalog
 from tools.offenders import read_lines
 from tools.restore import run_restore_test
+
+AUDIT_VERDICTS = {0: "clear: every consumer is internal, mitigated or ignored",
+                  3: "external consumers present: mitigate them or record a decision (--classifications)",
+                  4: "unclassified consumers left (ambiguous addresses): decide them in --classifications"}
 
 
 def _json(data: object) -> str:
@@ -43,8 +47,8 @@ def register(commands: Any) -> None:
     p.add_argument("--dsn", help="server to restore on (default $DATABASE_URL)")
     p.add_argument("--budget", type=float, default=300.0, help="seconds; the restore is stopped at the budget")
     p.add_argument("--min-rows", type=int, default=1, help="rows the stage table must hold (default 1)")
-    p.add_argument("--table", default="deals")
-    p.add_argument("--column", default="stage")
+    p.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
+    p.add_argument("--column", type=column_name, default="stage", help="the stage column (default stage)")
     p.add_argument("--smoke-query", action="append", default=[], help="extra SQL that must succeed (repeatable)")
     p.add_argument("--no-verify", action="store_true",
                    help="restore even if the SHA256SUMS beside the file does not list it or disagrees")
@@ -87,10 +91,49 @@ def register(commands: Any) -> None:
     p.add_argument("--redis-max-p99-ms", type=float, default=redis_latency.THRESHOLD_MS,
                    help="the Redis criterion's bar (default 10 ms, the runbook's)")
     p.add_argument("--budget", type=float, default=300.0)
-    p.add_argument("--table", default="deals")
+    p.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
     p.add_argument("--config")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--fallback-drill", action="store_true",
+                   help="run the Redis fallback drill (stagectl drill redis-fallback) as the fallback criterion")
+    _drill_options(p)
+    p.add_argument("--json", action="store_true", help="one object: ok, verdict and every criterion")
     p.set_defaults(handler=run_preflight)
+
+    p = commands.add_parser("drill", help="operational drills against a staging proxy")
+    drills = p.add_subparsers(dest="drill", required=True, parser_class=type(p))
+    p = drills.add_parser("redis-fallback", help="Redis goes away: the proxy must switch to last_known and back",
+                          description="Watches a proxy's /_ops/mode while Redis is stopped and started again - by "
+                                      "--break-redis/--restore-redis, or by you when told. Never touches Redis "
+                                      "itself otherwise. Exit 0 the fallback worked, 1 it did not (or the proxy "
+                                      "is unreachable), 2 usage.")
+    p.add_argument("--admin-url", help="the proxy's admin listener (default $STAGE_ADMIN_URL)")
+    _drill_options(p)
+    p.add_argument("--json", action="store_true", help="one object: ok and every step")
+    p.set_defaults(handler=run_drill)
+
+
+def _drill_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--break-redis", metavar="CMD", help="shell command that stops Redis (default: you do, when told)")
+    p.add_argument("--restore-redis", metavar="CMD", help="shell command that starts Redis again")
+    p.add_argument("--proxy-log", type=Path, metavar="FILE", help="the proxy's log: its WARN must appear there")
+    p.add_argument("--drill-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="wait this long for each switch (default 120)")
+
+
+def _drill(args: argparse.Namespace, environ: Mapping[str, str]) -> drill.Drill:
+    if args.drill_timeout <= 0:
+        raise CommandError("--drill-timeout must be positive", EXIT_USAGE)
+    url = args.admin_url or environ.get("STAGE_ADMIN_URL")
+    if not url:
+        raise CommandError("the drill needs the proxy: pass --admin-url or set STAGE_ADMIN_URL", EXIT_USAGE)
+    return drill.Drill(admin_api.check_url(url.rstrip("/")), args.break_redis, args.restore_redis, args.proxy_log,
+                       args.drill_timeout)
+
+
+async def run_drill(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    report = await _drill(args, environ).run()
+    print(_json(report.as_json()) if args.json else drill.render(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 async def run_backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -154,18 +197,23 @@ async def run_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int
             raise CommandError("--record needs --classifications FILE", EXIT_USAGE)
         audit.record(args.classifications, consumers.values())
     code = audit.verdict(consumers.values())
-    rows = sorted(consumers.values(), key=lambda c: (-c.requests, c.ip))
+    # what needs a decision first: new (undecided) consumers, then by traffic
+    rows = sorted(consumers.values(), key=lambda c: (c.known, -c.requests, c.ip))
     if args.json:
-        print(_json({"exit": code, "skipped_lines": skipped, "consumers": [
+        print(_json({"exit": code, "verdict": AUDIT_VERDICTS[code], "skipped_lines": skipped, "consumers": [
             {"ip": c.ip, "user_agent": c.user_agent, "class": c.cls, "known": c.known, "note": c.note,
              "requests": c.requests, "unknown_stages": c.unknown_stages, "endpoints": sorted(c.endpoints),
              "first_seen": c.first, "last_seen": c.last} for c in rows]}))
     else:
         print(f"{len(rows)} consumer(s) of the validated endpoints; {skipped} other line(s) skipped")
+        if rows:
+            print(f"  {'CLASS':<10} {'SEEN':<5} {'IP':<39} {'REQUESTS':>8} {'UNKNOWN':>7}  {'ENDPOINTS':<30} "
+                  "FIRST .. LAST  USER AGENT")
         for c in rows:
             mark = "known" if c.known else "NEW"
-            print(f"  {c.cls:<10} {mark:<5} {c.ip:<39} {c.requests:>8} req  {c.unknown_stages:>6} unknown  "
+            print(f"  {c.cls:<10} {mark:<5} {c.ip:<39} {c.requests:>8} {c.unknown_stages:>7}  "
                   f"{','.join(sorted(c.endpoints)):<30} {c.first} .. {c.last}  {c.user_agent!r}")
+        print(f"\nverdict: {AUDIT_VERDICTS[code]} (exit {code})")
     return code
 
 
@@ -182,16 +230,17 @@ async def run_redis_latency(args: argparse.Namespace, environ: Mapping[str, str]
 
 
 async def run_preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    if args.redis_max_p99_ms <= 0:
-        raise CommandError("--redis-max-p99-ms must be positive", EXIT_USAGE)
+    if args.redis_max_p99_ms <= 0 or args.samples < 1 or args.budget <= 0 or args.min_rows < 0:
+        raise CommandError("--redis-max-p99-ms, --samples and --budget must be positive, --min-rows 0 or more",
+                           EXIT_USAGE)
     options = preflight.PreflightArgs(
         dsn=args.dsn or environ.get("DATABASE_URL"), redis_url=args.redis_url or environ.get("STAGE_REDIS_URL"),
         admin_url=args.admin_url or environ.get("STAGE_ADMIN_URL"), backup_dir=args.backup_dir, logs=args.logs,
         internal=audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr"),
         trusted=audit.networks(args.trusted_proxy, "--trusted-proxy"), classifications=args.classifications,
         min_rows=args.min_rows, samples=args.samples, budget_s=args.budget, table=args.table,
-        redis_max_p99_ms=args.redis_max_p99_ms)
+        redis_max_p99_ms=args.redis_max_p99_ms, fallback_drill=_drill(args, environ) if args.fallback_drill else None)
     criteria = await preflight.run(options, load_catalog(args.config, environ))
-    print(_json([c.as_json() for c in criteria]) if args.json else preflight.render(criteria))
+    print(_json(preflight.as_json(criteria)) if args.json else preflight.render(criteria))
     return EXIT_OK if all(c.ok for c in criteria) else EXIT_FAILED
 

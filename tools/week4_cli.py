@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 
 from tools import admin_api, gate, normalize, rollout
+from tools.db import column_name, table_name
 from tools.errors import EXIT_USAGE, CommandError
 from tools.migrate_cli import add_run_options, load_catalog
 from tools.prom import Prometheus
@@ -88,9 +89,9 @@ def register(commands: Any) -> None:
     p.add_argument("--backup-dir", required=True, type=Path, help="where the backup and the receipt go")
     p.add_argument("--restore-budget", type=float, default=300.0, help="seconds for the restore test (default 300)")
     p.add_argument("--min-rows", type=int, default=1, help="rows the restored table must hold (default 1)")
-    p.add_argument("--table", default="deals")
-    p.add_argument("--column", default="stage")
-    p.add_argument("--pk", help="key column (default: the primary key)")
+    p.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
+    p.add_argument("--column", type=column_name, default="stage", help="the stage column (default stage)")
+    p.add_argument("--pk", type=column_name, help="key column (default: the primary key)")
     p.add_argument("--config", help="stage catalog TOML, as the proxy's (default $STAGE_CONFIG)")
     add_run_options(p)
     p.set_defaults(handler=run_normalize, resume=False, resume_from=None)

@@ -58,7 +58,7 @@ class BadRequest(Exception):
 
 
 def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+    return web.Response(status=status, body=orjson.dumps(data) + b"\n", content_type="application/json")
 
 
 def _authorize(request: web.Request, token: Secret | None) -> web.Response | None:

@@ -156,4 +156,4 @@ async def webhook(request: web.Request, catalog: Catalog, view: ModeView, change
         log_event(log, logging.WARNING, "alert_action_failed", error=str(exc)[:200])
         return problem(503, "store-unavailable", "Mode store unavailable", "retry: the mode store is unreachable")
     log_event(log, logging.INFO, "alertmanager_notification", group_key=safe_text(group_key), **answer)
-    return web.Response(body=orjson.dumps(answer), content_type="application/json")
+    return web.Response(body=orjson.dumps(answer) + b"\n", content_type="application/json")

@@ -18,6 +18,6 @@ def problem(status: int, slug: str, title: str, detail: str, *, request_id: str 
     if request_id is not None:
         body["request_id"] = request_id
     body.update(extra)
-    response = web.Response(status=status, body=orjson.dumps(body), headers=headers)
+    response = web.Response(status=status, body=orjson.dumps(body) + b"\n", headers=headers)
     response.content_type = PROBLEM_JSON
     return response

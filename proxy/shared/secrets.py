@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,3 +45,11 @@ def mask_url(value: str) -> str:
         user = userinfo.partition(":")[0]
         netloc = f"{user}:{MASK}@{hostport}"
     return urlunsplit(parts._replace(netloc=netloc, query=MASK if parts.query else ""))
+
+
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@\s]*@")
+
+
+def mask_text(text: str) -> str:
+    """Free text (an error message) with the password of every URL in it masked."""
+    return _USERINFO.sub(lambda m: f"{m['head']}:{MASK}@", text)
