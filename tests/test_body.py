@@ -1,4 +1,4 @@
-"""Body inspection and rewriting: the ambiguity rules of DESIGN §2, exact-byte rewrites."""
+"""Body inspection and rewriting: the ambiguity rules of docs/proxy.md, exact-byte rewrites."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def result_of(raw: bytes, endpoint: Endpoint = CREATE) -> tuple[str, str | None]
     ],
 )
 def test_create_deal_results(raw: bytes, expected: tuple[str, str | None]) -> None:
-    """Each body gets the result and reason DESIGN §1-§2 prescribe."""
+    """Each body gets the result and reason docs/catalog.md and docs/proxy.md prescribe."""
     assert result_of(raw) == expected
 
 

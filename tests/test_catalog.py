@@ -26,12 +26,12 @@ def test_fold(raw: str, folded: str) -> None:
      ({"a": 1}, "invalid", None), (["lead"], "invalid", None)],
 )
 def test_classify(value: object, result: str, normalized: str | None) -> None:
-    """Each value gets the DESIGN §1 result and, for aliases, its canonical stage."""
+    """Each value gets the result docs/catalog.md defines and, for aliases, its canonical stage."""
     assert default_catalog().classify(value) == (result, normalized)
 
 
 def test_default_catalog_matches_design() -> None:
-    """The built-in catalog has the six stages, four aliases and three endpoints of DESIGN §1."""
+    """The built-in catalog has the six stages, four aliases and three endpoints of docs/catalog.md."""
     catalog = default_catalog()
     assert catalog.canonical == ("lead", "qualified", "proposal", "negotiation", "closed_won", "closed_lost")
     assert dict(catalog.aliases) == {"won": "closed_won", "lost": "closed_lost", "prospect": "lead",

@@ -1,4 +1,4 @@
-"""Forwarding: everything but validated endpoints passes through untouched (DESIGN §2)."""
+"""Forwarding: everything but validated endpoints passes through untouched (docs/proxy.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validated endpoints in off, warn and enforce (DESIGN §2 behaviour table), canary included."""
+"""Validated endpoints in off, warn and enforce (docs/reference.md, "Modes"), canary included."""
 
 from __future__ import annotations
 

@@ -21,11 +21,11 @@ def admin_url(flag: str | None, environ: Mapping[str, str]) -> str:
     return check_url((flag or environ.get("STAGE_ADMIN_URL") or DEFAULT_ADMIN_URL).rstrip("/"))
 
 
-def ops_token(environ: Mapping[str, str], what: str) -> str:
-    """$STAGE_OPS_TOKEN, or a CommandError saying which command needs it."""
+def ops_token(environ: Mapping[str, str], what: str, code: int = EXIT_AUTH) -> str:
+    """$STAGE_OPS_TOKEN, or a CommandError (exit ``code``) saying which command needs it."""
     token = environ.get("STAGE_OPS_TOKEN", "").strip()
     if not token:
-        raise CommandError(f"STAGE_OPS_TOKEN is not set: {what} needs the ops bearer token", EXIT_AUTH)
+        raise CommandError(f"STAGE_OPS_TOKEN is not set: {what} needs the ops bearer token", code)
     return token
 
 

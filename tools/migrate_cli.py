@@ -67,7 +67,7 @@ def register(commands: Any) -> None:
     seeder.set_defaults(handler=run_seed)
 
     migrate = commands.add_parser("migrate", help="normalize stored stages: dry run by default, --apply to write",
-                                  description="Batched, resumable normalization of stored stages (DESIGN §4).")
+                                  description="Batched, resumable normalization of stored stages (docs/migrate.md).")
     _common(migrate, inherited=False)
     add_run_options(migrate)
     migrate.add_argument("--resume", action="store_true", help="continue the latest unfinished run")

@@ -1,6 +1,6 @@
 """``stagectl offenders LOG…``: who sends non-canonical stages, and which values, from the proxy's JSON logs.
 
-Reads the proxy's ``stage_validation`` lines (DESIGN §3 log fields) line by line
+Reads the proxy's ``stage_validation`` lines (docs/proxy.md, "Logs") line by line
 (a 1 GB log streams in constant memory per distinct consumer/value; the tables
 are capped so garbage cannot grow them without bound). Lines that are not the
 proxy's — other JSON, text, binary junk — are counted and skipped.

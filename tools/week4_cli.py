@@ -16,7 +16,7 @@ import orjson
 
 from tools import admin_api, gate, normalize, rollout
 from tools.db import column_name, table_name
-from tools.errors import EXIT_USAGE, CommandError
+from tools.errors import EXIT_AUTH, EXIT_FAILED, EXIT_STORE, EXIT_USAGE, CommandError
 from tools.migrate_cli import add_run_options, load_catalog
 from tools.prom import Prometheus
 from tools.timeparse import parse_duration, parse_instant
@@ -158,7 +158,7 @@ def _rollout_options(args: argparse.Namespace, environ: Mapping[str, str]) -> ro
 async def run_rollout(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     options = _rollout_options(args, environ)
     prometheus_url = _prometheus_url(args, environ)
-    token = "" if args.dry_run else admin_api.ops_token(environ, "rollout")
+    token = "" if args.dry_run else admin_api.ops_token(environ, "rollout", EXIT_USAGE)
     as_json = args.json or not sys.stdout.isatty()
 
     def report(event: str, fields: dict[str, Any]) -> None:
@@ -173,7 +173,14 @@ async def run_rollout(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout_s)) as session:
         driver = rollout.Driver(session, admin_api.admin_url(args.admin_url, environ), token,
                                 Prometheus(prometheus_url, session), options, report)
-        return await driver.run(stop)
+        try:
+            return await driver.run(stop)
+        except CommandError as exc:
+            # 3 and 4 mean "gave up waiting" and "aborted" here: a refused token (3) or an unavailable mode
+            # store (5) from the _ops API is a failure to drive (1), a 409 (4) stays an abort
+            if exc.code in (EXIT_AUTH, EXIT_STORE):
+                raise CommandError(str(exc), EXIT_FAILED) from None
+            raise
 
 
 async def run_normalize(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

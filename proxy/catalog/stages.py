@@ -1,7 +1,7 @@
 """The stage catalog: canonical stages, aliases, endpoints and the classifier.
 
 Pure: no I/O. The proxy and the migration tool (``tools``) import this module, so
-a value the proxy accepts is exactly a value the migration produces (DESIGN §1).
+a value the proxy accepts is exactly a value the migration produces (docs/catalog.md).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SEVERITY: Final[Mapping[str, int]] = {
     "unreadable": 5,
 }
 
-# Unreadable reasons and the status `enforce` answers with (DESIGN §2 behaviour table).
+# Unreadable reasons and the status `enforce` answers with (docs/proxy.md, "Answers").
 UNREADABLE_STATUS: Final[Mapping[str, int]] = {
     "malformed_json": 400,
     "byte_order_mark": 400,
@@ -288,5 +288,5 @@ def parse_catalog(text: str) -> Catalog:
 
 
 def default_catalog() -> Catalog:
-    """The built-in catalog (DESIGN §1)."""
+    """The built-in catalog (docs/catalog.md)."""
     return parse_catalog(DEFAULT_CATALOG_TOML)

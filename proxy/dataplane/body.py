@@ -1,6 +1,6 @@
 """Classify a request body against one endpoint, and rewrite alias values in place.
 
-Pure: no I/O. The rules (DESIGN §2): the proxy and the upstream must never
+Pure: no I/O. The rules (docs/proxy.md): the proxy and the upstream must never
 disagree about the validated value, so anything ambiguous — duplicate keys on
 the field's path, a byte-order mark, invalid UTF-8, encodings we cannot read —
 is ``unreadable``. Rewriting splices the new value into the original bytes, so

@@ -7,7 +7,7 @@ to exactly one origin with requests it has already validated, so the client can
 be small: write the request head and body, parse the answer with ``httptools``
 (the llhttp parser uvicorn uses), hand the body over with back-pressure.
 
-Semantics kept from the aiohttp version and the DESIGN:
+Semantics kept from the aiohttp version (docs/proxy.md, "The upstream connection pool"):
 
 * connect timeout and a read timeout measured between reads (no total limit,
   so a long stream is fine while it moves; a paused reader does not count);

@@ -85,7 +85,7 @@ class FloodGuard:
     """At most ``per_s`` lines per second per key; the rest counted and summarized.
 
     A 30 % unknown rate at full load would otherwise write thousands of WARN
-    lines a second (DESIGN §3 "warn-volume protection").
+    lines a second (docs/proxy.md, "Logs").
     """
 
     def __init__(self, logger: logging.Logger, per_s: int) -> None:
