@@ -71,7 +71,9 @@ async def test_block_held_until_every_alert_resolves(proxy: Running, http: aioht
     _, answer = await post(http, proxy, payload({**two, "status": "resolved"}, status="resolved"))
     assert answer["enforce_blocked"] is False
     async with http.get(f"{proxy.admin_url}/metrics") as response:
-        assert "stage_enforce_blocked 0.0" in await response.text()
+        text = await response.text()
+    assert 'stage_enforce_blocked{endpoint="create_deal"} 0.0' in text
+    assert 'stage_enforce_blocked{endpoint="import_deals"} 0.0' in text
 
 
 async def test_forced_enforce_while_blocked_is_recorded(proxy: Running, http: aiohttp.ClientSession) -> None:

@@ -181,15 +181,36 @@ async def test_blocks_hold_until_every_alert_resolves() -> None:
     await modes.refresher.start()
     first, second = (Block(f"fp{i}", f"Alert{i}", None, "g", "t") for i in (1, 2))
     assert await modes.changes.update_blocks([first, second], []) == (["fp1", "fp2"], [])
-    assert modes.view.enforce_blocked and modes.gauge("stage_enforce_blocked") == 1.0
+    assert modes.view.enforce_blocked and modes.gauge("stage_enforce_blocked", endpoint="create_deal") == 1.0
     assert await modes.changes.update_blocks([first], []) == ([], [])
     assert await modes.changes.update_blocks([], ["fp1", "fp1"]) == ([], ["fp1"])
     assert modes.view.enforce_blocked and set(modes.view.blocks) == {"fp2"}
     assert await modes.changes.update_blocks([], ["fp2", "fp-unknown"]) == ([], ["fp2"])
-    assert not modes.view.enforce_blocked and modes.gauge("stage_enforce_blocked") == 0.0
+    assert not modes.view.enforce_blocked and modes.gauge("stage_enforce_blocked", endpoint="create_deal") == 0.0
     actions = [(e.action, e.alertname) for e in reversed(await modes.store.history(10))]
     assert actions == [("block_enforce", "Alert1"), ("block_enforce", "Alert2"), ("unblock_enforce", "Alert1"),
                        ("unblock_enforce", "Alert2")]
+
+
+async def test_a_block_holds_its_endpoint_only_and_a_labelless_one_all() -> None:
+    """An alert with an endpoint label blocks enforce for that endpoint; one without blocks every endpoint."""
+    modes = Modes(MemoryModeStore())
+    await modes.refresher.start()
+    await modes.changes.update_blocks([Block("fp1", "Unknown", "create_deal", "g", "t")], [])
+    assert [b.fingerprint for b in modes.view.blocked_by("create_deal")] == ["fp1"]
+    assert modes.view.blocked_by("update_deal") == []
+    assert [modes.gauge("stage_enforce_blocked", endpoint=e) for e in ("create_deal", "update_deal")] == [1.0, 0.0]
+    await modes.changes.update_blocks([Block("fp2", "Everything", None, "g", "t")], [])
+    assert [b.fingerprint for b in modes.view.blocked_by("update_deal")] == ["fp2"]
+    assert {b.fingerprint for b in modes.view.blocked_by("create_deal")} == {"fp1", "fp2"}
+    assert modes.gauge("stage_enforce_blocked", endpoint="import_deals") == 1.0
+    cleared = await modes.changes.clear_block("fp2", "alice", "resolve lost")
+    assert cleared is not None and cleared.alertname == "Everything"
+    assert await modes.changes.clear_block("fp2", "alice", "again") is None
+    assert modes.gauge("stage_enforce_blocked", endpoint="import_deals") == 0.0
+    entry = (await modes.store.history(1))[0]
+    assert (entry.action, entry.actor, entry.source, entry.reason) == ("unblock_enforce", "alice", "api",
+                                                                       "resolve lost")
 
 
 async def test_block_firing_and_resolving_in_one_notification_stays_blocked() -> None:

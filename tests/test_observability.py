@@ -21,7 +21,8 @@ RULES = OBS / "prometheus" / "rules" / "stage-validation.yml"
 CONTRACT_METRICS = {"stage_validation_total", "stage_enforce_rejections_total", "stage_validator_seconds",
                     "stage_proxy_request_seconds", "stage_upstream_errors_total", "stage_mode", "stage_enforce_percent",
                     "stage_mode_source", "stage_enforce_blocked", "stage_mode_store_seconds",
-                    "stage_client_connections", "stage_connections_dropped_total"}
+                    "stage_client_connections", "stage_connections_dropped_total", "stage_config_reload_total",
+                    "stage_catalog_info"}
 
 
 def tool(name: str) -> str:
@@ -41,7 +42,7 @@ def test_rules_are_valid() -> None:
     """promtool check rules accepts the rule file."""
     result = run(tool("promtool"), "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 11 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 def test_rule_unit_tests_pass() -> None:
@@ -56,7 +57,7 @@ def test_rule_tests_cover_every_alert() -> None:
     """Each alert in the rules has a firing test and a silent test."""
     alerts = set(re.findall(r"^\s+- alert: (\w+)$", RULES.read_text(), flags=re.M))
     tests = (RULES.parent / "stage-validation.test.yml").read_text()
-    assert len(alerts) == 5
+    assert len(alerts) == 7
     for alert in alerts:
         names = re.findall(rf"alertname: {alert}\n\s+exp_alerts:(.*)", tests)
         assert any(n.strip() == "[]" for n in names), f"{alert} has no silent case"
@@ -112,7 +113,7 @@ def test_dashboard_queries_only_known_series() -> None:
     recorded = set(re.findall(r"record: ([\w:]+)", RULES.read_text()))
     known = recorded | CONTRACT_METRICS | {f"{m}_bucket" for m in CONTRACT_METRICS}
     functions = {"sum", "by", "rate", "max", "histogram_quantile", "changes", "and", "le", "endpoint", "mode",
-                 "result", "reason", "instance", "source", "op"}
+                 "result", "reason", "instance", "source", "op", "version"}
     for expr in _dashboard_exprs():
         for name in re.findall(r"\b([a-z_:]+[a-z_])\b(?=[{\[\s)]|$)", expr):
             if name not in functions:

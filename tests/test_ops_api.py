@@ -51,8 +51,8 @@ async def test_get_mode_shape(proxy: Running, http: aiohttp.ClientSession) -> No
     assert set(body) == {"source", "enforce_blocked", "endpoints"}
     assert set(body["endpoints"]) == {"create_deal", "update_deal", "import_deals"}
     for record in body["endpoints"].values():
-        assert set(record) == {"mode", "percent", "updated_at", "updated_by", "reason"}
-        assert record["mode"] == "off"
+        assert set(record) == {"mode", "percent", "updated_at", "updated_by", "reason", "blocked_by"}
+        assert record["mode"] == "off" and record["blocked_by"] == []
 
 
 async def test_put_mode_records_who_and_why(proxy: Running, http: aiohttp.ClientSession) -> None:
@@ -123,7 +123,9 @@ async def test_enforce_blocked_is_409_unless_forced(proxy: Running, http: aiohtt
     await block_enforce(http, proxy)
     status, body = await put(http, proxy, {"endpoint": "*", "mode": "enforce", "reason": "go"})
     assert status == 409 and body["status"] == 409
-    assert body["blocked_by"] == ["StageUnknownHighInWarn"] and "force" in body["detail"]
+    assert body["blocked_by"] == ["StageUnknownHighInWarn (all endpoints)"] and "force" in body["detail"]
+    assert body["fingerprints"] == ["fp-StageUnknownHighInWarn"]
+    assert '"force": true' in body["detail"] and "stagectl mode set --force" in body["detail"]
     status, _ = await put(http, proxy, {"endpoint": "*", "mode": "warn", "reason": "warn is fine"})
     assert status == 200
     status, body = await put(http, proxy, {"endpoint": "*", "mode": "enforce", "reason": "go", "force": True})
@@ -137,7 +139,8 @@ async def test_metrics_exposition(proxy: Running, http: aiohttp.ClientSession) -
         assert response.headers["Content-Type"].startswith("text/plain")
     for name in ("stage_validation_total", "stage_enforce_rejections_total", "stage_validator_seconds",
                  "stage_proxy_request_seconds", "stage_upstream_errors_total", "stage_mode", "stage_enforce_percent",
-                 "stage_mode_source", "stage_enforce_blocked", "stage_mode_store_seconds"):
+                 "stage_mode_source", "stage_enforce_blocked", "stage_mode_store_seconds", "stage_config_reload_total",
+                 "stage_catalog_info"):
         assert f"# TYPE {name} " in text, name
     assert 'stage_mode{endpoint="create_deal",mode="off"} 1.0' in text
     assert 'stage_mode_source{source="memory"} 1.0' in text

@@ -44,7 +44,7 @@ def dashboard() -> dict[str, Any]:
             target('max by (endpoint, mode) (stage_mode == 1)', "{{endpoint}} {{mode}}", "A"),
             target("max by (endpoint) (stage_enforce_percent)", "{{endpoint}} %", "B"),
             target("max by (instance, source) (stage_mode_source == 1)", "{{instance}} {{source}}", "C"),
-            target("max(stage_enforce_blocked)", "enforce blocked", "D"),
+            target("max by (endpoint) (stage_enforce_blocked)", "{{endpoint}} enforce blocked", "D"),
         ]),
         timeseries(2, "Validation results per endpoint (req/s)", (0, 6, 12, 8), [
             target("sum by (endpoint, result) (rate(stage_validation_total[5m]))", "{{endpoint}} {{result}}")],
@@ -66,6 +66,11 @@ def dashboard() -> dict[str, Any]:
         timeseries(9, "Would-reject ratio in off (baseline before warn)", (0, 37, 24, 7),
                    [target("stage:off_would_reject_ratio:rate5m", "{{endpoint}}")], "percentunit",
                    description="What enforce would reject while nothing is enforced (stagectl gate: baseline)"),
+        table(10, "Catalog served (version per replica) and reloads", (0, 44, 24, 6), [
+            target("max by (instance, version) (stage_catalog_info == 1)", "{{instance}} {{version}}", "A"),
+            target("sum by (instance, result) (increase(stage_config_reload_total[1h]))",
+                   "{{instance}} reloads {{result}} (1 h)", "B"),
+        ]),
         timeseries(8, "Rejections and upstream errors (req/s)", (0, 30, 24, 7), [
             target("sum by (endpoint, reason) (rate(stage_enforce_rejections_total[5m]))", "reject {{endpoint}} "
                    "{{reason}}", "A"),
@@ -79,7 +84,11 @@ def dashboard() -> dict[str, Any]:
                  "(stage_mode) == 1",
          "step": "30s", "titleFormat": "{{endpoint}} -> {{mode}}", "tagKeys": "endpoint,mode"},
         {"datasource": DS, "enable": True, "iconColor": "red", "name": "Enforce blocked",
-         "expr": "changes(max(stage_enforce_blocked)[2m:30s]) > 0", "step": "30s", "titleFormat": "enforce block"},
+         "expr": "changes(max by (endpoint) (stage_enforce_blocked)[2m:30s]) > 0", "step": "30s",
+         "titleFormat": "{{endpoint}} enforce block", "tagKeys": "endpoint"},
+        {"datasource": DS, "enable": True, "iconColor": "blue", "name": "Catalog reloads",
+         "expr": "changes(sum by (instance) (stage_config_reload_total)[2m:30s]) > 0", "step": "30s",
+         "titleFormat": "{{instance}} catalog reload"},
     ]}
     return {
         "title": "stagegate — stage contract rollout", "uid": "stagegate-rollout", "schemaVersion": 38,

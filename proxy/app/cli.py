@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 
 from proxy.app.server import StartupError, serve
@@ -24,6 +26,8 @@ def _install_uvloop() -> None:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Run the proxy; 0 on clean shutdown, 2 on bad configuration, 1 on startup failure or a forced exit."""
     env = os.environ if environ is None else environ
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() installs its reload handler: never fatal
     try:
         settings = load_settings(argv, env)
     except SettingsError as exc:

@@ -223,9 +223,19 @@ async def serve(settings: Settings) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    reloads: set[asyncio.Task[object]] = set()
     async with running(settings, force=force) as run:
+        reloader = run.app[PARTS].reloader
+
+        def on_hangup() -> None:  # re-read --config; a bad file is refused and logged, never fatal
+            task = asyncio.create_task(reloader.reload("SIGHUP"), name="stagegate-reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         if settings.demo:
             print(banner(run), file=sys.stderr, flush=True)
         await stop.wait()
+        loop.remove_signal_handler(signal.SIGHUP)
     log_event(log, logging.INFO, "shutdown_complete", forced=force.is_set())
     return 1 if force.is_set() else 0

@@ -19,6 +19,7 @@ from typing import Final
 
 from aiohttp import web
 
+from proxy.app.reload import Reloader
 from proxy.app.settings import Settings
 from proxy.dataplane.forwarding import Upstream
 from proxy.dataplane.handler import DataPlane
@@ -50,6 +51,7 @@ class Parts:
     upstream: Upstream
     dataplane: DataPlane
     ops: OpsContext
+    reloader: Reloader
 
 
 PARTS: Final = web.AppKey("parts", Parts)
@@ -79,8 +81,10 @@ def build_parts(settings: Settings) -> Parts:
                           max_body_bytes=settings.max_body_bytes, warn_log_per_s=settings.warn_log_per_s,
                           body_timeout_s=settings.body_timeout_s, canary_key_header=settings.canary_key_header)
     health = functools.partial(upstream.health, settings.upstream_health_path, 2.0)
-    ops = OpsContext(catalog, view, changes, metrics, settings.ops_token, health)
-    return Parts(settings, metrics, store, view, refresher, changes, state_file, upstream, dataplane, ops)
+    reloader = Reloader(settings.config_path, settings.catalog_text, dataplane, view, metrics,
+                        worker=settings.worker)
+    ops = OpsContext(view, changes, metrics, settings.ops_token, health, reloader)
+    return Parts(settings, metrics, store, view, refresher, changes, state_file, upstream, dataplane, ops, reloader)
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:

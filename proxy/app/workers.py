@@ -6,6 +6,9 @@ refused for N > 1). Metrics use prometheus-client's multiprocess mode: every
 worker writes to a shared directory and ``/metrics`` on any worker shows the
 sum (counters, histograms) or the latest live value (mode gauges).
 
+SIGHUP is forwarded to every worker: each re-reads ``--config`` (a worker
+answering ``POST /_ops/reload`` sends SIGHUP here, so all of them do).
+
 Shutdown, step by step: SIGTERM/SIGINT is forwarded to every worker, each
 drains its requests, the supervisor reaps them and removes the metrics
 directory. A worker still running ``stop_grace_s`` after the signal (its own
@@ -59,6 +62,12 @@ class Supervisor:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
+    def _hangup(self, signum: int, frame: FrameType | None) -> None:
+        """SIGHUP (from outside, or from a worker that got POST /_ops/reload): every worker re-reads --config."""
+        for proc in self.workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+
     def _kill_stragglers(self, signum: int, frame: FrameType | None) -> None:
         for proc in self.workers.values():
             if proc.poll() is None:
@@ -71,6 +80,7 @@ class Supervisor:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._forward)
         signal.signal(signal.SIGALRM, self._kill_stragglers)
+        signal.signal(signal.SIGHUP, self._hangup)
         try:
             for _ in range(self.count):
                 proc = subprocess.Popen([*self.command, *self.argv], env=env)

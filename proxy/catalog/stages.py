@@ -88,7 +88,12 @@ _PATH = re.compile(rf"/|(?:/{_SEGMENT})+/?")
 
 
 class CatalogError(ValueError):
-    """The catalog file is not valid; the message names the entry (and line)."""
+    """The catalog file is not valid; the message names the entry (and line). ``problems`` lists every problem
+    found (the message is the first), so a check can report them all at once."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
 
 
 _ASCII_SEPARATORS = str.maketrans("-_.", "   ")
@@ -183,25 +188,27 @@ def _require_str_list(raw: object, what: str) -> list[str]:
     return list(raw)
 
 
-def _fold_table(canonical: list[str], aliases: Mapping[str, object], text: str) -> dict[str, str]:
+def _fold_table(canonical: list[str], aliases: Mapping[str, object], text: str, problems: list[str]) -> dict[str, str]:
     table: dict[str, str] = {}
     origin: dict[str, str] = {}
     for stage in canonical:
         key = fold(stage)
         if key in table:
-            raise CatalogError(f"canonical stage {stage!r} folds to {key!r}, colliding with {origin[key]}"
-                               f"{_line_of(text, stage)}")
+            problems.append(f"canonical stage {stage!r} folds to {key!r}, colliding with {origin[key]}"
+                            f"{_line_of(text, stage)}")
+            continue
         table[key], origin[key] = stage, f"canonical stage {stage!r}"
     for alias, target in aliases.items():
         where = _line_of(text, alias)
-        if not isinstance(target, str) or target not in canonical:
-            raise CatalogError(f"alias {alias!r} points at {target!r}, which is not a canonical stage{where}")
         key = fold(alias)
-        if not key:
-            raise CatalogError(f"alias {alias!r} folds to an empty string{where}")
-        if key in table:
-            raise CatalogError(f"alias {alias!r} folds to {key!r}, colliding with {origin[key]}{where}")
-        table[key], origin[key] = target, f"alias {alias!r}"
+        if not isinstance(target, str) or target not in canonical:
+            problems.append(f"alias {alias!r} points at {target!r}, which is not a canonical stage{where}")
+        elif not key:
+            problems.append(f"alias {alias!r} folds to an empty string{where}")
+        elif key in table:
+            problems.append(f"alias {alias!r} folds to {key!r}, colliding with {origin[key]}{where}")
+        else:
+            table[key], origin[key] = target, f"alias {alias!r}"
     return table
 
 
@@ -240,51 +247,80 @@ def _route_key(endpoint: Endpoint, case_sensitive: bool) -> tuple[str, str]:
     return endpoint.method, shape if case_sensitive else shape.lower()
 
 
-def _parse_endpoints(raw: object, text: str, case_sensitive: bool) -> tuple[Endpoint, ...]:
+def _parse_endpoints(raw: object, text: str, case_sensitive: bool, problems: list[str]) -> tuple[Endpoint, ...]:
     if not isinstance(raw, list) or not raw:
-        raise CatalogError("[[endpoints]] must list at least one endpoint")
-    endpoints = tuple(_parse_endpoint(item, i, text) for i, item in enumerate(raw))
+        problems.append("[[endpoints]] must list at least one endpoint")
+        return ()
+    endpoints = []
+    for index, item in enumerate(raw):
+        try:
+            endpoints.append(_parse_endpoint(item, index, text))
+        except CatalogError as exc:
+            problems.append(str(exc))
     names = [e.name for e in endpoints]
     routes = [_route_key(e, case_sensitive) for e in endpoints]
     if len(set(names)) != len(names):
-        raise CatalogError(f"endpoint names must be unique: {names}")
+        problems.append(f"endpoint names must be unique: {names}")
     if len(set(routes)) != len(routes):
-        raise CatalogError(f"two endpoints share a method and path: {routes}")
-    return endpoints
+        problems.append(f"two endpoints share a method and path: {routes}")
+    return tuple(endpoints)
 
 
-def parse_catalog(text: str) -> Catalog:
-    """Parse and validate catalog TOML text; raise CatalogError naming the bad entry."""
+def check_catalog(text: str) -> tuple[Catalog | None, list[str]]:
+    """Parse and validate catalog TOML text: (the catalog, []) or (None, every problem found, each naming its
+    entry and line). ``stagectl catalog check`` prints them all; the proxy refuses a reload on any."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise CatalogError(f"not valid TOML: {exc}") from None
+        return None, [f"not valid TOML: {exc}"]
+    problems: list[str] = []
     unknown = set(data) - {"default_mode", "case_sensitive_paths", "stages", "endpoints"}
     if unknown:
-        raise CatalogError(f"unknown top-level key(s) {sorted(unknown)}")
+        problems.append(f"unknown top-level key(s) {sorted(unknown)}")
     default_mode = data.get("default_mode", "off")
     if default_mode not in MODES:
-        raise CatalogError(f"default_mode must be one of {list(MODES)}, not {default_mode!r}")
+        problems.append(f"default_mode must be one of {list(MODES)}, not {default_mode!r}")
     stages = data.get("stages")
+    canonical: list[str] = []
+    aliases: object = {}
     if not isinstance(stages, dict):
-        raise CatalogError("[stages] table is missing")
-    canonical = _require_str_list(stages.get("canonical"), "stages.canonical")
-    aliases = stages.get("aliases", {})
-    if not isinstance(aliases, dict):
-        raise CatalogError("[stages.aliases] must be a table of alias = canonical stage")
+        problems.append("[stages] table is missing")
+    else:
+        try:
+            canonical = _require_str_list(stages.get("canonical"), "stages.canonical")
+        except CatalogError as exc:
+            problems.append(str(exc))
+        aliases = stages.get("aliases", {})
+        if not isinstance(aliases, dict):
+            problems.append("[stages.aliases] must be a table of alias = canonical stage")
+            aliases = {}
     case_sensitive = data.get("case_sensitive_paths", False)
     if not isinstance(case_sensitive, bool):
-        raise CatalogError("case_sensitive_paths must be true or false")
-    folded = _fold_table(canonical, aliases, text)
+        problems.append("case_sensitive_paths must be true or false")
+        case_sensitive = False
+    assert isinstance(aliases, dict)
+    folded = _fold_table(canonical, aliases, text, problems) if canonical else {}
+    endpoints = _parse_endpoints(data.get("endpoints"), text, case_sensitive, problems)
+    if problems:
+        return None, problems
     return Catalog(
         default_mode=default_mode,
         canonical=tuple(canonical),
         aliases=dict(aliases),
-        endpoints=_parse_endpoints(data.get("endpoints"), text, case_sensitive),
+        endpoints=endpoints,
         case_sensitive_paths=case_sensitive,
         _canonical_set=frozenset(canonical),
         _folded=folded,
-    )
+    ), []
+
+
+def parse_catalog(text: str) -> Catalog:
+    """Parse and validate catalog TOML text; raise CatalogError naming the (first) bad entry."""
+    catalog, problems = check_catalog(text)
+    if catalog is None:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise CatalogError(problems[0] + more, tuple(problems))
+    return catalog
 
 
 def default_catalog() -> Catalog:

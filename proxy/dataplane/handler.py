@@ -74,18 +74,31 @@ def _error_value(value: object) -> object:
     return f"<{bodies.type_name(value)}>"
 
 
+@dataclass(frozen=True, slots=True)
+class CatalogState:
+    """Everything the request path derives from one catalog; swapped whole on a reload."""
+
+    catalog: Catalog
+    router: Router
+    inspectors: dict[str, bodies.Inspector]
+    allowed: tuple[str, ...]
+
+    @classmethod
+    def of(cls, catalog: Catalog) -> CatalogState:
+        return cls(catalog, Router(catalog), {e.name: bodies.Inspector(catalog, e) for e in catalog.endpoints},
+                   catalog.canonical)
+
+
 class DataPlane:
     """The main listener's single handler."""
 
     def __init__(self, catalog: Catalog, modes: ModeView, metrics: Metrics, upstream: Upstream, *, id_header: str,
                  max_body_bytes: int, warn_log_per_s: int, body_timeout_s: float = 30.0,
                  canary_key_header: str | None = None) -> None:
-        self.catalog = catalog
+        self.state = CatalogState.of(catalog)  # read once per request: a reload never changes one in flight
         self.modes = modes
         self.metrics = metrics
         self.upstream = upstream
-        self.router = Router(catalog)
-        self.inspectors = {e.name: bodies.Inspector(catalog, e) for e in catalog.endpoints}
         self.id_header = id_header
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
@@ -95,6 +108,10 @@ class DataPlane:
         # Large bodies are inspected here, one at a time: with one busy thread the event loop waits at most one
         # GIL switch interval (5 ms) for its turn; with several it would wait for each of them in turn.
         self.inspect_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stagegate-inspect")
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Serve ``catalog`` from the next request on (built before the swap: one assignment)."""
+        self.state = CatalogState.of(catalog)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Route one request: ops paths 404, validated endpoints, or pass-through."""
@@ -111,12 +128,13 @@ class DataPlane:
         if is_ops(path):
             return problem(404, "not-found", "Not Found", "/_ops is served on the admin listener only",
                            request_id=request_id, headers={self.id_header: request_id})
-        route = self.router.route(request, path, query)
+        state = self.state
+        route = state.router.route(request, path, query)
         label = route.endpoint.name if route.endpoint is not None else PASSTHROUGH
         try:
             if route.endpoint is None:
                 return await self._pass_through(request, request_id, route)
-            return await self._validated(request, request_id, route, route.endpoint)
+            return await self._validated(request, request_id, route, route.endpoint, state)
         except UpstreamError as exc:
             return self._upstream_problem(request, request_id, exc)
         except ClientGone as exc:
@@ -148,14 +166,14 @@ class DataPlane:
         data: Body = stream_body(request, self.body_timeout_s) if request.body_exists else None
         return await self.upstream.forward(request, route.target, headers, data, {self.id_header: request_id})
 
-    async def _validated(self, request: web.BaseRequest, request_id: str, route: Route,
-                         endpoint: Endpoint) -> web.StreamResponse:
-        verdict = await self._decide(request, request_id, endpoint, route.unreadable)
+    async def _validated(self, request: web.BaseRequest, request_id: str, route: Route, endpoint: Endpoint,
+                         state: CatalogState) -> web.StreamResponse:
+        verdict = await self._decide(request, request_id, endpoint, route.unreadable, state)
         self._account(request, request_id, verdict)
         result = verdict.inspection.result
         extra = {self.id_header: request_id, "X-Stage-Validation": f"mode={verdict.mode}; result={result}"}
         if verdict.rejected:
-            return self._reject(request_id, verdict, extra)
+            return self._reject(request_id, verdict, extra, state.allowed)
         data: Body
         if verdict.rest_pending:
             data = stream_body(request, self.body_timeout_s, verdict.raw)
@@ -182,7 +200,7 @@ class DataPlane:
         return "enforce" if is_enforced(canary_key or request_id, percent) else "warn"
 
     async def _decide(self, request: web.BaseRequest, request_id: str, endpoint: Endpoint,
-                      route_problem: str | None) -> Verdict:
+                      route_problem: str | None, state: CatalogState) -> Verdict:
         key = request.headers.get(self.canary_key_header) if self.canary_key_header else None
         mode = self.effective_mode(endpoint.name, request_id, key)
         reason = route_problem or bodies.media_problem(request.headers.get("Content-Type"),
@@ -197,7 +215,7 @@ class DataPlane:
         elif reason is not None:
             inspection = bodies.unreadable(reason)
         else:
-            inspection = await self._off_loop_if_large(raw, self.inspectors[endpoint.name].inspect, raw)
+            inspection = await self._off_loop_if_large(raw, state.inspectors[endpoint.name].inspect, raw)
         self.metrics.validator_children[endpoint.name].observe(time.perf_counter() - started)
         return Verdict(endpoint, mode, inspection, raw, too_large)
 
@@ -226,7 +244,8 @@ class DataPlane:
             client_ip=request.remote, user_agent=safe_text(request.headers.get("User-Agent", "")),
         )
 
-    def _reject(self, request_id: str, verdict: Verdict, headers: dict[str, str]) -> web.Response:
+    def _reject(self, request_id: str, verdict: Verdict, headers: dict[str, str],
+                allowed: tuple[str, ...]) -> web.Response:
         inspection = verdict.inspection
         status = inspection.status
         bad = [f for f in inspection.findings if f.result in ("unknown", "invalid")]
@@ -236,7 +255,7 @@ class DataPlane:
             detail = f"{len(bad)} value(s) at {verdict.endpoint.field!r} are not canonical stages"
         else:
             detail = f"the body could not be validated: {inspection.reason}"
-        extra: dict[str, object] = {"endpoint": verdict.endpoint.name, "allowed": list(self.catalog.canonical),
+        extra: dict[str, object] = {"endpoint": verdict.endpoint.name, "allowed": list(allowed),
                                     "errors": errors}
         if len(bad) > MAX_ERRORS:
             extra["errors_truncated"] = len(bad) - MAX_ERRORS

@@ -81,6 +81,21 @@ class ModeChanges:
                   added=len(add), alerts=sorted({b.alertname for b in add})[:HISTORY_PER_CHANGE], removed=len(remove))
         return [b.fingerprint for b in add], remove
 
+    async def clear_block(self, fingerprint: str, actor: str, reason: str) -> Block | None:
+        """Remove one block by hand (its resolve was lost); the removed block, or None if there was none."""
+        await self._refresher.fresh()
+        block = self._view.blocks.get(fingerprint)
+        if block is None:
+            return None
+        entry = HistoryEntry("unblock_enforce", actor, "api", reason, endpoint=block.endpoint,
+                             alertname=block.alertname, group_key=block.group_key)
+        await self._store.set_blocks([], [fingerprint], [entry])
+        self._view.generation += 1
+        self._view.set_blocks({fp: b for fp, b in self._view.blocks.items() if fp != fingerprint})
+        log_event(log, logging.WARNING, "enforce_block_cleared", fingerprint=fingerprint, alertname=block.alertname,
+                  endpoint=block.endpoint, actor=actor, reason=reason, blocked=self._view.enforce_blocked)
+        return block
+
     async def history(self, limit: int) -> list[HistoryEntry]:
         return await self._store.history(limit)
 

@@ -22,11 +22,13 @@ class ModeObserver(Protocol):
 
     def set_source(self, source: str) -> None: ...
 
-    def set_blocked(self, blocked: bool) -> None: ...
+    def set_blocked(self, endpoint: str, blocked: bool) -> None: ...
 
 
 class ModeView:
-    """The current mode of every endpoint, the enforce blocks and where the modes came from."""
+    """The current mode of every endpoint, the enforce blocks and where the modes came from.
+
+    ``catalog`` is the running catalog: a reload swaps it (same endpoints, so modes and blocks stay valid)."""
 
     def __init__(self, catalog: Catalog, observer: ModeObserver) -> None:
         self.catalog = catalog
@@ -41,7 +43,8 @@ class ModeView:
         self.known = False  # the modes came from the store, the state file or a change: worth re-seeding
         self.apply({})
         observer.set_source(self.source)
-        observer.set_blocked(False)
+        for name in catalog.endpoint_names:
+            observer.set_blocked(name, False)
 
     def lookup(self, endpoint: str) -> tuple[Mode, float]:
         """The stored mode and canary percent of ``endpoint`` (the request path's one dict lookup)."""
@@ -49,8 +52,12 @@ class ModeView:
 
     @property
     def enforce_blocked(self) -> bool:
-        """True while any block_enforce alert is firing."""
+        """True while any block_enforce alert is firing (for any endpoint)."""
         return bool(self.blocks)
+
+    def blocked_by(self, endpoint: str) -> list[Block]:
+        """The blocks holding enforce for ``endpoint``: its own, and those of alerts without an endpoint label."""
+        return [b for b in self.blocks.values() if b.endpoint is None or b.endpoint == endpoint]
 
     def apply(self, records: Mapping[str, ModeRecord]) -> bool:
         """Make ``records`` (the default mode filling gaps) current; True if anything changed."""
@@ -67,7 +74,8 @@ class ModeView:
 
     def set_blocks(self, blocks: dict[str, Block]) -> None:
         self.blocks = blocks
-        self._observer.set_blocked(bool(blocks))
+        for name in self.catalog.endpoint_names:
+            self._observer.set_blocked(name, bool(self.blocked_by(name)))
 
     def set_source(self, source: str) -> None:
         self.source = source

@@ -10,15 +10,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Final, Protocol
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from proxy.catalog.compare import ReloadOutcome
 from proxy.catalog.stages import MODES, Catalog, Mode
 from proxy.modes.changes import ModeChanges
+from proxy.modes.records import Block
 from proxy.modes.store import HISTORY_LIMIT, StoreUnavailable
 from proxy.modes.view import ModeView
 from proxy.ops import alerts
@@ -38,16 +41,28 @@ ADMIN_MAX_BODY: Final = 8 * 1024 * 1024  # Alertmanager can batch thousands of a
 UpstreamHealth = Callable[[], Awaitable[dict[str, Any]]]  # {"ok": True, "status": 200} or {"ok": False, "error": …}
 
 
+class CatalogReloads(Protocol):
+    """The running catalog's version and a way to re-read it (proxy.app.reload.Reloader)."""
+
+    version: str
+    path: Path | None
+
+    async def reload(self, trigger: str) -> ReloadOutcome: ...
+
+    def reload_all_workers(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class OpsContext:
-    """What the admin handlers read and change; built by the app before the listeners start."""
+    """What the admin handlers read and change; built by the app before the listeners start. The running
+    catalog is ``view.catalog`` (a reload swaps it there)."""
 
-    catalog: Catalog
     view: ModeView
     changes: ModeChanges
     metrics: Metrics
     token: Secret | None
     upstream_health: UpstreamHealth
+    catalogs: CatalogReloads
 
 
 OPS: Final = web.AppKey("ops", OpsContext)
@@ -71,11 +86,18 @@ def _authorize(request: web.Request, token: Secret | None) -> web.Response | Non
     return None
 
 
+def _block(block: Block) -> dict[str, Any]:
+    return {"fingerprint": block.fingerprint, "alertname": block.alertname, "endpoint": block.endpoint,
+            "since": block.since, "group_key": block.group_key}
+
+
 def mode_view(ctx: OpsContext) -> dict[str, Any]:
-    """The body of GET /_ops/mode."""
+    """The body of GET /_ops/mode: every endpoint with the alerts blocking its enforce (``blocked_by``)."""
     endpoints = {
         name: {"mode": r.mode, "percent": r.percent, "updated_at": r.updated_at, "updated_by": r.updated_by,
-               "reason": r.reason}
+               "reason": r.reason,
+               "blocked_by": [{"alertname": b.alertname, "fingerprint": b.fingerprint, "since": b.since,
+                               "all_endpoints": b.endpoint is None} for b in ctx.view.blocked_by(name)]}
         for name, r in ctx.view.records.items()
     }
     return {"source": ctx.view.source, "enforce_blocked": ctx.view.enforce_blocked, "endpoints": endpoints}
@@ -146,19 +168,21 @@ async def put_mode(request: web.Request) -> web.Response:
     if denied is not None:
         return denied
     try:
-        endpoints, mode, percent, reason, actor, force = parse_put(await request.read(), ctx.catalog)
+        endpoints, mode, percent, reason, actor, force = parse_put(await request.read(), ctx.view.catalog)
     except BadRequest as exc:
         return problem(400, "bad-request", "Bad Request", str(exc))
     except web.HTTPRequestEntityTooLarge:
         return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
-    if mode == "enforce" and ctx.view.enforce_blocked and not force:
-        names = alerts.capped(sorted({b.alertname + (f" ({b.endpoint})" if b.endpoint else "")
-                                      for b in ctx.view.blocks.values()}))
+    holding = {b.fingerprint: b for name in endpoints for b in ctx.view.blocked_by(name)} if mode == "enforce" else {}
+    if holding and not force:
+        names = alerts.capped(sorted({b.alertname + f" ({b.endpoint or 'all endpoints'})" for b in holding.values()}))
         return problem(409, "enforce-blocked", "Enforce is blocked",
-                       f"enforce is blocked while these alerts fire: {', '.join(names)}; wait for them to resolve "
-                       "or send force=true", blocked_by=names)
+                       f"enforce is blocked for {', '.join(endpoints)} while these alerts fire: {', '.join(names)}; "
+                       "wait for them to resolve, clear a stale block (DELETE /_ops/blocks/{fingerprint}), or "
+                       "override with \"force\": true (stagectl mode set --force)",
+                       blocked_by=names, fingerprints=sorted(holding)[:20])
     try:
-        await ctx.changes.change(endpoints, mode, percent, actor, reason, forced=force and ctx.view.enforce_blocked)
+        await ctx.changes.change(endpoints, mode, percent, actor, reason, forced=force and bool(holding))
     except StoreUnavailable as exc:
         log_event(log, logging.WARNING, "mode_change_failed", error=str(exc)[:200])
         return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
@@ -166,15 +190,92 @@ async def put_mode(request: web.Request) -> web.Response:
 
 
 async def get_history(request: web.Request) -> web.Response:
+    """Newest first; ``endpoint`` keeps the entries about that endpoint (and those about all of them)."""
     ctx = request.app[OPS]
     text = request.query.get("limit", "100")
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= HISTORY_LIMIT:  # "²".isdigit() is True
         return problem(400, "bad-request", "Bad Request", f"'limit' must be an integer from 1 to {HISTORY_LIMIT}")
+    endpoint = request.query.get("endpoint")
+    if endpoint is not None and ctx.view.catalog.endpoint(endpoint) is None:
+        return problem(400, "bad-request", "Bad Request",
+                       f"'endpoint' must be one of {list(ctx.view.catalog.endpoint_names)}")
     try:
-        entries = await ctx.changes.history(int(text))
+        entries = await ctx.changes.history(HISTORY_LIMIT if endpoint else int(text))
     except StoreUnavailable:
         return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
+    if endpoint is not None:
+        entries = [e for e in entries if e.endpoint in (None, endpoint)][:int(text)]
     return _json({"entries": [entry.to_obj() for entry in entries]})
+
+
+async def get_blocks(request: web.Request) -> web.Response:
+    """Every enforce block: which alert, for which endpoint (null: all), since when."""
+    ctx = request.app[OPS]
+    blocks = sorted(ctx.view.blocks.values(), key=lambda b: (b.since, b.fingerprint))
+    return _json({"enforce_blocked": ctx.view.enforce_blocked, "blocks": [_block(b) for b in blocks]})
+
+
+async def delete_block(request: web.Request) -> web.Response:
+    """Clear one block by fingerprint (a resolve Alertmanager lost); ``reason`` required, written to history."""
+    ctx = request.app[OPS]
+    denied = _authorize(request, ctx.token)
+    if denied is not None:
+        return denied
+    fingerprint = request.match_info["fingerprint"]
+    try:
+        reason, actor = _reason_and_actor(await request.read())
+    except BadRequest as exc:
+        return problem(400, "bad-request", "Bad Request", str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
+    try:
+        cleared = await ctx.changes.clear_block(fingerprint, actor, reason)
+    except StoreUnavailable:
+        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
+    if cleared is None:
+        return problem(404, "no-such-block", "Not Found",
+                       f"no enforce block has fingerprint {safe_text(fingerprint, 80)!r}")
+    return _json({"cleared": _block(cleared), "enforce_blocked": ctx.view.enforce_blocked})
+
+
+def _reason_and_actor(raw: bytes) -> tuple[str, str]:
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        raise BadRequest("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    unknown = set(body) - {"reason", "actor"}
+    if unknown:
+        raise BadRequest(f"unknown field(s): {sorted(safe_text(k, 40) for k in unknown)}")
+    return _text(body, "reason", MAX_REASON, required=True) or "", _text(body, "actor", MAX_ACTOR,
+                                                                          required=False) or "api"
+
+
+async def post_reload(request: web.Request) -> web.Response:
+    """Re-read --config: 200 with the version and what changed, or 400 naming every problem (nothing changed)."""
+    ctx = request.app[OPS]
+    denied = _authorize(request, ctx.token)
+    if denied is not None:
+        return denied
+    outcome = await ctx.catalogs.reload("api")
+    if not outcome.ok:
+        return problem(400, "catalog-refused", "Catalog refused",
+                       f"the catalog was not reloaded: {outcome.problems[0]}", problems=list(outcome.problems),
+                       version=outcome.version)
+    ctx.catalogs.reload_all_workers()
+    return _json(outcome.as_json())
+
+
+async def get_catalog(request: web.Request) -> web.Response:
+    """The catalog this process serves: version, file, stages, aliases, endpoints."""
+    ctx = request.app[OPS]
+    catalog = ctx.view.catalog
+    return _json({"version": ctx.catalogs.version, "file": str(ctx.catalogs.path) if ctx.catalogs.path else None,
+                  "default_mode": catalog.default_mode, "canonical": list(catalog.canonical),
+                  "aliases": dict(catalog.aliases), "case_sensitive_paths": catalog.case_sensitive_paths,
+                  "endpoints": [{"name": e.name, "method": e.method, "path": e.path, "field": e.field,
+                                 "required": e.required} for e in catalog.endpoints]})
 
 
 async def post_alertmanager(request: web.Request) -> web.Response:
@@ -182,7 +283,7 @@ async def post_alertmanager(request: web.Request) -> web.Response:
     denied = _authorize(request, ctx.token)
     if denied is not None:
         return denied
-    return await alerts.webhook(request, ctx.catalog, ctx.view, ctx.changes)
+    return await alerts.webhook(request, ctx.view.catalog, ctx.view, ctx.changes)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -232,5 +333,9 @@ def create_admin_app(ctx: OpsContext, *, max_body_bytes: int = ADMIN_MAX_BODY,
     app.router.add_put("/_ops/mode", put_mode)
     app.router.add_get("/_ops/mode/history", get_history)
     app.router.add_post("/_ops/alertmanager", post_alertmanager)
+    app.router.add_get("/_ops/blocks", get_blocks)
+    app.router.add_delete("/_ops/blocks/{fingerprint}", delete_block)
+    app.router.add_post("/_ops/reload", post_reload)
+    app.router.add_get("/_ops/catalog", get_catalog)
     app.router.add_get("/metrics", metrics)
     return app

@@ -23,6 +23,7 @@ SOURCES: Final = ("redis", "last_known", "state_file", "default", "memory")
 UPSTREAM_ERRORS: Final = ("refused", "reset", "timeout", "invalid")  # invalid: broke HTTP or the proxy's bounds
 REJECTION_REASONS: Final = ("unknown", "invalid", *UNREADABLE_STATUS)
 STORE_OPS: Final = ("load", "save", "publish")
+RELOAD_RESULTS: Final = ("ok", "refused")
 LISTENERS: Final = ("main", "admin")
 DROP_REASONS: Final = ("max_connections", "header_timeout", "body_timeout", "write_timeout")
 PASSTHROUGH: Final = "passthrough"
@@ -55,8 +56,14 @@ class Metrics:
                              multiprocess_mode=live)
         self.source = Gauge("stage_mode_source", "1 for where modes come from now", ["source"], registry=reg,
                             multiprocess_mode=live)
-        self.blocked = Gauge("stage_enforce_blocked", "1 while enforce is blocked", registry=reg,
-                             multiprocess_mode=live)
+        self.blocked = Gauge("stage_enforce_blocked", "1 while enforce is blocked for the endpoint", ["endpoint"],
+                             registry=reg, multiprocess_mode=live)
+        self.reloads = Counter("stage_config_reload_total", "Catalog reloads (SIGHUP, POST /_ops/reload)", ["result"],
+                               registry=reg)
+        # livemax: with --workers, a version any live worker still serves shows 1 (a reload that left one
+        # worker behind is visible as two versions at 1)
+        self.catalog_info = Gauge("stage_catalog_info", "1 for the catalog version served (short hash of the file)",
+                                  ["version"], registry=reg, multiprocess_mode="livemax")
         self.store = Histogram("stage_mode_store_seconds", "Mode store round trips", ["op"],
                                buckets=STORE_BUCKETS, registry=reg)
         self.connections = Gauge("stage_client_connections", "Open client connections", ["listener"], registry=reg,
@@ -77,8 +84,10 @@ class Metrics:
         self.store_children = {op: self.store.labels(op) for op in STORE_OPS}
         self.connection_children = {name: self.connections.labels(name) for name in LISTENERS}
         self.dropped_children = {(name, r): self.dropped.labels(name, r) for name in LISTENERS for r in DROP_REASONS}
+        self.reload_children = {r: self.reloads.labels(r) for r in RELOAD_RESULTS}
         self.set_source("default")
-        self.set_blocked(False)
+        for endpoint in self.endpoints:
+            self.set_blocked(endpoint, False)
 
     def set_mode(self, endpoint: str, mode: str, percent: float) -> None:
         for candidate in MODES:
@@ -89,8 +98,15 @@ class Metrics:
         for candidate in SOURCES:
             self.source.labels(candidate).set(1 if candidate == source else 0)
 
-    def set_blocked(self, blocked: bool) -> None:
-        self.blocked.set(1 if blocked else 0)
+    def set_blocked(self, endpoint: str, blocked: bool) -> None:
+        self.blocked.labels(endpoint).set(1 if blocked else 0)
+
+    def set_catalog(self, version: str, previous: str | None = None) -> None:
+        """Serve ``version``: its info series is 1, the previous one's 0 (kept, not removed: removal does not
+        reach the other workers' files in multiprocess mode)."""
+        if previous is not None and previous != version:
+            self.catalog_info.labels(previous).set(0)
+        self.catalog_info.labels(version).set(1)
 
     def observe_store(self, op: str, seconds: float) -> None:
         self.store_children[op].observe(seconds)

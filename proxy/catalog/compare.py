@@ -1,0 +1,98 @@
+"""Comparing two catalogs: what a reload would change, and what it may not change without a restart.
+
+Pure, like the rest of proxy.catalog. The proxy (``POST /_ops/reload``, SIGHUP)
+and ``stagectl catalog check --against`` use the same rules (docs/catalog.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.catalog.stages import Catalog
+
+
+def catalog_version(text: str) -> str:
+    """A short, stable name for a catalog file's content: the first 12 hex digits of its SHA-256."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class CatalogChanges:
+    """What differs between the running catalog and a new one."""
+
+    aliases_added: dict[str, str] = field(default_factory=dict)
+    aliases_removed: dict[str, str] = field(default_factory=dict)
+    aliases_retargeted: dict[str, tuple[str, str]] = field(default_factory=dict)  # alias -> (old, new) target
+    canonical_added: list[str] = field(default_factory=list)
+    canonical_removed: list[str] = field(default_factory=list)
+    endpoints_changed: list[str] = field(default_factory=list)  # same name, new method/path/field/required
+    case_sensitive_paths: tuple[bool, bool] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.aliases_added or self.aliases_removed or self.aliases_retargeted or self.canonical_added
+                    or self.canonical_removed or self.endpoints_changed or self.case_sensitive_paths)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"aliases_added": self.aliases_added, "aliases_removed": self.aliases_removed,
+                "aliases_retargeted": {k: {"from": a, "to": b} for k, (a, b) in self.aliases_retargeted.items()},
+                "canonical_added": self.canonical_added, "canonical_removed": self.canonical_removed,
+                "endpoints_changed": self.endpoints_changed,
+                "case_sensitive_paths": list(self.case_sensitive_paths) if self.case_sensitive_paths else None}
+
+
+def compare(old: Catalog, new: Catalog) -> CatalogChanges:
+    old_aliases, new_aliases = dict(old.aliases), dict(new.aliases)
+    old_endpoints = {e.name: e for e in old.endpoints}
+    return CatalogChanges(
+        aliases_added={k: v for k, v in new_aliases.items() if k not in old_aliases},
+        aliases_removed={k: v for k, v in old_aliases.items() if k not in new_aliases},
+        aliases_retargeted={k: (old_aliases[k], v) for k, v in new_aliases.items()
+                            if k in old_aliases and old_aliases[k] != v},
+        canonical_added=[s for s in new.canonical if s not in old.canonical_set],
+        canonical_removed=[s for s in old.canonical if s not in new.canonical_set],
+        endpoints_changed=[e.name for e in new.endpoints if e.name in old_endpoints and old_endpoints[e.name] != e],
+        case_sensitive_paths=((old.case_sensitive_paths, new.case_sensitive_paths)
+                              if old.case_sensitive_paths != new.case_sensitive_paths else None),
+    )
+
+
+def reload_problems(old: Catalog, new: Catalog) -> list[str]:
+    """Why ``new`` cannot replace ``old`` in a running proxy (empty: it can).
+
+    Endpoints are the unit of modes, metrics and history: one that disappears,
+    is renamed or appears needs a restart, like a change of ``default_mode``
+    (it decides the mode of every endpoint without a stored one).
+    """
+    problems = []
+    old_names, new_names = set(old.endpoint_names), set(new.endpoint_names)
+    if old_names - new_names:
+        problems.append(f"endpoint(s) {sorted(old_names - new_names)} removed or renamed: that takes a restart "
+                        "(modes, metrics and history are per endpoint)")
+    if new_names - old_names:
+        problems.append(f"endpoint(s) {sorted(new_names - old_names)} added: that takes a restart "
+                        "(modes, metrics and history are per endpoint)")
+    if old.default_mode != new.default_mode:
+        problems.append(f"default_mode changed from {old.default_mode!r} to {new.default_mode!r}: that takes a "
+                        "restart (it decides the mode of every endpoint without a stored one)")
+    return problems
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What one reload did: swapped in ``version`` (``ok``), or refused it for ``problems``."""
+
+    ok: bool
+    version: str  # the version served afterwards
+    previous: str
+    changes: CatalogChanges | None = None
+    problems: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        if not self.ok:
+            return {"result": "refused", "version": self.version, "problems": list(self.problems)}
+        return {"result": "ok", "version": self.version, "previous_version": self.previous,
+                "changed": self.version != self.previous,
+                "changes": self.changes.as_json() if self.changes else None}
