@@ -12,7 +12,8 @@ import orjson
 from proxy.shared.secrets import mask_url
 from tools.errors import EXIT_AUTH, EXIT_BLOCKED, EXIT_FAILED, EXIT_STORE, EXIT_USAGE, CommandError, network_reason
 
-STATUS_EXIT: Final = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 409: EXIT_BLOCKED, 503: EXIT_STORE}
+STATUS_EXIT: Final = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT_USAGE, 409: EXIT_BLOCKED,
+                      503: EXIT_STORE}
 DEFAULT_ADMIN_URL: Final = "http://127.0.0.1:9901"
 
 
@@ -58,6 +59,9 @@ async def call(session: aiohttp.ClientSession, method: str, url: str, body: dict
         raise CommandError(f"{url} answered {status} with a body that is not JSON") from None
     if status >= 400:
         detail = data.get("detail") if isinstance(data, dict) else None
+        problems = data.get("problems") if isinstance(data, dict) else None
+        if isinstance(problems, list) and len(problems) > 1:  # a refused catalog: every problem, still one line
+            detail = f"{detail}; also: {'; '.join(str(p) for p in problems[1:])}"
         raise CommandError(f"{method} {url}: {status} {detail or ''}".strip(), STATUS_EXIT.get(status, EXIT_FAILED))
     if not isinstance(data, dict):
         raise CommandError(f"{url} answered with unexpected JSON")

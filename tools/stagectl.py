@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TextIO
 import orjson
 
 from proxy.shared.secrets import mask_text
-from tools import admin_api, migrate_cli, offenders, week0_cli, week4_cli
+from tools import migrate_cli, offenders, ops_cli, week0_cli, week4_cli
 from tools.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 
 
@@ -26,43 +26,35 @@ class _Parser(argparse.ArgumentParser):
         raise CommandError(message, EXIT_USAGE)
 
 
-def _mode_options(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
-    """Accepted before or after get/set; after, they must not reset what came before."""
-    def default(value: object) -> object:
-        return argparse.SUPPRESS if inherited else value
-    parser.add_argument("--admin-url", default=default(None),
-                        help="admin listener URL (default $STAGE_ADMIN_URL or http://127.0.0.1:9901)")
-    parser.add_argument("--json", action="store_true", default=default(False),
-                        help="print the API's JSON instead of a table")
-    parser.add_argument("--timeout-s", type=float, default=default(5.0), help="HTTP timeout (default 5)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stagectl", description="stagegate rollout tools: the runbook as commands.",
                      epilog="exit codes: 0 ok, 1 a service unreachable or a check failed, 2 usage or rejected "
                             "input, 130 interrupted; 3-6 mean something per command (COMMAND --help, and "
                             "docs/reference.md)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    mode = commands.add_parser("mode", help="read or change endpoint modes through the proxy's _ops API",
-                               description="Exit 0 ok, 1 proxy unreachable, 2 rejected, 3 token refused, 4 enforce "
-                                           "blocked (--force overrides), 5 the proxy's mode store is unavailable.")
-    _mode_options(mode, inherited=False)
-    actions = mode.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    _mode_options(actions.add_parser("get", help="show every endpoint's mode, the source and the enforce block"),
-                  inherited=True)
-    mode.set_defaults(handler=run_mode)
-    change = actions.add_parser("set", help="change a mode (token from $STAGE_OPS_TOKEN)")
-    _mode_options(change, inherited=True)
-    change.add_argument("endpoint", help="endpoint name, or '*' for all")
-    change.add_argument("mode", choices=["off", "warn", "enforce"])
-    change.add_argument("--percent", type=float, help="canary share for enforce, 0-100 (default 100)")
-    change.add_argument("--reason", required=True, help="why (recorded with the change)")
-    change.add_argument("--actor", default=None, help="who (default $USER)")
-    change.add_argument("--force", action="store_true", help="enforce even while enforce is blocked")
-    offenders = commands.add_parser("offenders", help="top consumers and values per endpoint from the proxy's logs")
+    ops_cli.register(commands)
+    offenders = commands.add_parser("offenders", help="top consumers and values per endpoint from the proxy's logs",
+                                    description="Aliases, unknowns and invalid/unreadable values ranked apart, "
+                                                "counts marked as a lower bound when the flood guard suppressed "
+                                                "lines (docs/offenders.md). Exit 0 ok, 2 a bad flag, an unreadable "
+                                                "LOG or catalog.")
     offenders.add_argument("logs", nargs="+", metavar="LOG", help="proxy JSON log files; '-' reads standard input")
     offenders.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
     offenders.add_argument("--json", action="store_true", help="machine-readable output")
+    offenders.add_argument("--endpoint", action="append", metavar="NAME", help="only this endpoint (repeatable)")
+    offenders.add_argument("--result", action="append", metavar="R",
+                           help="only this result: alias, unknown, invalid or unreadable (repeatable)")
+    offenders.add_argument("--since", metavar="WHEN",
+                           help="only lines from WHEN on: RFC 3339 (2026-12-01T00:00:00Z) or a duration back from "
+                                "now (30m, 24h, 7d)")
+    offenders.add_argument("--suggest-aliases", action="store_true",
+                           help="propose catalog alias lines for frequent unknown values a typo or two from one "
+                                "stage (needs --config)")
+    offenders.add_argument("--config", metavar="PATH",
+                           help="the catalog TOML the proxy runs with (default $STAGE_CONFIG with "
+                                "--suggest-aliases); --endpoint names are checked against it")
+    offenders.add_argument("--min-count", type=int, default=5, metavar="N",
+                           help="suggest aliases only for values logged at least N times (default 5)")
     offenders.set_defaults(handler=run_offenders)
     migrate_cli.register(commands)
     week0_cli.register(commands)
@@ -70,51 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def render_table(view: Mapping[str, Any]) -> str:
-    """The GET /_ops/mode body as a table for humans."""
-    rows = [("ENDPOINT", "MODE", "PERCENT", "UPDATED", "BY", "REASON")]
-    for name, record in view["endpoints"].items():
-        percent = f"{record['percent']:g}" if record["mode"] == "enforce" else "-"
-        rows.append((name, record["mode"], percent, record.get("updated_at") or "-", record.get("updated_by") or "-",
-                     record.get("reason") or "-"))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + str(row[-1])
-             for row in rows]
-    blocked = "yes" if view.get("enforce_blocked") else "no"
-    return "\n".join([*lines, "", f"source: {view['source']}   enforce blocked: {blocked}"])
-
-
-async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    if args.timeout_s <= 0:
-        raise CommandError("--timeout-s must be positive", EXIT_USAGE)
-    url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/mode"
-    async with admin_api.session(args.timeout_s) as session:
-        if args.action == "get":
-            view = await admin_api.call(session, "GET", url)
-        else:
-            if args.percent is not None and not 0 <= args.percent <= 100:
-                raise CommandError("--percent must be between 0 and 100", EXIT_USAGE)
-            token = admin_api.ops_token(environ, "mode set")
-            body: dict[str, Any] = {"endpoint": args.endpoint, "mode": args.mode, "reason": args.reason,
-                                    "actor": args.actor or environ.get("USER") or "stagectl", "force": args.force}
-            if args.percent is not None:
-                body["percent"] = args.percent
-            view = await admin_api.call(session, "PUT", url, body, token)
-    print(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() if args.json else render_table(view))
-    return EXIT_OK
-
-
 async def run_offenders(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.top < 1:
         raise CommandError("--top must be at least 1", EXIT_USAGE)
+    if args.min_count < 1:
+        raise CommandError("--min-count must be at least 1", EXIT_USAGE)
+    config = args.config or (environ.get("STAGE_CONFIG") if args.suggest_aliases else None)
+    if args.suggest_aliases and not config:
+        raise CommandError("--suggest-aliases needs --config PATH (the catalog TOML the proxy runs with) or "
+                           "$STAGE_CONFIG", EXIT_USAGE)
+    catalog = migrate_cli.load_catalog(config, environ) if config else None
     try:
-        report = offenders.build(args.logs)
+        filters = offenders.make_filters(args.endpoint, args.result, args.since, catalog)
+    except ValueError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
+    try:
+        report = offenders.build(args.logs, filters=filters)
     except OSError as exc:
         raise CommandError(f"cannot read {exc.filename!r}: {exc.strerror}", EXIT_USAGE) from None
+    suggestions = offenders.suggest(report, catalog, args.min_count) if args.suggest_aliases and catalog else None
     if args.json:
-        print(orjson.dumps(offenders.as_json(report, args.top), option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps(offenders.as_json(report, args.top, suggestions), option=orjson.OPT_INDENT_2).decode())
     else:
-        print(offenders.as_text(report, args.top))
+        print(offenders.render(report, args.top, suggestions=suggestions, min_count=args.min_count,
+                               config=config or ""))
     return EXIT_OK
 
 

@@ -1,0 +1,388 @@
+"""``stagectl mode``, ``blocks`` and ``catalog``: the proxy's modes, enforce blocks and catalog, through its
+``_ops`` API — and a catalog file checked offline with the proxy's own code (docs/ops-plane.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import orjson
+
+from proxy.catalog.compare import catalog_version, compare, reload_problems
+from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog
+from tools import admin_api
+from tools.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
+
+MODE_EXITS = ("Exit 0 ok, 1 proxy unreachable, 2 rejected (or not confirmed), 3 token refused, 4 enforce blocked "
+              "(--force overrides), 5 the proxy's mode store is unavailable.")
+
+
+def admin_options(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
+    """Accepted before or after the action; after, they must not reset what came before."""
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if inherited else value
+    parser.add_argument("--admin-url", default=default(None),
+                        help="admin listener URL (default $STAGE_ADMIN_URL or http://127.0.0.1:9901)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print the API's JSON instead of a table")
+    parser.add_argument("--timeout-s", type=float, default=default(5.0), help="HTTP timeout (default 5)")
+
+
+def _group(commands: Any, name: str, help_text: str, description: str) -> Any:
+    group = commands.add_parser(name, help=help_text, description=description)
+    admin_options(group, inherited=False)
+    return group, group.add_subparsers(dest="action", required=True, parser_class=type(group))
+
+
+def _action(actions: Any, name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text, description=help_text)
+    admin_options(parser, inherited=True)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def register(commands: Any) -> None:
+    _, actions = _group(commands, "mode", "read or change endpoint modes through the proxy's _ops API", MODE_EXITS)
+    _action(actions, "get", "show every endpoint's mode, the source and the alerts blocking its enforce", run_mode)
+    change = _action(actions, "set", "change a mode (token from $STAGE_OPS_TOKEN)", run_mode)
+    change.add_argument("endpoint", help="endpoint name, or '*' for all")
+    change.add_argument("mode", choices=["off", "warn", "enforce"])
+    change.add_argument("--percent", type=float, help="canary share for enforce, 0-100 (default 100)")
+    change.add_argument("--reason", required=True, help="why (recorded with the change)")
+    change.add_argument("--actor", default=None, help="who (default $USER)")
+    change.add_argument("--force", action="store_true", help="enforce even while an alert blocks it")
+    change.add_argument("--yes", action="store_true",
+                        help="confirm a big switch (enforce on every endpoint, or at 100%% on one now in off/warn) "
+                             "without a prompt; needed when stdin is not a terminal")
+    change.add_argument("--dry-run", action="store_true", help="print the change as a diff of modes; change nothing")
+    history = _action(actions, "history", "the mode history, newest first: changes, blocks, who and why",
+                      run_history)
+    history.add_argument("--endpoint", help="only entries about this endpoint (and those about all of them)")
+    history.add_argument("--limit", type=int, default=20, help="entries to show (default 20, at most 1000)")
+
+    _, blocks = _group(commands, "blocks", "the alerts blocking enforce, and clearing one whose resolve was lost",
+                       "Exit 0 ok, 1 proxy unreachable, 2 rejected or no such block, 3 token refused, 5 the "
+                       "proxy's mode store is unavailable.")
+    _action(blocks, "list", "every enforce block: alert, endpoint (or all), since, fingerprint", run_blocks)
+    clear = _action(blocks, "clear", "remove one block by fingerprint (token from $STAGE_OPS_TOKEN); recorded in "
+                                     "the mode history", run_blocks)
+    clear.add_argument("fingerprint", help="the block's fingerprint (stagectl blocks list)")
+    clear.add_argument("--reason", required=True, help="why (recorded in the history)")
+    clear.add_argument("--actor", default=None, help="who (default $USER)")
+
+    catalog = commands.add_parser("catalog", help="check a catalog file offline, show or reload the running one",
+                                  description="Exit 0 ok, 1 proxy unreachable, 2 the catalog has problems (each on "
+                                              "its own line) or bad usage, 3 token refused.")
+    actions = catalog.add_subparsers(dest="action", required=True, parser_class=type(catalog))
+    check = actions.add_parser("check", help="validate FILE with the proxy's own rules (exit 0 ok, 2 problems)",
+                               description="Validate a catalog file with the code the proxy runs at start-up and "
+                                           "on reload. Exit 0 ok, 2 problems (each on its own line).")
+    check.add_argument("file", metavar="FILE", help="the catalog TOML to check")
+    check.add_argument("--against", metavar="RUNNING",
+                       help="the catalog running now: also apply the reload rules and print what would change")
+    check.add_argument("--json", action="store_true", help="machine-readable result")
+    check.set_defaults(handler=run_catalog_check)
+    show = actions.add_parser("show", help="the effective catalog: of --config FILE (or the built-in one), or of "
+                                           "the proxy at --admin-url")
+    admin_options(show, inherited=False)
+    show.add_argument("--config", metavar="FILE", help="a catalog file (default: the built-in catalog)")
+    show.set_defaults(handler=run_catalog_show)
+    reload = actions.add_parser("reload", help="make the proxy re-read its --config (token from $STAGE_OPS_TOKEN)")
+    admin_options(reload, inherited=False)
+    reload.set_defaults(handler=run_catalog_reload)
+
+
+def _check_timeout(args: argparse.Namespace) -> None:
+    if args.timeout_s <= 0:
+        raise CommandError("--timeout-s must be positive", EXIT_USAGE)
+
+
+def _actor(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    return str(args.actor or environ.get("USER") or "stagectl")
+
+
+def _dump(data: object) -> str:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+
+
+def table(rows: Sequence[Sequence[object]]) -> list[str]:
+    """Aligned columns; the last one (free text) is not padded."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]) - 1)]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
+            for row in cells]
+
+
+def _blocked_by(record: Mapping[str, Any]) -> str:
+    names = [b["alertname"] + (" (all)" if b.get("all_endpoints") else "") for b in record.get("blocked_by") or []]
+    return ", ".join(names) or "-"
+
+
+def render_table(view: Mapping[str, Any]) -> str:
+    """The GET /_ops/mode body as a table for humans."""
+    rows: list[Sequence[object]] = [("ENDPOINT", "MODE", "PERCENT", "BLOCKED BY", "UPDATED", "BY", "REASON")]
+    for name, record in view["endpoints"].items():
+        percent = f"{record['percent']:g}" if record["mode"] == "enforce" else "-"
+        rows.append((name, record["mode"], percent, _blocked_by(record), record.get("updated_at") or "-",
+                     record.get("updated_by") or "-", record.get("reason") or "-"))
+    blocked = "yes" if view.get("enforce_blocked") else "no"
+    return "\n".join([*table(rows), "", f"source: {view['source']}   enforce blocked: {blocked}"])
+
+
+def _label(record: Mapping[str, Any]) -> str:
+    return f"enforce {record['percent']:g}%" if record["mode"] == "enforce" else str(record["mode"])
+
+
+def planned(view: Mapping[str, Any], endpoint: str, mode: str, percent: float | None) -> dict[str, tuple[str, str]]:
+    """Every endpoint as (now, after) labels, e.g. ('warn', 'enforce 100%')."""
+    endpoints: Mapping[str, Any] = view["endpoints"]
+    if endpoint != "*" and endpoint not in endpoints:
+        raise CommandError(f"unknown endpoint {endpoint!r}: the proxy serves {', '.join(endpoints)}", EXIT_USAGE)
+    after = f"enforce {100.0 if percent is None else percent:g}%" if mode == "enforce" else mode
+    return {name: (_label(record), after if endpoint in ("*", name) else _label(record))
+            for name, record in endpoints.items()}
+
+
+def mode_diff(plan: Mapping[str, tuple[str, str]]) -> str:
+    width = max(len(name) for name in plan)
+    lines = ["--- modes now", "+++ modes after"]
+    for name, (now, after) in plan.items():
+        if now == after:
+            lines.append(f"  {name.ljust(width)}  {now}")
+        else:
+            lines += [f"- {name.ljust(width)}  {now}", f"+ {name.ljust(width)}  {after}"]
+    return "\n".join(lines)
+
+
+def big_switch(view: Mapping[str, Any], endpoint: str, mode: str, percent: float | None) -> str | None:
+    """Why this change needs a confirmation, or None: enforce on every endpoint at once, or enforce at 100 % on
+    an endpoint that is in off or warn now (no canary step in between)."""
+    if mode != "enforce":
+        return None
+    if endpoint == "*":
+        return "this turns enforce on for every endpoint at once"
+    if (percent is None or percent >= 100) and view["endpoints"][endpoint]["mode"] in ("off", "warn"):
+        return f"this takes {endpoint} from {view['endpoints'][endpoint]['mode']} straight to enforce at 100% " \
+               "(no canary step)"
+    return None
+
+
+def _confirm(why: str, args: argparse.Namespace) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandError(f"{why}; pass --yes to confirm (stdin is not a terminal), or --dry-run to see it",
+                           EXIT_USAGE)
+    print(f"{why}.\nType yes to go ahead: ", end="", flush=True)  # input()'s own prompt would go to stderr
+    answer = input().strip().lower()
+    if answer != "yes":
+        raise CommandError("not confirmed: nothing changed", EXIT_USAGE)
+
+
+async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    _check_timeout(args)
+    url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/mode"
+    async with admin_api.session(args.timeout_s) as session:
+        if args.action == "get":
+            view = await admin_api.call(session, "GET", url)
+            print(_dump(view) if args.json else render_table(view))
+            return EXIT_OK
+        if args.percent is not None and not 0 <= args.percent <= 100:
+            raise CommandError("--percent must be between 0 and 100", EXIT_USAGE)
+        token = None if args.dry_run else admin_api.ops_token(environ, "mode set")
+        now = await admin_api.call(session, "GET", url)
+        plan = planned(now, args.endpoint, args.mode, args.percent)
+        if args.dry_run:
+            print(mode_diff(plan))
+            print("(dry run: nothing changed)")
+            return EXIT_OK
+        why = big_switch(now, args.endpoint, args.mode, args.percent)
+        if why:
+            _confirm(why, args)
+        body: dict[str, Any] = {"endpoint": args.endpoint, "mode": args.mode, "reason": args.reason,
+                                "actor": _actor(args, environ), "force": args.force}
+        if args.percent is not None:
+            body["percent"] = args.percent
+        view = await admin_api.call(session, "PUT", url, body, token)
+    print(_dump(view) if args.json else render_table(view))
+    return EXIT_OK
+
+
+def _change(entry: Mapping[str, Any]) -> str:
+    action = entry.get("action")
+    if action == "mode":
+        percent = entry.get("percent")
+        enforce = entry.get("to") == "enforce" and percent is not None
+        to = f"enforce {percent:g}%" if enforce else entry.get("to")
+        return f"{entry.get('from') or '?'} -> {to}" + (" (forced)" if entry.get("forced") else "")
+    if action in ("block_enforce", "unblock_enforce"):
+        verb = "blocked by" if action == "block_enforce" else "unblocked:"
+        return f"{verb} {entry.get('alertname') or '?'}"
+    return str(action)
+
+
+def render_history(entries: Sequence[Mapping[str, Any]]) -> str:
+    if not entries:
+        return "no history yet"
+    rows: list[Sequence[object]] = [("AT", "ENDPOINT", "CHANGE", "BY", "REASON")]
+    for entry in entries:
+        rows.append((entry.get("at") or "-", entry.get("endpoint") or "(all)", _change(entry),
+                     f"{entry.get('actor') or '-'} ({entry.get('source') or '-'})", entry.get("reason") or "-"))
+    return "\n".join(table(rows))
+
+
+async def run_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    _check_timeout(args)
+    if not 1 <= args.limit <= 1000:
+        raise CommandError("--limit must be from 1 to 1000", EXIT_USAGE)
+    query = {"limit": str(args.limit), **({"endpoint": args.endpoint} if args.endpoint else {})}
+    url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/mode/history?{urlencode(query)}"
+    async with admin_api.session(args.timeout_s) as session:
+        data = await admin_api.call(session, "GET", url)
+    print(_dump(data) if args.json else render_history(data.get("entries") or []))
+    return EXIT_OK
+
+
+def render_blocks(data: Mapping[str, Any]) -> str:
+    blocks = data.get("blocks") or []
+    if not blocks:
+        return "no enforce blocks"
+    rows: list[Sequence[object]] = [("FINGERPRINT", "ALERT", "ENDPOINT", "SINCE")]
+    rows += [(b["fingerprint"], b["alertname"], b.get("endpoint") or "(all)", b.get("since") or "-") for b in blocks]
+    return "\n".join(table(rows))
+
+
+async def run_blocks(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    _check_timeout(args)
+    base = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/blocks"
+    async with admin_api.session(args.timeout_s) as session:
+        if args.action == "list":
+            data = await admin_api.call(session, "GET", base)
+            print(_dump(data) if args.json else render_blocks(data))
+            return EXIT_OK
+        token = admin_api.ops_token(environ, "blocks clear")
+        data = await admin_api.call(session, "DELETE", f"{base}/{quote(args.fingerprint, safe='')}",
+                                    {"reason": args.reason, "actor": _actor(args, environ)}, token)
+    if args.json:
+        print(_dump(data))
+    else:
+        cleared = data["cleared"]
+        where = cleared.get("endpoint") or "all endpoints"
+        still = "yes" if data.get("enforce_blocked") else "no"
+        print(f"cleared {cleared['fingerprint']}: {cleared['alertname']} on {where}; enforce still blocked "
+              f"somewhere: {still}")
+    return EXIT_OK
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CommandError(f"{what} {path!r} is not UTF-8 text", EXIT_USAGE) from None
+    except OSError as exc:
+        raise CommandError(f"cannot read {what} {path!r}: {exc.strerror}", EXIT_USAGE) from None
+
+
+def _checked(path: str, what: str) -> tuple[Catalog, str]:
+    text = _read(path, what)
+    catalog, problems = check_catalog(text)
+    if catalog is None:
+        raise CommandError(f"{what} {path!r} is not a valid catalog: {problems[0]}", EXIT_USAGE)
+    return catalog, text
+
+
+def summary(catalog: Catalog, version: str) -> dict[str, Any]:
+    return {"version": version, "default_mode": catalog.default_mode, "canonical": list(catalog.canonical),
+            "aliases": dict(catalog.aliases), "case_sensitive_paths": catalog.case_sensitive_paths,
+            "endpoints": [{"name": e.name, "method": e.method, "path": e.path, "field": e.field,
+                           "required": e.required} for e in catalog.endpoints]}
+
+
+async def run_catalog_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    text = _read(args.file, "catalog")
+    catalog, problems = check_catalog(text)
+    changes = None
+    if catalog is not None and args.against:
+        running, _ = _checked(args.against, "--against")
+        problems = reload_problems(running, catalog)
+        changes = compare(running, catalog)
+    version = catalog_version(text)
+    if args.json:
+        print(_dump({"file": args.file, "ok": not problems, "version": version, "problems": problems,
+                     "changes": changes.as_json() if changes else None}))
+    elif problems:
+        for problem in problems:
+            print(f"{args.file}: {problem}")
+    else:
+        print(f"{args.file}: ok, version {version}: {len(catalog.canonical) if catalog else 0} canonical stages, "
+              f"{len(catalog.aliases) if catalog else 0} aliases, {len(catalog.endpoints) if catalog else 0} "
+              "endpoints")
+        if changes is not None:
+            print(describe_changes(changes.as_json()))
+    if problems:
+        what = "a reload would refuse it" if args.against and catalog is not None else "the proxy would refuse it"
+        raise CommandError(f"{args.file}: {len(problems)} problem(s); {what}", EXIT_USAGE)
+    return EXIT_OK
+
+
+def describe_changes(changes: Mapping[str, Any]) -> str:
+    """What a reload would change, one line per fact (``nothing changes`` when the files mean the same)."""
+    lines = [f"  alias added: {k!r} -> {v}" for k, v in changes["aliases_added"].items()]
+    lines += [f"  alias removed: {k!r} (was -> {v})" for k, v in changes["aliases_removed"].items()]
+    lines += [f"  alias retargeted: {k!r} {d['from']} -> {d['to']}" for k, d in changes["aliases_retargeted"].items()]
+    lines += [f"  canonical stage added: {s}" for s in changes["canonical_added"]]
+    lines += [f"  canonical stage removed: {s}" for s in changes["canonical_removed"]]
+    lines += [f"  endpoint changed: {name}" for name in changes["endpoints_changed"]]
+    if changes.get("case_sensitive_paths"):
+        old, new = changes["case_sensitive_paths"]
+        lines.append(f"  case_sensitive_paths: {old} -> {new}")
+    return "\n".join(["against the running catalog:", *(lines or ["  nothing changes"])])
+
+
+def render_catalog(data: Mapping[str, Any]) -> str:
+    lines = [f"version {data['version']}" + (f" ({data['file']})" if data.get("file") else ""),
+             f"default mode: {data['default_mode']}   case-sensitive paths: {data['case_sensitive_paths']}", "",
+             "canonical stages: " + ", ".join(data["canonical"]), "", f"aliases ({len(data['aliases'])}):"]
+    lines += [f"  {alias!r} -> {target}" for alias, target in sorted(data["aliases"].items())]
+    lines += ["", *table([("ENDPOINT", "METHOD", "PATH", "FIELD", "REQUIRED")]
+                         + [(e["name"], e["method"], e["path"], e["field"], "yes" if e["required"] else "no")
+                            for e in data["endpoints"]])]
+    return "\n".join(lines)
+
+
+async def run_catalog_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    _check_timeout(args)
+    if args.config and args.admin_url:
+        raise CommandError("--config and --admin-url exclude each other: a file, or the running proxy", EXIT_USAGE)
+    if args.admin_url:
+        async with admin_api.session(args.timeout_s) as session:
+            data = await admin_api.call(session, "GET", f"{admin_api.admin_url(args.admin_url, environ)}/_ops/catalog")
+    else:
+        catalog, text = _checked(args.config, "--config") if args.config else (None, DEFAULT_CATALOG_TOML)
+        if catalog is None:
+            catalog, _ = check_catalog(text)
+            assert catalog is not None  # the built-in catalog is checked by the test suite
+        data = {**summary(catalog, catalog_version(text)), "file": args.config}
+    print(_dump(data) if args.json else render_catalog(data))
+    return EXIT_OK
+
+
+async def run_catalog_reload(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    _check_timeout(args)
+    url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/reload"
+    token = admin_api.ops_token(environ, "catalog reload")
+    async with admin_api.session(args.timeout_s) as session:
+        data = await admin_api.call(session, "POST", url, None, token)
+    if args.json:
+        print(_dump(data))
+        return EXIT_OK
+    if not data.get("changed"):
+        print(f"reloaded: version {data['version']}, unchanged")
+    else:
+        print(f"reloaded: version {data['previous_version']} -> {data['version']}")
+        print(describe_changes(data["changes"]))
+    return EXIT_OK if data.get("result") == "ok" else EXIT_FAILED
