@@ -2,7 +2,7 @@
 
 Why not ``aiohttp.ClientSession``: it builds a request object, a URL, cookie
 and tracing machinery and a timer per request, which made it the largest cost
-of the proxy (bench/results: ~2.5x the req/s with this client). A sidecar talks
+of the proxy (about 1.6x the req/s with this client: docs/adr/0003). A sidecar talks
 to exactly one origin with requests it has already validated, so the client can
 be small: write the request head and body, parse the answer with ``httptools``
 (the llhttp parser uvicorn uses), hand the body over with back-pressure.
