@@ -383,3 +383,17 @@ async def test_real_proxy_log_suggests_the_typos(upstream: Upstream, redis_serve
     assert pasted.classify("Closed Wonn") == ("alias", "closed_won")
     assert pasted.classify("qualifed") == ("alias", "qualified")
     assert pasted.classify("banana") == ("unknown", None)
+
+
+def test_a_stage_with_a_prefix_or_suffix_is_not_a_typo() -> None:
+    """'unqualified' is 'qualified' plus a prefix: another word (the opposite), never proposed; one extra letter
+    is a typo and still is."""
+    from proxy.catalog.stages import default_catalog
+    from tools.offenders import _nearest, _targets
+
+    targets = _targets(default_catalog())
+    assert _nearest("unqualified", targets) is None
+    assert _nearest("qualified_x2", targets) is None
+    assert _nearest("qualifieds", targets) == (1, "qualified", "qualified")
+    assert _nearest("closed_wonn", targets) == (1, "closed_won", "closed_won")
+    assert _nearest("qualifed", targets) == (1, "qualified", "qualified")

@@ -325,3 +325,37 @@ async def test_catalog_show_and_reload_through_the_cli(make_proxy: ProxyFactory,
     assert result.returncode == 2 and "not valid TOML" in result.stderr
     result = await stagectl("catalog", "reload", "--admin-url", run.admin_url, token="wrong")
     assert result.returncode == 3
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_sighup_while_starting_is_held_not_fatal(workers: int, upstream: Upstream, tmp_path: Path,
+                                                         redis_server: RedisServer, prefix: str,
+                                                         http: aiohttp.ClientSession) -> None:
+    """SIGHUP 20 ms and 150 ms after start (workers still importing): nobody dies; the held signal reloads once
+    the proxy serves, so an edit made before it applies."""
+    config = tmp_path / "catalog.toml"
+    config.write_text(DEFAULT_CATALOG_TOML)
+    extra = ("--workers", "2", "--redis-url", redis_server.url, "--redis-prefix", prefix) if workers > 1 else ()
+    proc, main, admin = spawn_proxy(upstream.url, "--config", str(config), *extra)
+    try:
+        for delay in (0.05, 0.15):
+            await asyncio.sleep(delay)
+            proc.send_signal(signal.SIGHUP)
+        config.write_text(WITH_SIGNED)  # the held SIGHUP may run before or after this: check the last reload below
+        await asyncio.to_thread(wait_for_port, main)
+        await asyncio.to_thread(wait_for_port, admin)
+        await asyncio.sleep(0.5)
+        assert proc.poll() is None
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == (2 if workers > 1 else 0)
+        proc.send_signal(signal.SIGHUP)  # after start-up: applies the edit everywhere
+
+        async def applied() -> bool:
+            text = await metrics_text(http, f"http://127.0.0.1:{admin}")
+            return sample(text, f'stage_catalog_info{{version="{catalog_version(WITH_SIGNED)}"}}') == 1 and \
+                sample(text, f'stage_catalog_info{{version="{catalog_version(DEFAULT_CATALOG_TOML)}"}}') == 0  # max
+        await wait_for(applied)
+    finally:
+        proc.terminate()
+        await asyncio.to_thread(proc.communicate, timeout=15)
+    assert proc.returncode == 0

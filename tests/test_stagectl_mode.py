@@ -117,11 +117,11 @@ async def test_a_canary_step_needs_no_confirmation(proxy: Running) -> None:
 
 
 def _on_a_terminal(args: list[str], answer: bytes) -> tuple[int, str]:
-    """Run stagectl with a pseudo-terminal as stdin and stdout; type ``answer`` at the prompt."""
+    """Run stagectl with a pseudo-terminal as stdin, stdout and stderr; type ``answer`` at the prompt."""
     primary, secondary = pty.openpty()
     env = {"PATH": "/usr/bin:/bin", "STAGE_OPS_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "tools.stagectl", *args], cwd=REPO, env=env, stdin=secondary,
-                            stdout=secondary, stderr=subprocess.PIPE)
+                            stdout=secondary, stderr=secondary)
     os.close(secondary)
     output = b""
     while b"Type yes" not in output:
@@ -129,15 +129,21 @@ def _on_a_terminal(args: list[str], answer: bytes) -> tuple[int, str]:
         assert chunk, output
         output += chunk
     os.write(primary, answer)
-    assert proc.stderr is not None
-    with proc.stderr:
-        err = proc.stderr.read().decode()
     code = proc.wait(30)
+    while True:  # the rest, until the terminal reports the other side closed
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
     os.close(primary)
-    return code, output.decode() + err
+    return code, output.decode()
 
 
-@pytest.mark.parametrize(("answer", "code", "mode"), [(b"no\n", 2, "off"), (b"yes\n", 0, "enforce")])
+@pytest.mark.parametrize(("answer", "code", "mode"), [(b"no\n", 2, "off"), (b"\x04", 2, "off"),
+                                                     (b"yes\n", 0, "enforce")])
 async def test_the_big_switch_asks_on_a_terminal(proxy: Running, answer: bytes, code: int, mode: str) -> None:
     """On a terminal the command says what it is about to do and waits for 'yes'."""
     args = ["mode", "--admin-url", proxy.admin_url, "set", "*", "enforce", "--reason", "all at once"]

@@ -286,12 +286,16 @@ def _targets(catalog: Catalog) -> dict[str, str]:
 
 def _nearest(key: str, targets: dict[str, str]) -> tuple[int, str, str] | None:
     """(distance, near, canonical) of the one stage ``key`` is a few typos from (the stage's own name before an alias
-    key at the same distance); None when none is, or when two stages are equally near (a person decides)."""
+    key at the same distance); None when none is, when two stages are equally near (a person decides), or when
+    the value is the stage with two or more letters added in front or behind ("unqualified": a word of its own,
+    often the opposite; one letter, "closed_wonn", is a typo)."""
     found: list[tuple[int, bool, str, str]] = []
     for target, canonical in targets.items():
         limit = max_distance(target)
         if abs(len(key) - len(target)) > limit:  # a lower bound of the distance: most pairs skip the loop
             continue
+        if len(key) >= len(target) + 2 and (key.startswith(target) or key.endswith(target)):
+            continue  # the stage plus a prefix or suffix is another word ("unqualified"), not a typo
         distance = edit_distance(key, target)
         if 0 < distance <= limit:
             found.append((distance, target != fold(canonical), target, canonical))

@@ -86,8 +86,8 @@ def register(commands: Any) -> None:
                        help="the catalog running now: also apply the reload rules and print what would change")
     check.add_argument("--json", action="store_true", help="machine-readable result")
     check.set_defaults(handler=run_catalog_check)
-    show = actions.add_parser("show", help="the effective catalog: of --config FILE (or the built-in one), or of "
-                                           "the proxy at --admin-url")
+    show = actions.add_parser("show", help="the effective catalog: of the proxy at --admin-url (or "
+                                           "$STAGE_ADMIN_URL), else of --config FILE (default: the built-in one)")
     admin_options(show, inherited=False)
     show.add_argument("--config", metavar="FILE", help="a catalog file (default: the built-in catalog)")
     show.set_defaults(handler=run_catalog_show)
@@ -165,9 +165,11 @@ def big_switch(view: Mapping[str, Any], endpoint: str, mode: str, percent: float
         return None
     if endpoint == "*":
         return "this turns enforce on for every endpoint at once"
-    if (percent is None or percent >= 100) and view["endpoints"][endpoint]["mode"] in ("off", "warn"):
-        return f"this takes {endpoint} from {view['endpoints'][endpoint]['mode']} straight to enforce at 100% " \
-               "(no canary step)"
+    record = view["endpoints"][endpoint]
+    enforcing_nobody = record["mode"] in ("off", "warn") or (record["mode"] == "enforce" and not record["percent"])
+    if (percent is None or percent >= 100) and enforcing_nobody:
+        now = "enforce at 0%" if record["mode"] == "enforce" else record["mode"]
+        return f"this takes {endpoint} from {now} straight to enforce at 100% (no canary step)"
     return None
 
 
@@ -177,8 +179,12 @@ def _confirm(why: str, args: argparse.Namespace) -> None:
     if not sys.stdin.isatty():
         raise CommandError(f"{why}; pass --yes to confirm (stdin is not a terminal), or --dry-run to see it",
                            EXIT_USAGE)
-    print(f"{why}.\nType yes to go ahead: ", end="", flush=True)  # input()'s own prompt would go to stderr
-    answer = input().strip().lower()
+    # On stderr, like input()'s own prompt: stdout may be a pipe (--json | jq) or a file.
+    print(f"{why}.\nType yes to go ahead: ", end="", flush=True, file=sys.stderr)
+    try:
+        answer = input().strip().lower()
+    except EOFError:
+        answer = ""
     if answer != "yes":
         raise CommandError("not confirmed: nothing changed", EXIT_USAGE)
 
@@ -358,7 +364,7 @@ async def run_catalog_show(args: argparse.Namespace, environ: Mapping[str, str])
     _check_timeout(args)
     if args.config and args.admin_url:
         raise CommandError("--config and --admin-url exclude each other: a file, or the running proxy", EXIT_USAGE)
-    if args.admin_url:
+    if args.admin_url or (environ.get("STAGE_ADMIN_URL") and not args.config):
         async with admin_api.session(args.timeout_s) as session:
             data = await admin_api.call(session, "GET", f"{admin_api.admin_url(args.admin_url, environ)}/_ops/catalog")
     else:

@@ -27,7 +27,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     """Run the proxy; 0 on clean shutdown, 2 on bad configuration, 1 on startup failure or a forced exit."""
     env = os.environ if environ is None else environ
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() installs its reload handler: never fatal
+        # Held, not lost, until serve() can reload: a blocked signal stays pending (and the mask is inherited by
+        # workers from birth), so a SIGHUP that arrives while starting is never fatal and reloads once ready.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         settings = load_settings(argv, env)
     except SettingsError as exc:

@@ -60,14 +60,17 @@ class Reloader:
     def reload_all_workers(self) -> None:
         """With --workers: the supervisor forwards SIGHUP to every worker (this one too: a no-op reload)."""
         if self._worker:
-            os.kill(os.getppid(), signal.SIGHUP)
+            try:
+                os.kill(os.getppid(), signal.SIGHUP)
+            except OSError as exc:  # this worker reloaded; say the others may not have, never fail the call
+                log_event(log, logging.WARNING, "catalog_reload_not_forwarded", error=str(exc)[:200])
 
     async def _reload(self) -> ReloadOutcome:
         current = self.version
         if self.path is None:
             return self._refused("the proxy runs the built-in catalog (no --config): there is no file to re-read")
         try:
-            text = (await asyncio.to_thread(self.path.read_bytes)).decode("utf-8")
+            text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")  # as at start-up: same version
         except OSError as exc:
             return self._refused(f"cannot read {self.path}: {exc.strerror or exc}")
         except UnicodeDecodeError:

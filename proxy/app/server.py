@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -233,9 +234,13 @@ async def serve(settings: Settings) -> int:
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        if threading.current_thread() is threading.main_thread():
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one held since start-up runs now
         if settings.demo:
             print(banner(run), file=sys.stderr, flush=True)
         await stop.wait()
+        if threading.current_thread() is threading.main_thread():
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # while draining: held, never the default kill
         loop.remove_signal_handler(signal.SIGHUP)
     log_event(log, logging.INFO, "shutdown_complete", forced=force.is_set())
     return 1 if force.is_set() else 0

@@ -19,6 +19,7 @@ half-capacity sidecar should be restarted by its orchestrator, not limp on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -64,9 +65,12 @@ class Supervisor:
 
     def _hangup(self, signum: int, frame: FrameType | None) -> None:
         """SIGHUP (from outside, or from a worker that got POST /_ops/reload): every worker re-reads --config."""
+        if self.stopping:
+            return
         for proc in self.workers.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGHUP)
+            if proc.returncode is None:  # not poll(): reaping here would hide a death from _reap
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGHUP)
 
     def _kill_stragglers(self, signum: int, frame: FrameType | None) -> None:
         for proc in self.workers.values():
@@ -82,9 +86,11 @@ class Supervisor:
         signal.signal(signal.SIGALRM, self._kill_stragglers)
         signal.signal(signal.SIGHUP, self._hangup)
         try:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # workers are born with it held (cli.main)
             for _ in range(self.count):
                 proc = subprocess.Popen([*self.command, *self.argv], env=env)
                 self.workers[proc.pid] = proc
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
             log_event(log, logging.INFO, "workers_started", workers=sorted(self.workers))
             return self._reap(metrics_dir)
         finally:
