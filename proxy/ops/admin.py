@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -121,7 +122,7 @@ def _text(body: dict[str, Any], key: str, limit: int, *, required: bool) -> str 
 def _percent(body: dict[str, Any], mode: str) -> float:
     value = body.get("percent")
     if mode != "enforce":
-        if value not in (None, 0):
+        if value is not None and (isinstance(value, bool) or value != 0):  # False == 0 in Python
             raise BadRequest("'percent' applies only to mode 'enforce'")
         return 0.0
     if value is None:
@@ -321,12 +322,26 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+OPENAPI: Final = web.AppKey("openapi", bytes)
+
+
+def openapi_document() -> bytes:
+    """The OpenAPI document of the deal contract and this API (docs/openapi.yaml), shipped as package data."""
+    return resources.files("proxy.ops").joinpath("openapi.yaml").read_bytes()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/yaml", charset="utf-8")
+
+
 def create_admin_app(ctx: OpsContext, *, max_body_bytes: int = ADMIN_MAX_BODY,
                      middlewares: Sequence[Middleware] = ()) -> web.Application:
-    """The admin listener's application (no I/O here); bodies over ``max_body_bytes`` answer 413."""
+    """The admin listener's application (no I/O here but reading the packaged OpenAPI document, once); bodies
+    over ``max_body_bytes`` answer 413."""
     app = web.Application(client_max_size=max_body_bytes, middlewares=middlewares)
     app[OPS] = ctx
     app[PROBE] = UpstreamProbe()
+    app[OPENAPI] = openapi_document()
     app.router.add_get("/_ops/healthz", healthz)
     app.router.add_get("/_ops/readyz", readyz)
     app.router.add_get("/_ops/mode", get_mode)
@@ -337,5 +352,6 @@ def create_admin_app(ctx: OpsContext, *, max_body_bytes: int = ADMIN_MAX_BODY,
     app.router.add_delete("/_ops/blocks/{fingerprint}", delete_block)
     app.router.add_post("/_ops/reload", post_reload)
     app.router.add_get("/_ops/catalog", get_catalog)
+    app.router.add_get("/_ops/openapi.yaml", openapi)
     app.router.add_get("/metrics", metrics)
     return app
