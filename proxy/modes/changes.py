@@ -72,7 +72,8 @@ class ModeChanges:
         history += _capped_history("unblock_enforce", [(current[fp], f"alert {current[fp].alertname} resolved")
                                                        for fp in remove])
         await self._store.set_blocks(add, remove, history)
-        blocks = {**current, **{b.fingerprint: b for b in add}}
+        # From the view as it is now, not ``current``: a block cleared by hand meanwhile must not come back.
+        blocks = {**self._view.blocks, **{b.fingerprint: b for b in add}}
         for fingerprint in remove:
             blocks.pop(fingerprint, None)
         self._view.generation += 1
