@@ -89,3 +89,112 @@ def test_parse_field() -> None:
     """Dotted paths with [*] split into components."""
     assert parse_field("a.b[*].c") == ("a", "b", "*", "c")
     assert parse_field("stage") == ("stage",)
+
+
+# --- comparing catalogs: what a reload changes, and what it may not change (proxy/catalog/compare.py) ----------
+
+def test_catalog_version_is_a_short_stable_hash() -> None:
+    from proxy.catalog.compare import catalog_version
+
+    version = catalog_version(DEFAULT_CATALOG_TOML)
+    assert len(version) == 12 and int(version, 16) >= 0
+    assert version == catalog_version(DEFAULT_CATALOG_TOML)
+    assert version != catalog_version(DEFAULT_CATALOG_TOML + "\n")
+    assert catalog_version("") == "e3b0c44298fc"  # SHA-256 of nothing
+
+
+def test_compare_names_every_kind_of_change() -> None:
+    from proxy.catalog.compare import compare
+
+    old = default_catalog()
+    assert compare(old, old).empty and compare(old, old).as_json()["case_sensitive_paths"] is None
+    new = parse_catalog(DEFAULT_CATALOG_TOML
+                        .replace('won = "closed_won"', 'signed = "closed_won"')
+                        .replace('lost = "closed_lost"', 'lost = "lead"')
+                        .replace('"closed_lost"]', '"closed_lost", "on_hold"]')
+                        .replace('path = "/api/v1/deals/import"', 'path = "/api/v2/deals/import"')
+                        .replace('default_mode = "off"', 'default_mode = "off"\ncase_sensitive_paths = true'))
+    changes = compare(old, new)
+    assert not changes.empty
+    assert changes.as_json() == {
+        "aliases_added": {"signed": "closed_won"}, "aliases_removed": {"won": "closed_won"},
+        "aliases_retargeted": {"lost": {"from": "closed_lost", "to": "lead"}},
+        "canonical_added": ["on_hold"], "canonical_removed": [], "endpoints_changed": ["import_deals"],
+        "case_sensitive_paths": [False, True]}
+    back = compare(new, old)
+    assert back.canonical_removed == ["on_hold"] and back.canonical_added == []
+    assert back.case_sensitive_paths == (True, False)
+    for only in (compare(old, parse_catalog(DEFAULT_CATALOG_TOML.replace('won = "closed_won"', ''))),
+                 compare(old, parse_catalog(DEFAULT_CATALOG_TOML.replace('"closed_lost"]', '"closed_lost", "x"]'))),
+                 compare(old, parse_catalog(DEFAULT_CATALOG_TOML.replace('required = false', 'required = true')))):
+        assert not only.empty  # each kind alone is a change
+
+
+def test_reload_refuses_endpoint_set_and_default_mode_changes() -> None:
+    from proxy.catalog.compare import reload_problems
+
+    old = default_catalog()
+    assert reload_problems(old, old) == []
+    assert reload_problems(old, parse_catalog(DEFAULT_CATALOG_TOML.replace('won = "closed_won"', ''))) == []
+    renamed = parse_catalog(DEFAULT_CATALOG_TOML.replace('name = "create_deal"', 'name = "new_deal"'))
+    assert reload_problems(old, renamed) == [
+        "endpoint(s) ['create_deal'] removed or renamed: that takes a restart (modes, metrics and history are "
+        "per endpoint)",
+        "endpoint(s) ['new_deal'] added: that takes a restart (modes, metrics and history are per endpoint)"]
+    warn = parse_catalog(DEFAULT_CATALOG_TOML.replace('default_mode = "off"', 'default_mode = "warn"'))
+    assert reload_problems(old, warn) == [
+        "default_mode changed from 'off' to 'warn': that takes a restart (it decides the mode of every endpoint "
+        "without a stored one)"]
+
+
+def test_reload_outcome_as_json() -> None:
+    from proxy.catalog.compare import ReloadOutcome, compare
+
+    old = default_catalog()
+    refused = ReloadOutcome(False, "aaa", "aaa", None, ("bad", "worse"))
+    assert refused.as_json() == {"result": "refused", "version": "aaa", "problems": ["bad", "worse"]}
+    same = ReloadOutcome(True, "aaa", "aaa", compare(old, old))
+    assert same.as_json()["changed"] is False and same.as_json()["previous_version"] == "aaa"
+    moved = ReloadOutcome(True, "bbb", "aaa", None)
+    assert moved.as_json() == {"result": "ok", "version": "bbb", "previous_version": "aaa", "changed": True,
+                               "changes": None, "warnings": []}
+    warned = ReloadOutcome(True, "bbb", "aaa", None, warnings=("careful",))
+    assert warned.as_json()["warnings"] == ["careful"]
+
+
+def test_check_catalog_collects_every_problem() -> None:
+    from proxy.catalog.stages import check_catalog
+
+    catalog, problems = check_catalog(DEFAULT_CATALOG_TOML)
+    assert catalog is not None and problems == []
+    bad = (DEFAULT_CATALOG_TOML.replace('won = "closed_won"', 'won = "victory"')
+           .replace('default_mode = "off"', 'default_mode = "loud"\nextra = 1')
+           .replace('method = "PATCH"', 'method = "TRACE"'))
+    catalog, problems = check_catalog(bad)
+    assert catalog is None and len(problems) == 4, problems
+    with pytest.raises(CatalogError) as error:
+        parse_catalog(bad)
+    assert str(error.value).endswith("(and 3 more problem(s))") and error.value.problems == tuple(problems)
+
+
+def test_tightening_names_what_enforcing_endpoints_will_reject() -> None:
+    from proxy.catalog.compare import compare, tightening
+
+    old = default_catalog()
+    new = parse_catalog(DEFAULT_CATALOG_TOML.replace('won = "closed_won"', '')
+                        .replace('lost = "closed_lost"', 'lost = "lead"')
+                        .replace('path = "/api/v1/deals/import"', 'path = "/api/v2/deals/import"'))
+    changes = compare(old, new)
+    assert tightening(changes, []) == []  # nobody enforces: nothing gets stricter for a client
+    warnings = tightening(changes, ["create_deal"])
+    assert warnings == ["aliases removed ['won']: the values they normalized are rejected from now on "
+                        "(in enforce now: create_deal)",
+                        "aliases retargeted ['lost']: their values are now rewritten to another stage "
+                        "(in enforce now: create_deal)"]
+    assert tightening(changes, ["import_deals"])[-1] == (
+        "endpoints in enforce changed ['import_deals']: they now validate requests or fields that were never "
+        "measured in warn")
+    fewer = parse_catalog(DEFAULT_CATALOG_TOML.replace('"closed_lost"]', '"closed_lost", "x"]'))
+    assert tightening(compare(fewer, old), ["create_deal"]) == [
+        "canonical stages removed ['x']: rejected from now on (in enforce now: create_deal)"]
+    assert tightening(compare(old, fewer), ["create_deal"]) == []  # more stages accepted: not stricter

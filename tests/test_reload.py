@@ -165,6 +165,11 @@ async def test_a_bad_file_is_refused_and_the_running_catalog_stays(kind: str, up
         text_metrics = await metrics_text(http, run.admin_url)
         assert sample(text_metrics, 'stage_config_reload_total{result="refused"}') == 1
         assert sample(text_metrics, 'stage_config_reload_total{result="ok"}') == 0
+        assert sample(text_metrics, "stage_config_last_reload_successful") == 0
+        config.write_text(DEFAULT_CATALOG_TOML)  # fixed: the next reload clears it
+        status, body = await reload(http, run.admin_url)
+        assert status == 200 and body["changed"] is False
+        assert sample(await metrics_text(http, run.admin_url), "stage_config_last_reload_successful") == 1
 
 
 async def test_sighup_with_a_bad_file_is_not_fatal_and_a_good_one_applies(upstream: Upstream, tmp_path: Path,
@@ -359,3 +364,26 @@ async def test_a_sighup_while_starting_is_held_not_fatal(workers: int, upstream:
         proc.terminate()
         await asyncio.to_thread(proc.communicate, timeout=15)
     assert proc.returncode == 0
+
+
+async def test_a_reload_that_tightens_enforce_warns(make_proxy: ProxyFactory, tmp_path: Path,
+                                                   http: aiohttp.ClientSession) -> None:
+    """Removing an alias while an endpoint enforces is applied, with a warning in the answer and on the CLI's
+    stderr; the same edit with nobody in enforce carries none."""
+    config = tmp_path / "catalog.toml"
+    config.write_text(DEFAULT_CATALOG_TOML)
+    run = await make_proxy(config_path=config, catalog=parse_catalog(DEFAULT_CATALOG_TOML),
+                           catalog_text=DEFAULT_CATALOG_TOML)
+    without_won = DEFAULT_CATALOG_TOML.replace('won = "closed_won"', '')
+    config.write_text(without_won)
+    status, body = await reload(http, run.admin_url)
+    assert status == 200 and body["warnings"] == []
+    config.write_text(DEFAULT_CATALOG_TOML)
+    assert (await reload(http, run.admin_url))[0] == 200
+    await enforce(http, run.admin_url)
+    config.write_text(without_won)
+    result = await stagectl("catalog", "reload", "--admin-url", run.admin_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ("warning: aliases removed ['won']: the values they normalized are rejected "
+                                     "from now on (in enforce now: create_deal)")
+    assert await create(run.url, "won") == 422

@@ -391,4 +391,6 @@ async def run_catalog_reload(args: argparse.Namespace, environ: Mapping[str, str
     else:
         print(f"reloaded: version {data['previous_version']} -> {data['version']}")
         print(describe_changes(data["changes"]))
+    for warning in data.get("warnings") or []:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK if data.get("result") == "ok" else EXIT_FAILED

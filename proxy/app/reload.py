@@ -18,7 +18,7 @@ import os
 import signal
 from pathlib import Path
 
-from proxy.catalog.compare import ReloadOutcome, catalog_version, compare, reload_problems
+from proxy.catalog.compare import ReloadOutcome, catalog_version, compare, reload_problems, tightening
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, check_catalog
 from proxy.dataplane.handler import DataPlane
 from proxy.modes.view import ModeView
@@ -47,11 +47,13 @@ class Reloader:
         async with self._lock:
             outcome = await self._reload()
         self._metrics.reload_children["ok" if outcome.ok else "refused"].inc()
+        self._metrics.reload_ok.set(1 if outcome.ok else 0)
         if outcome.ok:
             changes = outcome.changes.as_json() if outcome.changes else {}
-            log_event(log, logging.INFO, "catalog_reloaded", trigger=trigger, version=outcome.version,
-                      previous_version=outcome.previous, changed=outcome.version != outcome.previous,
-                      **{k: v for k, v in changes.items() if v})
+            log_event(log, logging.WARNING if outcome.warnings else logging.INFO, "catalog_reloaded",
+                      trigger=trigger, version=outcome.version, previous_version=outcome.previous,
+                      changed=outcome.version != outcome.previous, **{k: v for k, v in changes.items() if v},
+                      **({"warnings": list(outcome.warnings)} if outcome.warnings else {}))
         else:
             log_event(log, logging.WARNING, "catalog_reload_refused", trigger=trigger, version=outcome.version,
                       problems=list(outcome.problems[:20]))
@@ -84,12 +86,14 @@ class Reloader:
             return self._refused(*refused)
         version = catalog_version(text)
         changes = compare(running, catalog)
+        enforcing = [name for name, record in self._view.records.items() if record.mode == "enforce"]
+        warnings = tuple(tightening(changes, enforcing))
         if version != current:
             self._dataplane.use_catalog(catalog)
             self._view.catalog = catalog
             self.version = version
             self._metrics.set_catalog(version, current)
-        return ReloadOutcome(True, version, current, changes)
+        return ReloadOutcome(True, version, current, changes, warnings=warnings)
 
     def _refused(self, *problems: str) -> ReloadOutcome:
         return ReloadOutcome(False, self.version, self.version, None, tuple(problems))

@@ -89,10 +89,34 @@ class ReloadOutcome:
     previous: str
     changes: CatalogChanges | None = None
     problems: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()  # applied, but stricter for endpoints that enforce now (tightening())
 
     def as_json(self) -> dict[str, Any]:
         if not self.ok:
             return {"result": "refused", "version": self.version, "problems": list(self.problems)}
         return {"result": "ok", "version": self.version, "previous_version": self.previous,
                 "changed": self.version != self.previous,
-                "changes": self.changes.as_json() if self.changes else None}
+                "changes": self.changes.as_json() if self.changes else None, "warnings": list(self.warnings)}
+
+
+def tightening(changes: CatalogChanges, enforcing: list[str]) -> list[str]:
+    """What in ``changes`` rejects, at once, requests that ``enforcing`` endpoints accepted before: values an
+    alias removed or retargeted used to normalize, a canonical stage removed, an endpoint in enforce that now
+    matches other requests or reads another field. Allowed (a reload is how a mistake is undone), but said."""
+    if not enforcing:
+        return []
+    where = f"in enforce now: {', '.join(enforcing)}"
+    warnings = []
+    if changes.aliases_removed:
+        warnings.append(f"aliases removed {sorted(changes.aliases_removed)}: the values they normalized are "
+                        f"rejected from now on ({where})")
+    if changes.aliases_retargeted:
+        warnings.append(f"aliases retargeted {sorted(changes.aliases_retargeted)}: their values are now rewritten "
+                        f"to another stage ({where})")
+    if changes.canonical_removed:
+        warnings.append(f"canonical stages removed {changes.canonical_removed}: rejected from now on ({where})")
+    changed = [name for name in changes.endpoints_changed if name in enforcing]
+    if changed:
+        warnings.append(f"endpoints in enforce changed {changed}: they now validate requests or fields that "
+                        "were never measured in warn")
+    return warnings

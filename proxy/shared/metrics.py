@@ -64,6 +64,11 @@ class Metrics:
         # worker behind is visible as two versions at 1)
         self.catalog_info = Gauge("stage_catalog_info", "1 for the catalog version served (short hash of the file)",
                                   ["version"], registry=reg, multiprocess_mode="livemax")
+        # livemin: with --workers, 0 while any live worker's last reload was refused
+        self.reload_ok = Gauge("stage_config_last_reload_successful",
+                               "1 unless the last catalog reload was refused (the file on disk is not what is served)",
+                               registry=reg, multiprocess_mode="livemin")
+        self.reload_ok.set(1)
         self.store = Histogram("stage_mode_store_seconds", "Mode store round trips", ["op"],
                                buckets=STORE_BUCKETS, registry=reg)
         self.connections = Gauge("stage_client_connections", "Open client connections", ["listener"], registry=reg,
