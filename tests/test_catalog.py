@@ -198,3 +198,29 @@ def test_tightening_names_what_enforcing_endpoints_will_reject() -> None:
     assert tightening(compare(fewer, old), ["create_deal"]) == [
         "canonical stages removed ['x']: rejected from now on (in enforce now: create_deal)"]
     assert tightening(compare(old, fewer), ["create_deal"]) == []  # more stages accepted: not stricter
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (('default_mode = "off"', 'default_mode = "off"\ncase_sensitive_paths = "yes"'),
+     "case_sensitive_paths must be true or false"),
+    (('canonical = ["lead", "qualified", "proposal", "negotiation", "closed_won", "closed_lost"]', 'canonical = []'),
+     "stages.canonical must be a non-empty list of non-empty strings"),
+])
+def test_one_problem_is_named_alone(change: tuple[str, str], message: str) -> None:
+    """A single problem is the whole message: no '(and N more)'."""
+    from proxy.catalog.stages import check_catalog
+
+    text = DEFAULT_CATALOG_TOML.replace(*change)
+    assert check_catalog(text) == (None, [message])
+    with pytest.raises(CatalogError) as error:
+        parse_catalog(text)
+    assert str(error.value) == message
+
+
+def test_tightening_lists_every_enforcing_endpoint() -> None:
+    from proxy.catalog.compare import compare, tightening
+
+    changes = compare(default_catalog(), parse_catalog(DEFAULT_CATALOG_TOML.replace('won = "closed_won"', '')))
+    assert tightening(changes, ["create_deal", "update_deal"]) == [
+        "aliases removed ['won']: the values they normalized are rejected from now on "
+        "(in enforce now: create_deal, update_deal)"]
