@@ -224,3 +224,18 @@ def test_tightening_lists_every_enforcing_endpoint() -> None:
     assert tightening(changes, ["create_deal", "update_deal"]) == [
         "aliases removed ['won']: the values they normalized are rejected from now on "
         "(in enforce now: create_deal, update_deal)"]
+
+
+def test_catalog_as_json() -> None:
+    """The shape GET /_ops/catalog and stagectl catalog show print."""
+    assert default_catalog().as_json() == {
+        "default_mode": "off",
+        "canonical": ["lead", "qualified", "proposal", "negotiation", "closed_won", "closed_lost"],
+        "aliases": {"won": "closed_won", "lost": "closed_lost", "prospect": "lead", "negotiating": "negotiation"},
+        "case_sensitive_paths": False,
+        "endpoints": [
+            {"name": "create_deal", "method": "POST", "path": "/api/v1/deals", "field": "stage", "required": True},
+            {"name": "update_deal", "method": "PATCH", "path": "/api/v1/deals/{id}", "field": "stage",
+             "required": False},
+            {"name": "import_deals", "method": "POST", "path": "/api/v1/deals/import", "field": "deals[*].stage",
+             "required": True}]}

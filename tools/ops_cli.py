@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from proxy.catalog.compare import catalog_version, compare, reload_problems
-from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog
+from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog, default_catalog
 from tools import admin_api
 from tools.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 
@@ -99,6 +99,14 @@ def register(commands: Any) -> None:
 def _check_timeout(args: argparse.Namespace) -> None:
     if args.timeout_s <= 0:
         raise CommandError("--timeout-s must be positive", EXIT_USAGE)
+
+
+async def _get(args: argparse.Namespace, environ: Mapping[str, str], path: str) -> dict[str, Any]:
+    """GET ``path`` (with its query) from the admin listener of --admin-url / $STAGE_ADMIN_URL."""
+    _check_timeout(args)
+    url = f"{admin_api.admin_url(args.admin_url, environ)}{path}"
+    async with admin_api.session(args.timeout_s) as session:
+        return await admin_api.call(session, "GET", url)
 
 
 def _actor(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
@@ -190,13 +198,13 @@ def _confirm(why: str, args: argparse.Namespace) -> None:
 
 
 async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.action == "get":
+        view = await _get(args, environ, "/_ops/mode")
+        print(_dump(view) if args.json else render_table(view))
+        return EXIT_OK
     _check_timeout(args)
     url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/mode"
     async with admin_api.session(args.timeout_s) as session:
-        if args.action == "get":
-            view = await admin_api.call(session, "GET", url)
-            print(_dump(view) if args.json else render_table(view))
-            return EXIT_OK
         if args.percent is not None and not 0 <= args.percent <= 100:
             raise CommandError("--percent must be between 0 and 100", EXIT_USAGE)
         token = None if args.dry_run else admin_api.ops_token(environ, "mode set")
@@ -242,13 +250,10 @@ def render_history(entries: Sequence[Mapping[str, Any]]) -> str:
 
 
 async def run_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    _check_timeout(args)
     if not 1 <= args.limit <= 1000:
         raise CommandError("--limit must be from 1 to 1000", EXIT_USAGE)
     query = {"limit": str(args.limit), **({"endpoint": args.endpoint} if args.endpoint else {})}
-    url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/mode/history?{urlencode(query)}"
-    async with admin_api.session(args.timeout_s) as session:
-        data = await admin_api.call(session, "GET", url)
+    data = await _get(args, environ, f"/_ops/mode/history?{urlencode(query)}")
     print(_dump(data) if args.json else render_history(data.get("entries") or []))
     return EXIT_OK
 
@@ -263,13 +268,13 @@ def render_blocks(data: Mapping[str, Any]) -> str:
 
 
 async def run_blocks(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.action == "list":
+        data = await _get(args, environ, "/_ops/blocks")
+        print(_dump(data) if args.json else render_blocks(data))
+        return EXIT_OK
     _check_timeout(args)
     base = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/blocks"
     async with admin_api.session(args.timeout_s) as session:
-        if args.action == "list":
-            data = await admin_api.call(session, "GET", base)
-            print(_dump(data) if args.json else render_blocks(data))
-            return EXIT_OK
         token = admin_api.ops_token(environ, "blocks clear")
         data = await admin_api.call(session, "DELETE", f"{base}/{quote(args.fingerprint, safe='')}",
                                     {"reason": args.reason, "actor": _actor(args, environ)}, token)
@@ -299,13 +304,6 @@ def _checked(path: str, what: str) -> tuple[Catalog, str]:
     if catalog is None:
         raise CommandError(f"{what} {path!r} is not a valid catalog: {problems[0]}", EXIT_USAGE)
     return catalog, text
-
-
-def summary(catalog: Catalog, version: str) -> dict[str, Any]:
-    return {"version": version, "default_mode": catalog.default_mode, "canonical": list(catalog.canonical),
-            "aliases": dict(catalog.aliases), "case_sensitive_paths": catalog.case_sensitive_paths,
-            "endpoints": [{"name": e.name, "method": e.method, "path": e.path, "field": e.field,
-                           "required": e.required} for e in catalog.endpoints]}
 
 
 async def run_catalog_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -361,18 +359,14 @@ def render_catalog(data: Mapping[str, Any]) -> str:
 
 
 async def run_catalog_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    _check_timeout(args)
+    _check_timeout(args)  # before the choice: a bad --timeout-s is refused whichever source is shown
     if args.config and args.admin_url:
         raise CommandError("--config and --admin-url exclude each other: a file, or the running proxy", EXIT_USAGE)
     if args.admin_url or (environ.get("STAGE_ADMIN_URL") and not args.config):
-        async with admin_api.session(args.timeout_s) as session:
-            data = await admin_api.call(session, "GET", f"{admin_api.admin_url(args.admin_url, environ)}/_ops/catalog")
+        data = await _get(args, environ, "/_ops/catalog")
     else:
-        catalog, text = _checked(args.config, "--config") if args.config else (None, DEFAULT_CATALOG_TOML)
-        if catalog is None:
-            catalog, _ = check_catalog(text)
-            assert catalog is not None  # the built-in catalog is checked by the test suite
-        data = {**summary(catalog, catalog_version(text)), "file": args.config}
+        catalog, text = _checked(args.config, "--config") if args.config else (default_catalog(), DEFAULT_CATALOG_TOML)
+        data = {"version": catalog_version(text), "file": args.config, **catalog.as_json()}
     print(_dump(data) if args.json else render_catalog(data))
     return EXIT_OK
 

@@ -184,13 +184,6 @@ class Guards:
 
         @web.middleware
         async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
-            guard = self.guards.get(request.protocol)
-            if guard is None:
-                return await handler(request)
-            guard.request_started()
-            try:
-                return await handler(request)
-            finally:
-                guard.request_finished()
+            return await self.wrap(handler)(request)  # a closure per admin request: not the hot path
 
         return guarded

@@ -11,7 +11,7 @@ import tomllib
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 Mode = Literal["off", "warn", "enforce"]
 MODES: Final = ("off", "warn", "enforce")
@@ -159,6 +159,13 @@ class Catalog:
     @property
     def endpoint_names(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.endpoints)
+
+    def as_json(self) -> dict[str, Any]:
+        """The catalog as data (``GET /_ops/catalog``, ``stagectl catalog show``)."""
+        return {"default_mode": self.default_mode, "canonical": list(self.canonical), "aliases": dict(self.aliases),
+                "case_sensitive_paths": self.case_sensitive_paths,
+                "endpoints": [{"name": e.name, "method": e.method, "path": e.path, "field": e.field,
+                               "required": e.required} for e in self.endpoints]}
 
     def classify(self, value: object) -> tuple[Result, str | None]:
         """Classify one value: (result, normalized canonical stage or None)."""

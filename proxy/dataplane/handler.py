@@ -81,12 +81,10 @@ class CatalogState:
     catalog: Catalog
     router: Router
     inspectors: dict[str, bodies.Inspector]
-    allowed: tuple[str, ...]
 
     @classmethod
     def of(cls, catalog: Catalog) -> CatalogState:
-        return cls(catalog, Router(catalog), {e.name: bodies.Inspector(catalog, e) for e in catalog.endpoints},
-                   catalog.canonical)
+        return cls(catalog, Router(catalog), {e.name: bodies.Inspector(catalog, e) for e in catalog.endpoints})
 
 
 class DataPlane:
@@ -173,7 +171,7 @@ class DataPlane:
         result = verdict.inspection.result
         extra = {self.id_header: request_id, "X-Stage-Validation": f"mode={verdict.mode}; result={result}"}
         if verdict.rejected:
-            return self._reject(request_id, verdict, extra, state.allowed)
+            return self._reject(request_id, verdict, extra, state.catalog.canonical)
         data: Body
         if verdict.rest_pending:
             data = stream_body(request, self.body_timeout_s, verdict.raw)

@@ -273,10 +273,7 @@ async def get_catalog(request: web.Request) -> web.Response:
     ctx = request.app[OPS]
     catalog = ctx.view.catalog
     return _json({"version": ctx.catalogs.version, "file": str(ctx.catalogs.path) if ctx.catalogs.path else None,
-                  "default_mode": catalog.default_mode, "canonical": list(catalog.canonical),
-                  "aliases": dict(catalog.aliases), "case_sensitive_paths": catalog.case_sensitive_paths,
-                  "endpoints": [{"name": e.name, "method": e.method, "path": e.path, "field": e.field,
-                                 "required": e.required} for e in catalog.endpoints]})
+                  **catalog.as_json()})
 
 
 async def post_alertmanager(request: web.Request) -> web.Response:
