@@ -71,7 +71,7 @@ async def test_gives_up_after_the_grace_period_and_says_so(caplog: pytest.LogCap
     try:
         with caplog.at_level(logging.WARNING):
             assert await stop_task(task, grace_s=0.3) is False
-        assert 0.3 <= loop.time() - started < 2.0
+        assert 0.299 <= loop.time() - started < 2.0  # 0.3 give or take float rounding of the loop clock
         assert [getattr(r, "fields", {}).get("task") for r in caplog.records
                 if r.getMessage() == "task_stop_timeout"] == ["stubborn"]
     finally:
