@@ -36,10 +36,10 @@ def test_default_catalog_matches_design() -> None:
     assert catalog.canonical == ("lead", "qualified", "proposal", "negotiation", "closed_won", "closed_lost")
     assert dict(catalog.aliases) == {"won": "closed_won", "lost": "closed_lost", "prospect": "lead",
                                      "negotiating": "negotiation"}
-    assert [(e.name, e.method, e.path, e.field_path, e.required) for e in catalog.endpoints] == [
-        ("create_deal", "POST", "/api/v1/deals", ("stage",), True),
-        ("update_deal", "PATCH", "/api/v1/deals/{id}", ("stage",), False),
-        ("import_deals", "POST", "/api/v1/deals/import", ("deals", "*", "stage"), True),
+    assert [(e.name, e.methods, e.path, e.field_path, e.required) for e in catalog.endpoints] == [
+        ("create_deal", ("POST",), "/api/v1/deals", ("stage",), True),
+        ("update_deal", ("PATCH", "PUT"), "/api/v1/deals/{id}", ("stage",), False),
+        ("import_deals", ("POST",), "/api/v1/deals/import", ("deals", "*", "stage"), True),
     ]
     assert catalog.default_mode == "off"
 
@@ -69,7 +69,9 @@ def test_alias_colliding_with_canonical_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [(("default_mode = \"off\"", "default_mode = \"loud\""), "default_mode must be one of"),
-     (('method = "PATCH"', 'method = "FETCH"'), "endpoint 'update_deal': method"),
+     (('method = ["PATCH", "PUT"]', 'method = ["PATCH", "FETCH"]'), "endpoint 'update_deal': method"),
+         (('method = ["PATCH", "PUT"]', 'method = ["PATCH", "patch"]'), "without repeats"),
+         (('method = ["PATCH", "PUT"]', 'method = []'), "endpoint 'update_deal': method"),
      (('path = "/api/v1/deals/import"', 'path = "/_ops/import"'), "endpoint 'import_deals': path"),
      (('field = "deals[*].stage"', 'field = "deals[*]"'), "must end in a name"),
      (('field = "deals[*].stage"', 'field = "deals..stage"'), "bad segment"),
@@ -169,7 +171,7 @@ def test_check_catalog_collects_every_problem() -> None:
     assert catalog is not None and problems == []
     bad = (DEFAULT_CATALOG_TOML.replace('won = "closed_won"', 'won = "victory"')
            .replace('default_mode = "off"', 'default_mode = "loud"\nextra = 1')
-           .replace('method = "PATCH"', 'method = "TRACE"'))
+           .replace('method = ["PATCH", "PUT"]', 'method = "TRACE"'))
     catalog, problems = check_catalog(bad)
     assert catalog is None and len(problems) == 4, problems
     with pytest.raises(CatalogError) as error:
@@ -234,8 +236,8 @@ def test_catalog_as_json() -> None:
         "aliases": {"won": "closed_won", "lost": "closed_lost", "prospect": "lead", "negotiating": "negotiation"},
         "case_sensitive_paths": False,
         "endpoints": [
-            {"name": "create_deal", "method": "POST", "path": "/api/v1/deals", "field": "stage", "required": True},
-            {"name": "update_deal", "method": "PATCH", "path": "/api/v1/deals/{id}", "field": "stage",
+            {"name": "create_deal", "methods": ["POST"], "path": "/api/v1/deals", "field": "stage", "required": True},
+            {"name": "update_deal", "methods": ["PATCH", "PUT"], "path": "/api/v1/deals/{id}", "field": "stage",
              "required": False},
-            {"name": "import_deals", "method": "POST", "path": "/api/v1/deals/import", "field": "deals[*].stage",
+            {"name": "import_deals", "methods": ["POST"], "path": "/api/v1/deals/import", "field": "deals[*].stage",
              "required": True}]}

@@ -64,6 +64,18 @@ def test_bad_catalog_file(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("--upstream", "http://x", "--config", str(config)), 2, "not valid TOML")
 
 
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nest too deeply"),
+    ("# padding\n" * 500_000, "at most 4194304 are read"),
+    ("\xff\xfe", "cannot read"),
+])
+def test_hostile_catalog_files_are_one_line(tmp_path: Path, text: str, fragment: str) -> None:
+    """A catalog nested 5 000 deep, a huge one, a non-UTF-8 one: exit 2, one line, never a traceback."""
+    config = tmp_path / "hostile.toml"
+    config.write_bytes(text.encode("latin-1"))
+    assert_one_line_error(run_cli("--upstream", "http://x", "--config", str(config)), 2, fragment)
+
+
 def test_env_is_read(tmp_path: Path) -> None:
     """Options fall back to their environment variables."""
     settings = load_settings([], {"STAGE_UPSTREAM_URL": "http://up:81", "STAGE_LISTEN": "127.0.0.1:1",

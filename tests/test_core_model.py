@@ -415,7 +415,7 @@ def test_catalog_defaults() -> None:
     catalog = parse_catalog(MINIMAL)
     assert catalog.default_mode == "off" and catalog.aliases == {} and not catalog.case_sensitive_paths
     [endpoint] = catalog.endpoints
-    assert (endpoint.method, endpoint.path, endpoint.required) == ("POST", "/deals", False)
+    assert (endpoint.methods, endpoint.path, endpoint.required) == (("POST",), "/deals", False)
     assert catalog.endpoint("create") is endpoint and catalog.endpoint("nope") is None
     assert parse_catalog(MINIMAL.replace('path = "/deals/"', 'path = "/"')).endpoints[0].path == "/"
 
@@ -445,7 +445,8 @@ def test_catalog_defaults() -> None:
     (MINIMAL.replace('name = "create"', 'name = "Create"'), "endpoint 'Create': name must match "),
     (MINIMAL.replace('name = "create"', "name = 7"), "endpoints[0]: name must match "),
     (MINIMAL.replace('method = "post"', 'method = "FETCH"'),
-     "endpoint 'create': method must be one of ['DELETE', 'GET', 'PATCH', 'POST', 'PUT'] (line 5)"),
+     "endpoint 'create': method must be one of ['DELETE', 'GET', 'PATCH', 'POST', 'PUT'], or a list of them "
+         "without repeats (line 5)"),
     (MINIMAL.replace('path = "/deals/"', 'path = "deals"'), "endpoint 'create': path must be a normalized"),
     (MINIMAL.replace('path = "/deals/"', 'path = "/_OPS/x"'), "not under /_ops (line 5)"),
     (MINIMAL.replace('path = "/deals/"', 'path = "/a/../b"'), "path must be a normalized"),

@@ -353,8 +353,8 @@ def render_catalog(data: Mapping[str, Any]) -> str:
              "canonical stages: " + ", ".join(data["canonical"]), "", f"aliases ({len(data['aliases'])}):"]
     lines += [f"  {alias!r} -> {target}" for alias, target in sorted(data["aliases"].items())]
     lines += ["", *table([("ENDPOINT", "METHOD", "PATH", "FIELD", "REQUIRED")]
-                         + [(e["name"], e["method"], e["path"], e["field"], "yes" if e["required"] else "no")
-                            for e in data["endpoints"]])]
+                         + [(e["name"], ", ".join(e["methods"]), e["path"], e["field"],
+                             "yes" if e["required"] else "no") for e in data["endpoints"]])]
     return "\n".join(lines)
 
 

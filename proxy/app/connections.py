@@ -1,16 +1,23 @@
-"""Client connections with bounds: a connection cap, a header timeout, a write timeout (docs/proxy.md).
+"""Client connections with bounds: a connection cap, head size and time, a write timeout (docs/proxy.md).
 
 aiohttp bounds idle keep-alive connections (``keepalive_timeout``, the idle
-timeout) but not a request head that trickles in, nor a client that stops
+timeout) and each header line, but not a request head that trickles in, nor
+a head's total size (128 fields of 16 KiB each pass), nor a client that stops
 reading a response, nor the number of connections: a slowloris exhausts the
-process's file descriptors and then even ``/_ops/healthz`` fails. Every
-connection aiohttp's server makes is wrapped in a :class:`Guard`, a plain
-asyncio protocol in front of aiohttp's own that adds:
+process's memory or file descriptors and then even ``/_ops/healthz`` fails.
+Every connection aiohttp's server makes is wrapped in a :class:`Guard`, a
+plain asyncio protocol in front of aiohttp's own that adds:
 
 * a cap: past ``max_connections`` open ones, a new connection is closed at once
   (the fds left over serve the upstream side and the admin listener);
-* a header timeout: from the connection's first byte (or the first byte after
-  a response) until the request head is complete;
+* a head bound: a second parser (httptools, heads only: no callback per body
+  byte) sees where each request head begins and ends, pipelined ones included,
+  and counts its fields' bytes; past ``MAX_HEAD_BYTES`` the client gets a 431
+  and the connection closes before aiohttp buffers more;
+* a header timeout: from the connection's start, or from the first byte of a
+  head while no request is being handled (a partial head that arrived behind
+  the previous request starts its clock when that request is answered), until
+  the head is complete;
 * a client write timeout: while the transport's write buffer is full (the
   client stopped reading), for at most ``write_timeout_s``; past it the
   connection is dropped, which also ends the request's upstream exchange.
@@ -25,16 +32,20 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
+import httptools
 from aiohttp import web
 
+from proxy.app.quiet import QuietHandler, head_too_large
 from proxy.shared.logs import log_event
 from proxy.shared.metrics import Metrics
 
 log = logging.getLogger("stagegate.connections")
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+MAX_HEAD_BYTES: Final = 64 * 1024  # a request head's fields in all (the upstream side has the same bound)
+_FIELD_OVERHEAD: Final = 4  # ": " and CRLF around each field
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +55,7 @@ class Limits:
     max_connections: int
     header_timeout_s: float
     write_timeout_s: float
+    max_head_bytes: int = MAX_HEAD_BYTES
 
 
 class Guard(asyncio.Protocol):
@@ -55,6 +67,10 @@ class Guard(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._header_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
+        self._heads: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self._head_open = False  # a request head has begun and is not complete
+        self._head_bytes = 0
+        self._refused = False  # answered 431: nothing more is read
         self.in_request = False
 
     # -- asyncio.Protocol, forwarded to aiohttp's ---------------------------------
@@ -78,8 +94,19 @@ class Guard(asyncio.Protocol):
             self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if not self.in_request and self._header_timer is None:
-            self._start_header_timer()  # the first byte of a new request head
+        if self._refused:
+            return
+        heads = self._heads
+        if heads is not None:
+            try:
+                heads.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._heads = None  # aiohttp stops reading HTTP from here too
+            except httptools.HttpParserError:
+                self._heads = None  # aiohttp answers it 400 and closes
+            if self._head_bytes > self._factory.limits.max_head_bytes:
+                self._head_too_large()
+                return
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -97,20 +124,54 @@ class Guard(asyncio.Protocol):
             self._write_timer = None
         self._inner.resume_writing()
 
+    # -- the heads parser's callbacks (httptools calls only those defined) ------------
+
+    def on_message_begin(self) -> None:
+        self._head_open = True
+        self._head_bytes = 0
+        if not self.in_request and self._header_timer is None:
+            self._start_header_timer()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + _FIELD_OVERHEAD
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._cancel_header_timer()
+
     # -- the request's life ---------------------------------------------------------
 
     def request_started(self) -> None:
         self.in_request = True
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._cancel_header_timer()  # a head pipelined behind this request gets its clock when it is answered
 
     def request_finished(self) -> None:
         self.in_request = False
+        if self._head_open and self._header_timer is None:
+            self._start_header_timer()
 
     def _start_header_timer(self) -> None:
         loop = asyncio.get_running_loop()
         self._header_timer = loop.call_later(self._factory.limits.header_timeout_s, self._expire, "header_timeout")
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _head_too_large(self) -> None:
+        """431 and close; mid-request (a pipelined head), only close: an answer now would interleave."""
+        self._refused = True
+        self._cancel_timers()
+        self._factory.count("head_too_large")
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self.in_request:
+            _reset(transport)
+            return
+        transport.write(head_too_large(self._factory.limits.max_head_bytes))
+        transport.close()
 
     def _expire(self, reason: str) -> None:
         self._header_timer = self._write_timer = None
@@ -157,12 +218,13 @@ class Guards:
         self._gauge.dec()
 
     def count(self, reason: str) -> None:
-        """A connection closed by a bound: ``max_connections``, ``header_timeout``, ``write_timeout``."""
+        """A connection closed by a bound: ``max_connections``, ``header_timeout``, ``write_timeout``,
+        ``head_too_large``."""
         self._dropped[reason].inc()
 
     def factory(self, server: web.Server) -> Callable[[], Guard]:
         """The protocol factory to listen with: each of ``server``'s connections wrapped in a Guard."""
-        return lambda: Guard(self, server())
+        return lambda: Guard(self, QuietHandler.of(server))
 
     def wrap(self, handler: Handler) -> Handler:
         """``handler``, telling the request's Guard when its head was complete and when it was answered."""

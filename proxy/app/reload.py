@@ -2,7 +2,11 @@
 
 The new file is checked whole before anything changes — it must parse, pass
 every catalog rule, and keep the running endpoints and ``default_mode``
-(compare.reload_problems). Then the swap is one assignment per reader: the
+(compare.reload_problems). Reading, checking and building the new request-path
+state run in a thread, in time linear in the file's size: requests in flight
+are never stalled by a reload, however large or hostile the file (the
+checker refuses one past ``MAX_CATALOG_CHARS`` or nested too deeply with one
+line). Then the swap is one assignment per reader: the
 data plane's catalog state (a request reads it once, so one in flight
 finishes on the catalog it started with) and the mode view's catalog. A
 refused reload changes nothing, is logged and counted, and never stops the
@@ -16,11 +20,21 @@ import asyncio
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.catalog.compare import ReloadOutcome, catalog_version, compare, reload_problems, tightening
-from proxy.catalog.stages import DEFAULT_CATALOG_TOML, check_catalog
-from proxy.dataplane.handler import DataPlane
+from proxy.app.settings import read_bounded
+from proxy.catalog.compare import (
+    LOGGED,
+    CatalogChanges,
+    ReloadOutcome,
+    catalog_version,
+    compare,
+    reload_problems,
+    tightening,
+)
+from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog
+from proxy.dataplane.handler import CatalogState, DataPlane
 from proxy.modes.view import ModeView
 from proxy.shared.logs import log_event
 from proxy.shared.metrics import Metrics
@@ -49,7 +63,7 @@ class Reloader:
         self._metrics.reload_children["ok" if outcome.ok else "refused"].inc()
         self._metrics.reload_ok.set(1 if outcome.ok else 0)
         if outcome.ok:
-            changes = outcome.changes.as_json() if outcome.changes else {}
+            changes = outcome.changes.as_json(LOGGED) if outcome.changes else {}
             log_event(log, logging.WARNING if outcome.warnings else logging.INFO, "catalog_reloaded",
                       trigger=trigger, version=outcome.version, previous_version=outcome.previous,
                       changed=outcome.version != outcome.previous, **{k: v for k, v in changes.items() if v},
@@ -71,29 +85,45 @@ class Reloader:
         current = self.version
         if self.path is None:
             return self._refused("the proxy runs the built-in catalog (no --config): there is no file to re-read")
-        try:
-            text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")  # as at start-up: same version
-        except OSError as exc:
-            return self._refused(f"cannot read {self.path}: {exc.strerror or exc}")
-        except UnicodeDecodeError:
-            return self._refused(f"{self.path} is not UTF-8 text")
-        catalog, problems = check_catalog(text)
-        if catalog is None:
-            return self._refused(*problems)
         running = self._view.catalog
-        refused = reload_problems(running, catalog)
-        if refused:
-            return self._refused(*refused)
-        version = catalog_version(text)
-        changes = compare(running, catalog)
+        checked = await asyncio.to_thread(_check_file, self.path, running)
+        if isinstance(checked, tuple):
+            return self._refused(*checked)
         enforcing = [name for name, record in self._view.records.items() if record.mode == "enforce"]
-        warnings = tuple(tightening(changes, enforcing))
-        if version != current:
-            self._dataplane.use_catalog(catalog)
-            self._view.catalog = catalog
-            self.version = version
-            self._metrics.set_catalog(version, current)
-        return ReloadOutcome(True, version, current, changes, warnings=warnings)
+        warnings = tuple(tightening(checked.changes, enforcing))
+        if checked.version != current:
+            self._dataplane.use_state(checked.state)
+            self._view.catalog = checked.catalog
+            self.version = checked.version
+            self._metrics.set_catalog(checked.version, current)
+        return ReloadOutcome(True, checked.version, current, checked.changes, warnings=warnings)
 
     def _refused(self, *problems: str) -> ReloadOutcome:
         return ReloadOutcome(False, self.version, self.version, None, tuple(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A new catalog that may replace the running one, with everything the swap needs built."""
+
+    catalog: Catalog
+    version: str
+    changes: CatalogChanges
+    state: CatalogState
+
+
+def _check_file(path: Path, running: Catalog) -> _Checked | tuple[str, ...]:
+    """Read and check ``path`` against the running catalog (in a worker thread): the swap's parts, or problems."""
+    try:
+        text = read_bounded(path)  # as at start-up: the same bound, the same version
+    except OSError as exc:
+        return (f"cannot read {path}: {exc.strerror or exc}",)
+    except UnicodeDecodeError:
+        return (f"{path} is not UTF-8 text",)
+    catalog, problems = check_catalog(text)
+    if catalog is None:
+        return tuple(problems)
+    refused = reload_problems(running, catalog)
+    if refused:
+        return tuple(refused)
+    return _Checked(catalog, catalog_version(text), compare(running, catalog), CatalogState.of(catalog))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
-from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, CatalogError, parse_catalog
+from proxy.catalog.stages import DEFAULT_CATALOG_TOML, MAX_CATALOG_CHARS, Catalog, CatalogError, parse_catalog
 from proxy.shared.secrets import Secret, mask_url
 
 
@@ -320,9 +320,16 @@ def _raw_values(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[st
     return values
 
 
+def read_bounded(path: Path, limit: int = MAX_CATALOG_CHARS) -> str:
+    """The file's text, at most ``limit`` + 1 characters of it (a longer one is refused by its checker, never read
+    whole: a catalog of a gigabyte costs nothing)."""
+    with path.open(encoding="utf-8") as file:
+        return file.read(limit + 1)
+
+
 def _read_text(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return read_bounded(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{what}: cannot read {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
 

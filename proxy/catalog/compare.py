@@ -12,6 +12,9 @@ from typing import Any
 
 from proxy.catalog.stages import Catalog
 
+LISTED = 100  # entries of each kind of change a reload's answer lists (the rest are counted in "truncated")
+LOGGED = 20  # ... and its log line
+
 
 def catalog_version(text: str) -> str:
     """A short, stable name for a catalog file's content: the first 12 hex digits of its SHA-256."""
@@ -35,12 +38,28 @@ class CatalogChanges:
         return not (self.aliases_added or self.aliases_removed or self.aliases_retargeted or self.canonical_added
                     or self.canonical_removed or self.endpoints_changed or self.case_sensitive_paths)
 
-    def as_json(self) -> dict[str, Any]:
-        return {"aliases_added": self.aliases_added, "aliases_removed": self.aliases_removed,
-                "aliases_retargeted": {k: {"from": a, "to": b} for k, (a, b) in self.aliases_retargeted.items()},
-                "canonical_added": self.canonical_added, "canonical_removed": self.canonical_removed,
-                "endpoints_changed": self.endpoints_changed,
-                "case_sensitive_paths": list(self.case_sensitive_paths) if self.case_sensitive_paths else None}
+    def as_json(self, limit: int | None = None) -> dict[str, Any]:
+        """The changes as data; with ``limit``, each list holds at most that many entries and ``truncated`` counts
+        the rest (a reload of 100 000 new aliases is one readable log line)."""
+        lists: dict[str, Any] = {
+            "aliases_added": self.aliases_added, "aliases_removed": self.aliases_removed,
+            "aliases_retargeted": {k: {"from": a, "to": b} for k, (a, b) in self.aliases_retargeted.items()},
+            "canonical_added": self.canonical_added, "canonical_removed": self.canonical_removed,
+            "endpoints_changed": self.endpoints_changed}
+        truncated = {}
+        if limit is not None:
+            for name, items in lists.items():
+                if len(items) > limit:
+                    truncated[name] = len(items) - limit
+                    lists[name] = (dict(list(items.items())[:limit]) if isinstance(items, dict)
+                                   else list(items)[:limit])
+        return {**lists, "case_sensitive_paths": list(self.case_sensitive_paths) if self.case_sensitive_paths else None,
+                **({"truncated": truncated} if truncated else {})}
+
+
+def _head(items: list[str], limit: int = 20) -> str:
+    """``items`` for one warning: at most ``limit``, then how many more."""
+    return str(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def compare(old: Catalog, new: Catalog) -> CatalogChanges:
@@ -96,7 +115,7 @@ class ReloadOutcome:
             return {"result": "refused", "version": self.version, "problems": list(self.problems)}
         return {"result": "ok", "version": self.version, "previous_version": self.previous,
                 "changed": self.version != self.previous,
-                "changes": self.changes.as_json() if self.changes else None, "warnings": list(self.warnings)}
+                "changes": self.changes.as_json(LISTED) if self.changes else None, "warnings": list(self.warnings)}
 
 
 def tightening(changes: CatalogChanges, enforcing: list[str]) -> list[str]:
@@ -108,13 +127,14 @@ def tightening(changes: CatalogChanges, enforcing: list[str]) -> list[str]:
     where = f"in enforce now: {', '.join(enforcing)}"
     warnings = []
     if changes.aliases_removed:
-        warnings.append(f"aliases removed {sorted(changes.aliases_removed)}: the values they normalized are "
+        warnings.append(f"aliases removed {_head(sorted(changes.aliases_removed))}: the values they normalized are "
                         f"rejected from now on ({where})")
     if changes.aliases_retargeted:
-        warnings.append(f"aliases retargeted {sorted(changes.aliases_retargeted)}: their values are now rewritten "
-                        f"to another stage ({where})")
+        warnings.append(f"aliases retargeted {_head(sorted(changes.aliases_retargeted))}: their values are now "
+                        f"rewritten to another stage ({where})")
     if changes.canonical_removed:
-        warnings.append(f"canonical stages removed {changes.canonical_removed}: rejected from now on ({where})")
+        warnings.append(f"canonical stages removed {_head(changes.canonical_removed)}: rejected from now on "
+                        f"({where})")
     changed = [name for name in changes.endpoints_changed if name in enforcing]
     if changed:
         warnings.append(f"endpoints in enforce changed {changed}: they now validate requests or fields that "

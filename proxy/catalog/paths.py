@@ -4,6 +4,8 @@ The proxy must validate every request the upstream would route to a validated
 handler (docs/proxy.md, "One path, one meaning"). So a path is normalized the
 way permissive routers do before matching:
 
+* ``;`` path parameters removed from every segment, as servlet containers do
+  (``/api;x/v1/deals;jsessionid=1`` is ``/api/v1/deals``, ``..;`` is ``..``);
 * percent-encoded unreserved characters decoded (RFC 3986 §6.2.2.2): ``%64eals``
   is ``deals``, ``%2e`` is ``.``; other escapes are kept, hex digits upper-cased;
 * dot segments removed (RFC 3986 §5.2.4): ``/a/./b``, ``/x/../b``;
@@ -12,7 +14,9 @@ way permissive routers do before matching:
   catalog says ``case_sensitive_paths = true``.
 
 A matched request is forwarded with the normalized path (the catalog's spelling
-of the literal segments), so what was validated is what the upstream routes.
+of the literal segments, no path parameters), so what was validated is what the
+upstream routes. (A ``#`` fragment is cut from the target before any of this:
+proxy.dataplane.routing.)
 
 A path that holds an encoded ``/``, ``\\``, NUL or ``%`` (or a raw ``\\``) in a
 segment is *ambiguous*: routers disagree on whether that is one segment or two
@@ -57,10 +61,11 @@ def _decode_unreserved(segment: str) -> str:
 
 
 def normalize_segments(raw_path: str) -> list[str]:
-    """The path's segments after unreserved decoding, dot-segment removal and dropping empty segments."""
+    """The path's segments after dropping ``;`` parameters, unreserved decoding, dot-segment removal and dropping
+    empty segments."""
     out: list[str] = []
     for piece in raw_path.split("/"):
-        segment = _decode_unreserved(piece)
+        segment = _decode_unreserved(piece.partition(";")[0] if ";" in piece else piece)
         if segment in ("", "."):
             continue
         if segment == "..":
@@ -78,14 +83,15 @@ def is_ambiguous(segments: list[str]) -> bool:
 
 
 def loosest_reading(raw_path: str) -> str:
-    """``raw_path`` as the loosest router reads it: every escape decoded (repeatedly), backslashes as slashes."""
+    """``raw_path`` as the loosest router reads it: every escape decoded (repeatedly), backslashes as slashes, and
+    a decoded ``#`` read as the start of a fragment."""
     text = raw_path
     for _ in range(3):
         decoded = unquote(text, errors="surrogateescape")
         if decoded == text:
             break
         text = decoded
-    return text.replace("\\", "/")
+    return text.partition("#")[0].replace("\\", "/")
 
 
 def is_ops_path(raw_path: str) -> bool:
@@ -137,10 +143,14 @@ class RouteTable:
         self._case_sensitive = case_sensitive
         self._by_method: dict[str, list[_Template]] = {}
         for endpoint in endpoints:
-            self._by_method.setdefault(endpoint.method, []).append(_Template(endpoint, case_sensitive))
+            for method in endpoint.methods:
+                self._by_method.setdefault(method, []).append(_Template(endpoint, case_sensitive))
         self._plain: dict[tuple[str, str], PathMatch] = {
-            (e.method, e.path if case_sensitive else ascii_lower(e.path)): PathMatch(e, e.path, False)
-            for e in endpoints if "{" not in e.path}
+            (method, e.path if case_sensitive else ascii_lower(e.path)): PathMatch(e, e.path, False)
+            for e in endpoints if "{" not in e.path for method in e.methods}
+        # Plain paths no endpoint of another method matches either: no method override can route them elsewhere.
+        self._only: dict[tuple[str, str], bool] = {}
+        self._only = {key: not self.elsewhere(*key) for key in self._plain}
 
     def match(self, method: str, raw_path: str) -> PathMatch | None:
         """The validated endpoint this request reaches (``raw_path`` as sent, without the query), or None."""
@@ -161,6 +171,18 @@ class RouteTable:
         split = normalize_segments(loosest_reading(raw_path))
         found = self._find(templates, split)
         return None if found is None else PathMatch(found.endpoint, found.spell(split), True)
+
+    @property
+    def methods(self) -> frozenset[str]:
+        """Every method some endpoint takes."""
+        return frozenset(self._by_method)
+
+    def elsewhere(self, method: str, raw_path: str) -> bool:
+        """True if an endpoint of another method than ``method`` matches the path: a method override (a header,
+        ``_method`` in the query or the body) could route the request there."""
+        if self._only.get((method, raw_path)):  # pragma: no mutate - the loop below says the same, slower
+            return False
+        return any(self.match(other, raw_path) is not None for other in self._by_method if other != method)
 
     def _find(self, templates: list[_Template], segments: list[str]) -> _Template | None:
         keys = segments if self._case_sensitive else [ascii_lower(s) for s in segments]

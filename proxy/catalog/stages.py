@@ -37,7 +37,8 @@ UNREADABLE_STATUS: Final[Mapping[str, int]] = {
     "duplicate_key": 400,
     "ambiguous_key": 400,  # the field's key in another ASCII case ("Stage"): case-insensitive decoders read it
     "ambiguous_path": 400,  # an encoded / \\ NUL or % in a segment: routers split it differently
-    "ambiguous_method": 400,  # method overrides that routers resolve to different endpoints
+    "ambiguous_method": 400,  # method overrides that routers resolve to different endpoints, or cannot be read
+    "field_in_query": 400,  # the field's name in the query string: frameworks that merge query and body read it
     "too_large": 413,
     "unsupported_media_type": 415,
     "unsupported_encoding": 415,
@@ -66,7 +67,7 @@ required = true
 
 [[endpoints]]
 name = "update_deal"
-method = "PATCH"
+method = ["PATCH", "PUT"]      # legacy frameworks route both to an update
 path = "/api/v1/deals/{id}"
 field = "stage"
 required = false
@@ -124,10 +125,10 @@ def parse_field(spec: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One validated endpoint: method + path template + field path in the body."""
+    """One validated endpoint: methods + path template + field path in the body."""
 
     name: str
-    method: str
+    methods: tuple[str, ...]
     path: str
     field: str
     required: bool
@@ -164,7 +165,7 @@ class Catalog:
         """The catalog as data (``GET /_ops/catalog``, ``stagectl catalog show``)."""
         return {"default_mode": self.default_mode, "canonical": list(self.canonical), "aliases": dict(self.aliases),
                 "case_sensitive_paths": self.case_sensitive_paths,
-                "endpoints": [{"name": e.name, "method": e.method, "path": e.path, "field": e.field,
+                "endpoints": [{"name": e.name, "methods": list(e.methods), "path": e.path, "field": e.field,
                                "required": e.required} for e in self.endpoints]}
 
     def classify(self, value: object) -> tuple[Result, str | None]:
@@ -179,14 +180,29 @@ class Catalog:
         return "alias", target
 
 
-def _line_of(text: str, key: str) -> str:
-    """`` (line N)`` of the TOML line assigning ``key`` (bare or quoted), or of ``name = "key"``."""
-    quoted = re.escape(key)
-    pattern = re.compile(rf"""^\s*(?:{quoted}|"{quoted}"|'{quoted}'|name\s*=\s*"{quoted}")\s*(?:=|$|#)""")
-    for number, line in enumerate(text.splitlines(), start=1):
-        if pattern.match(line):
-            return f" (line {number})"
-    return ""
+MAX_CATALOG_CHARS: Final = 4 * 1024 * 1024  # a real catalog is a few KB; past this it is refused, not parsed
+_KEY_LINE: Final = re.compile(r"""\s*(?:"([^"\n]*)"|'([^'\n]*)'|([A-Za-z0-9_-]+))\s*(?:=|$|#)""")
+_NAME_LINE: Final = re.compile(r'\s*name\s*=\s*"([^"\n]*)"')
+
+
+class _Lines:
+    """Where each key (bare or quoted) and each ``name = "…"`` is first assigned: one pass over the text, so
+    that naming the line of every problem stays linear in the catalog's size."""
+
+    def __init__(self, text: str) -> None:
+        self._first: dict[str, int] = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            for pattern in (_NAME_LINE, _KEY_LINE):
+                match = pattern.match(line)
+                if match is not None:
+                    key = next(group for group in match.groups() if group is not None)
+                    self._first.setdefault(key, number)
+                    break
+
+    def of(self, key: str) -> str:
+        """`` (line N)`` of the line assigning ``key``, or ``""``."""
+        number = self._first.get(key)
+        return f" (line {number})" if number is not None else ""
 
 
 def _require_str_list(raw: object, what: str) -> list[str]:
@@ -195,18 +211,19 @@ def _require_str_list(raw: object, what: str) -> list[str]:
     return list(raw)
 
 
-def _fold_table(canonical: list[str], aliases: Mapping[str, object], text: str, problems: list[str]) -> dict[str, str]:
+def _fold_table(canonical: list[str], aliases: Mapping[str, object], lines: _Lines,
+                problems: list[str]) -> dict[str, str]:
     table: dict[str, str] = {}
     origin: dict[str, str] = {}
     for stage in canonical:
         key = fold(stage)
         if key in table:
             problems.append(f"canonical stage {stage!r} folds to {key!r}, colliding with {origin[key]}"
-                            f"{_line_of(text, stage)}")
+                            f"{lines.of(stage)}")
             continue
         table[key], origin[key] = stage, f"canonical stage {stage!r}"
     for alias, target in aliases.items():
-        where = _line_of(text, alias)
+        where = lines.of(alias)
         key = fold(alias)
         if not isinstance(target, str) or target not in canonical:
             problems.append(f"alias {alias!r} points at {target!r}, which is not a canonical stage{where}")
@@ -219,21 +236,31 @@ def _fold_table(canonical: list[str], aliases: Mapping[str, object], text: str, 
     return table
 
 
-def _parse_endpoint(raw: object, index: int, text: str) -> Endpoint:
+def _parse_methods(raw: object) -> tuple[str, ...] | None:
+    """``"PATCH"`` or ``["PATCH", "PUT"]`` as methods, upper-cased and unique; None if not that."""
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items or not all(isinstance(m, str) and m.upper() in METHODS for m in items):
+        return None
+    methods = tuple(dict.fromkeys(m.upper() for m in items))
+    return methods if len(methods) == len(items) else None
+
+
+def _parse_endpoint(raw: object, index: int, lines: _Lines) -> Endpoint:
     if not isinstance(raw, dict):
         raise CatalogError(f"endpoints[{index}] must be a table")
     name = raw.get("name")
     label = f"endpoint {name!r}" if isinstance(name, str) else f"endpoints[{index}]"
-    where = _line_of(text, str(name)) if isinstance(name, str) else ""
+    where = lines.of(str(name)) if isinstance(name, str) else ""
     unknown = set(raw) - {"name", "method", "path", "field", "required"}
     if unknown:
         raise CatalogError(f"{label}: unknown key(s) {sorted(unknown)}{where}")
     if not isinstance(name, str) or not _NAME.match(name):
         raise CatalogError(f"{label}: name must match {_NAME.pattern}{where}")
-    method, path, spec = raw.get("method"), raw.get("path"), raw.get("field")
+    methods, path, spec = _parse_methods(raw.get("method")), raw.get("path"), raw.get("field")
     required = raw.get("required", False)
-    if not isinstance(method, str) or method.upper() not in METHODS:
-        raise CatalogError(f"{label}: method must be one of {sorted(METHODS)}{where}")
+    if methods is None:
+        raise CatalogError(f"{label}: method must be one of {sorted(METHODS)}, or a list of them without repeats"
+                           f"{where}")
     if not isinstance(path, str) or not _PATH.fullmatch(path) or path.lower().startswith("/_ops"):
         raise CatalogError(f"{label}: path must be a normalized absolute path (segments of letters, digits, "
                            f"-._~ or one {{var}} each; no '//', '.', '..' or '%'), not under /_ops{where}")
@@ -245,27 +272,27 @@ def _parse_endpoint(raw: object, index: int, text: str) -> Endpoint:
         field_path = parse_field(spec)
     except CatalogError as exc:
         raise CatalogError(f"{label}: {exc}{where}") from None
-    return Endpoint(name, method.upper(), path.rstrip("/") or "/", spec, required, field_path)
+    return Endpoint(name, methods, path.rstrip("/") or "/", spec, required, field_path)
 
 
-def _route_key(endpoint: Endpoint, case_sensitive: bool) -> tuple[str, str]:
+def _route_keys(endpoint: Endpoint, case_sensitive: bool) -> list[tuple[str, str]]:
     """How the router tells endpoints apart: method, and path with every {var} alike (and case folded)."""
     shape = _TEMPLATE_VAR.sub("{}", endpoint.path)
-    return endpoint.method, shape if case_sensitive else shape.lower()
+    return [(method, shape if case_sensitive else shape.lower()) for method in endpoint.methods]
 
 
-def _parse_endpoints(raw: object, text: str, case_sensitive: bool, problems: list[str]) -> tuple[Endpoint, ...]:
+def _parse_endpoints(raw: object, lines: _Lines, case_sensitive: bool, problems: list[str]) -> tuple[Endpoint, ...]:
     if not isinstance(raw, list) or not raw:
         problems.append("[[endpoints]] must list at least one endpoint")
         return ()
     endpoints = []
     for index, item in enumerate(raw):
         try:
-            endpoints.append(_parse_endpoint(item, index, text))
+            endpoints.append(_parse_endpoint(item, index, lines))
         except CatalogError as exc:
             problems.append(str(exc))
     names = [e.name for e in endpoints]
-    routes = [_route_key(e, case_sensitive) for e in endpoints]
+    routes = [key for e in endpoints for key in _route_keys(e, case_sensitive)]
     if len(set(names)) != len(names):
         problems.append(f"endpoint names must be unique: {names}")
     if len(set(routes)) != len(routes):
@@ -273,13 +300,24 @@ def _parse_endpoints(raw: object, text: str, case_sensitive: bool, problems: lis
     return tuple(endpoints)
 
 
+def _load_toml(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The parsed TOML, or why it cannot be read (a size or nesting past any real catalog included)."""
+    if len(text) > MAX_CATALOG_CHARS:
+        return None, f"the catalog is {len(text)} characters; at most {MAX_CATALOG_CHARS} are read"
+    try:
+        return tomllib.loads(text), None
+    except tomllib.TOMLDecodeError as exc:
+        return None, f"not valid TOML: {exc}"
+    except RecursionError:  # tomllib recurses per nesting level: 5 000 nested arrays exhaust the stack
+        return None, "not a catalog: values nest too deeply"
+
+
 def check_catalog(text: str) -> tuple[Catalog | None, list[str]]:
     """Parse and validate catalog TOML text: (the catalog, []) or (None, every problem found, each naming its
     entry and line). ``stagectl catalog check`` prints them all; the proxy refuses a reload on any."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        return None, [f"not valid TOML: {exc}"]
+    data, unreadable = _load_toml(text)
+    if data is None:
+        return None, [unreadable or "unreadable"]
     problems: list[str] = []
     unknown = set(data) - {"default_mode", "case_sensitive_paths", "stages", "endpoints"}
     if unknown:
@@ -306,10 +344,11 @@ def check_catalog(text: str) -> tuple[Catalog | None, list[str]]:
         problems.append("case_sensitive_paths must be true or false")
         case_sensitive = False
     assert isinstance(aliases, dict)
-    folded = _fold_table(canonical, aliases, text, problems) if canonical else {}
-    endpoints = _parse_endpoints(data.get("endpoints"), text, case_sensitive, problems)
+    lines = _Lines(text)
+    folded = _fold_table(canonical, aliases, lines, problems) if canonical else {}
+    endpoints = _parse_endpoints(data.get("endpoints"), lines, case_sensitive, problems)
     if problems:
-        return None, problems
+        return None, _bounded(problems)
     return Catalog(
         default_mode=default_mode,
         canonical=tuple(canonical),
@@ -319,6 +358,16 @@ def check_catalog(text: str) -> tuple[Catalog | None, list[str]]:
         _canonical_set=frozenset(canonical),
         _folded=folded,
     ), []
+
+
+MAX_PROBLEMS: Final = 50
+
+
+def _bounded(problems: list[str]) -> list[str]:
+    """At most MAX_PROBLEMS problems and a line counting the rest (a file of 100 000 bad aliases is one answer)."""
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more problem(s)"]
 
 
 def parse_catalog(text: str) -> Catalog:

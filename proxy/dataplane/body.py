@@ -17,6 +17,7 @@ from typing import Final
 
 import orjson
 
+from proxy.catalog.keys import lookalike_bytes
 from proxy.catalog.stages import SEVERITY, UNREADABLE_STATUS, Catalog, Endpoint, Result
 from proxy.dataplane.jsonscan import Scanner, Spans, spelling_count, splice_literal
 from proxy.dataplane.pointer import escape_pointer
@@ -82,14 +83,18 @@ def _media_problem(content_type: str | None, content_encoding: str | None) -> st
     if not content_type:
         return "unsupported_media_type"
     mime, _, params = content_type.partition(";")
-    mime = mime.strip().lower()
-    if mime != "application/json" and not (mime.startswith("application/") and mime.endswith("+json")):
+    if not is_json_media(mime.strip().lower()):
         return "unsupported_media_type"
     for param in params.split(";"):
         name, _, value = param.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
             return "unsupported_media_type"
     return None
+
+
+def is_json_media(mime: str) -> bool:
+    """``application/json`` or ``application/*+json`` (``mime`` lower-cased, without parameters)."""
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
 def _reject_constant(name: str) -> object:
@@ -239,15 +244,16 @@ def _no_unicode_escapes(raw: bytes) -> bool:
 
 
 def _spelled_exactly(raw: bytes, key: str, needle: bytes, count: int) -> bool:
-    """The literal proof for one key: it is spelled in the bytes ``count`` times, and in no other ASCII case.
+    """The literal proof for one key: it is spelled in the bytes ``count`` times, and in no other case.
 
     ``count`` is how often the parsed document has the key on the path, each occurrence spelled at least once.
-    Without ``\\u`` escapes every spelling is the plain needle, so counting the lower-cased needle in the
-    lower-cased bytes proves both at once (one pass: any extra spelling, in any case, makes it larger). With
-    escapes every spelling JSON allows is counted by a regular expression. Case-insensitive decoders (Go's
-    encoding/json) read ``"Stage"`` as the stage field, so another case must not occur either.
+    Without ``\\u`` escapes and non-ASCII lookalikes every spelling is the plain needle, so counting the
+    lower-cased needle in the lower-cased bytes proves both at once (one pass: any extra spelling, in any case,
+    makes it larger). Otherwise every spelling JSON allows is counted by a regular expression. Case-insensitive
+    decoders (Go's encoding/json) read ``"Stage"`` and ``"ſtage"`` as the stage field (proxy.catalog.keys), so
+    no other case may occur either.
     """
-    if _no_unicode_escapes(raw):
+    if _no_unicode_escapes(raw) and (raw.isascii() or not any(char in raw for char in lookalike_bytes(key))):
         return raw.lower().count(needle.lower()) == count
     return (spelling_count(raw, key) == count
             and spelling_count(raw, key, any_case=True) == count)

@@ -25,7 +25,7 @@ from proxy.dataplane import body as bodies
 from proxy.dataplane.forwarding import Body, Upstream, UpstreamError, request_headers
 from proxy.dataplane.reading import BodyTimeout, ClientGone, read_limited, stream_body
 from proxy.dataplane.requestid import accept_request_id, new_request_id
-from proxy.dataplane.routing import Route, Router, is_ops, split_target
+from proxy.dataplane.routing import Route, Router, body_overrides, is_ops, split_target
 from proxy.modes.view import ModeView
 from proxy.shared.logs import FloodGuard, log_event, safe_text
 from proxy.shared.metrics import PASSTHROUGH, Metrics
@@ -36,6 +36,7 @@ log = logging.getLogger("stagegate.requests")
 MAX_ERRORS: Final = 100
 OFF_LOOP_BYTES: Final = 64 * 1024  # bodies from this size are inspected and rewritten in a worker thread
 T = TypeVar("T")
+Preread = tuple[bytes, bool]  # a body read before routing: (bytes, True if larger than --max-body-bytes)
 ALLOW: Final = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _TITLES: Final = {
     400: "Request body is not readable JSON",
@@ -109,7 +110,11 @@ class DataPlane:
 
     def use_catalog(self, catalog: Catalog) -> None:
         """Serve ``catalog`` from the next request on (built before the swap: one assignment)."""
-        self.state = CatalogState.of(catalog)
+        self.use_state(CatalogState.of(catalog))
+
+    def use_state(self, state: CatalogState) -> None:
+        """Serve a catalog state built elsewhere (a reload builds it in a thread) from the next request on."""
+        self.state = state
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Route one request: ops paths 404, validated endpoints, or pass-through."""
@@ -128,11 +133,15 @@ class DataPlane:
                            request_id=request_id, headers={self.id_header: request_id})
         state = self.state
         route = state.router.route(request, path, query)
-        label = route.endpoint.name if route.endpoint is not None else PASSTHROUGH
+        label = PASSTHROUGH
         try:
+            preread = None
+            if route.body_may_override:
+                route, preread = await self._body_override(request, path, query, state.router, route)
             if route.endpoint is None:
-                return await self._pass_through(request, request_id, route)
-            return await self._validated(request, request_id, route, route.endpoint, state)
+                return await self._pass_through(request, request_id, route, preread)
+            label = route.endpoint.name
+            return await self._validated(request, request_id, route, route.endpoint, state, preread)
         except UpstreamError as exc:
             return self._upstream_problem(request, request_id, exc)
         except ClientGone as exc:
@@ -159,14 +168,34 @@ class DataPlane:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return None
 
-    async def _pass_through(self, request: web.BaseRequest, request_id: str, route: Route) -> web.StreamResponse:
-        headers = request_headers(request, self.id_header, request_id, buffered=False)
-        data: Body = stream_body(request, self.body_timeout_s) if request.body_exists else None
+    async def _body_override(self, request: web.BaseRequest, path: str, query: str, router: Router,
+                             route: Route) -> tuple[Route, Preread | None]:
+        """A POST that ``_method`` in its body could route elsewhere: read the body (up to the limit), then route
+        by what it names; a body that cannot be read for it is ``ambiguous_method``."""
+        if not request.body_exists:
+            return route, None
+        raw, too_large = await read_limited(request, self.max_body_bytes, self.body_timeout_s)
+        found = body_overrides(request.headers.get("Content-Type"), raw, too_large)
+        if found is None:
+            route = router.unreadable_override(request, path, query)
+        elif found:
+            route = router.route(request, path, query, also=found)
+        return route, (raw, too_large)
+
+    async def _pass_through(self, request: web.BaseRequest, request_id: str, route: Route,
+                            preread: Preread | None = None) -> web.StreamResponse:
+        data: Body
+        if preread is None:
+            data = stream_body(request, self.body_timeout_s) if request.body_exists else None
+        else:
+            data = stream_body(request, self.body_timeout_s, preread[0]) if preread[1] else preread[0]
+        buffered = preread is not None and not preread[1]
+        headers = request_headers(request, self.id_header, request_id, buffered=buffered)
         return await self.upstream.forward(request, route.target, headers, data, {self.id_header: request_id})
 
     async def _validated(self, request: web.BaseRequest, request_id: str, route: Route, endpoint: Endpoint,
-                         state: CatalogState) -> web.StreamResponse:
-        verdict = await self._decide(request, request_id, endpoint, route.unreadable, state)
+                         state: CatalogState, preread: Preread | None = None) -> web.StreamResponse:
+        verdict = await self._decide(request, request_id, endpoint, route.unreadable, state, preread)
         self._account(request, request_id, verdict)
         result = verdict.inspection.result
         extra = {self.id_header: request_id, "X-Stage-Validation": f"mode={verdict.mode}; result={result}"}
@@ -198,7 +227,7 @@ class DataPlane:
         return "enforce" if is_enforced(canary_key or request_id, percent) else "warn"
 
     async def _decide(self, request: web.BaseRequest, request_id: str, endpoint: Endpoint,
-                      route_problem: str | None, state: CatalogState) -> Verdict:
+                      route_problem: str | None, state: CatalogState, preread: Preread | None) -> Verdict:
         key = request.headers.get(self.canary_key_header) if self.canary_key_header else None
         mode = self.effective_mode(endpoint.name, request_id, key)
         reason = route_problem or bodies.media_problem(request.headers.get("Content-Type"),
@@ -206,7 +235,9 @@ class DataPlane:
         if reason is not None and mode == "enforce":
             # Nothing to read: the verdict is already known from the headers.
             return Verdict(endpoint, mode, bodies.unreadable(reason), b"", False)
-        raw, too_large = await read_limited(request, self.max_body_bytes, self.body_timeout_s)
+        if preread is None:
+            preread = await read_limited(request, self.max_body_bytes, self.body_timeout_s)
+        raw, too_large = preread
         started = time.perf_counter()
         if too_large:
             inspection = bodies.unreadable("too_large")

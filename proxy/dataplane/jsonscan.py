@@ -26,7 +26,7 @@ import json.scanner
 import re
 from typing import Final
 
-from proxy.catalog.paths import ascii_lower
+from proxy.catalog.keys import fold_key, lookalikes_of
 from proxy.dataplane.pointer import escape_pointer
 
 Spans = dict[str, tuple[int, int]]  # RFC 6901 pointer -> (start, end) of the value token
@@ -45,21 +45,40 @@ _DECODER: Final = json.JSONDecoder(parse_int=len, parse_float=len, parse_constan
 _SCAN_ONCE: Final = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]  # typeshed: the pure-Python class
 
 
+def _escapes(char: str) -> list[bytes]:
+    """``char`` literally (UTF-8) and as every ``\\u`` escape of it (hex digits in any case)."""
+    hex_digits = f"{ord(char):04x}"
+    escaped = "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in hex_digits)
+    return [re.escape(char).encode(), rb"\\u" + escaped.encode()]
+
+
 def _char_spelling(char: str, any_case: bool) -> bytes:
     """Every way JSON can spell one ASCII character inside a string: itself or a \\u escape (hex in any case)."""
     chars = {char, char.lower(), char.upper()} if any_case else {char}
-    options = []
-    for option in sorted(chars):
-        hex_digits = f"{ord(option):04x}"
-        escaped = "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in hex_digits)
-        options += [re.escape(option), rf"\\u{escaped}"]
-    return ("(?:" + "|".join(options) + ")").encode()
+    return b"(?:" + b"|".join(option for c in sorted(chars) for option in _escapes(c)) + b")"
+
+
+def _spelling_from(key: str, position: int, any_case: bool) -> bytes:
+    """The key's characters from ``position`` on; with ``any_case``, also non-ASCII lookalikes that fold onto one
+    or more of them (``ſ`` for ``s``, ``ﬆ`` for ``st``: proxy.catalog.keys)."""
+    if position == len(key):
+        return b""
+    rest = _char_spelling(key[position], any_case) + _spelling_from(key, position + 1, any_case)
+    if not any_case:
+        return rest
+    branches = [rest]
+    for char, letters in lookalikes_of(key):
+        if key.lower().startswith(letters, position):
+            options = b"|".join(_escapes(char))
+            branches.append(b"(?:" + options + b")" + _spelling_from(key, position + len(letters), any_case))
+    return rest if len(branches) == 1 else b"(?:" + b"|".join(branches) + b")"
 
 
 @functools.cache
 def spelling(key: str, *, any_case: bool = False) -> re.Pattern[bytes]:
-    """A JSON string token spelling ``key`` (printable ASCII without ``"\\/``) in any allowed way."""
-    return re.compile(b'"' + b"".join(_char_spelling(c, any_case) for c in key) + b'"')
+    """A JSON string token spelling ``key`` (printable ASCII without ``"\\/``) in any allowed way; with
+    ``any_case``, in any case and with any character a decoder folds onto its letters."""
+    return re.compile(b'"' + _spelling_from(key, 0, any_case) + b'"')
 
 
 def spelling_count(raw: bytes, key: str, *, any_case: bool = False) -> int:
@@ -138,7 +157,7 @@ class Scanner:
         self.spans: Spans = {}
         self.duplicate = False  # a path object holds the path key twice
         self.case_variant = False  # a path object holds a key equal to the path key but for ASCII case
-        self._folded = tuple(ascii_lower(part) for part in parts)
+        self._folded = tuple(fold_key(part) for part in parts)
         self._needles = tuple(b'"' + part.encode() + b'"' for part in parts)
         # Runs only speed the walk up (pragma: a mutant without them scans the same members one by one).
         self._runs = tuple(member_run(part) if part != "*" and _plain(part) else None  # pragma: no mutate
@@ -215,19 +234,20 @@ class Scanner:
                 return pos
 
     def _is_path_key(self, token: bytes, level: int) -> bool:
-        """True for the path key at ``level``; notes a key that differs from it only in ASCII case."""
+        """True for the path key at ``level``; notes a key that differs from it only in case (proxy.catalog.keys:
+        ``Stage``, ``ſtage`` and ``ﬆage`` are all ``stage`` to some decoder)."""
         needle = self._needles[level]
         if token == needle:
             return True
-        if b"\\" not in token:  # an ASCII case change keeps the length in bytes
-            if len(token) == len(needle) and ascii_lower(decode_key(token)) == self._folded[level]:
-                self.case_variant = True
-            return False
         if len(token) > 6 * len(needle):  # too long to decode to a key of the needle's length (\uXXXX is 6 bytes)
+            return False
+        if b"\\" not in token and token.isascii() and needle.isascii():  # ASCII case keeps the length in bytes
+            if len(token) == len(needle) and token.lower() == needle.lower():
+                self.case_variant = True
             return False
         key = decode_key(token)
         if key == self.parts[level]:
             return True
-        if ascii_lower(key) == self._folded[level]:
+        if fold_key(key) == self._folded[level]:
             self.case_variant = True
         return False

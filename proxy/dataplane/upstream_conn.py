@@ -5,7 +5,12 @@ breaks HTTP or the proxy's bounds — bytes past its declared end, a status
 outside 100–599, a head over 64 KiB or 256 fields, a header that is not UTF-8 —
 fails the exchange (502) and drops the connection, whose bytes are never parsed
 as part of this response or the next (docs/proxy.md, "Hostile clients and
-upstreams"). The pool and the request side are in proxy/dataplane/upstream_http.py.
+upstreams"). A chunked body's trailer section is dropped: httptools reports its
+fields through the same callback as the head's, and relaying them as header
+fields would let an upstream add ``Set-Cookie`` or ``Location`` after the head
+was checked. Interim (1xx) answers do not reset the read timeout: an upstream
+that only ever sends ``100 Continue`` gets a 504, not an endless wait. The pool
+and the request side are in proxy/dataplane/upstream_http.py.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ class Exchange:
 
     __slots__ = ("parser", "head", "head_only", "received_any", "reason", "headers", "status", "keep_alive",
                  "complete", "until_eof", "reusable", "error", "chunks", "buffered", "timeout_s", "last_read",
-                 "head_bytes", "fields", "violation")
+                 "head_bytes", "fields", "violation", "interims")
 
     def __init__(self, connection: Connection, head: asyncio.Future[None], head_only: bool, timeout_s: float,
                  now: float) -> None:
@@ -74,6 +79,7 @@ class Exchange:
         self.head_bytes = 0  # bytes received while no final response head was complete
         self.fields = 0
         self.violation: str | None = None  # why a callback stopped the parser
+        self.interims = 0  # interim (1xx) answers so far: after one, bytes before the final head are not progress
 
 
     def keeps_connection(self) -> bool:
@@ -127,7 +133,8 @@ class Connection(asyncio.Protocol):
             self.abort()
             return
         x.received_any = True
-        x.last_read = self.loop.time()
+        if x.status or not x.interims:
+            x.last_read = self.loop.time()
         try:
             x.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -171,6 +178,8 @@ class Connection(asyncio.Protocol):
         x.fields += 1
         if x.fields > MAX_HEAD_FIELDS:
             self._violate(f"the upstream's response has more than {MAX_HEAD_FIELDS} header fields")
+        if x.status:  # a trailer field (after a chunked body): dropped, never relayed as a header
+            return
         try:  # relayed as received or refused, never changed: aiohttp writes header values as UTF-8
             x.headers.add(name.decode("ascii"), value.decode("utf-8"))
         except UnicodeDecodeError:
@@ -184,6 +193,7 @@ class Connection(asyncio.Protocol):
         if 100 <= status < 200:  # interim answer (101 is refused by the parser as an upgrade)
             x.headers = CIMultiDict()
             x.reason = ""
+            x.interims += 1
             return
         x.status = status
         x.until_eof = "Content-Length" not in x.headers and "Transfer-Encoding" not in x.headers

@@ -11,7 +11,9 @@ By the alert's labels (docs/ops-plane.md):
 
 Re-sent notifications (``repeat_interval``, HA pairs) change nothing the second
 time. Alerts without ``stage_action`` are ignored with 200; malformed payloads
-are 400.
+are 400. Label values are input: an alert name or group key is cut to
+``MAX_LABEL`` characters and an over-long fingerprint replaced by its hash
+before it reaches a log line, a block, the history or an answer.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ from proxy.shared.problems import problem
 
 log = logging.getLogger(__name__)
 ACTIONS = ("downgrade", "block_enforce")
+MAX_LABEL = 200  # characters kept of an alert name or group key (real ones are a few dozen)
+MAX_FINGERPRINT = 64  # Alertmanager's are 16 hex digits; a longer one is hashed, so distinct ones stay distinct
+
+
+def _short(value: str, limit: int = MAX_LABEL) -> str:
+    return value if len(value) <= limit else value[:limit] + "…"
 
 
 class PayloadError(ValueError):
@@ -57,7 +65,9 @@ class Plan:
 def _fingerprint(alert: dict[str, Any], labels: dict[str, str]) -> str:
     value = alert.get("fingerprint")
     if isinstance(value, str) and value:
-        return value
+        if len(value) <= MAX_FINGERPRINT:
+            return value
+        return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return hashlib.sha256(orjson.dumps(labels, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
@@ -93,10 +103,10 @@ def parse(raw: bytes) -> tuple[dict[str, Any], list[tuple[dict[str, Any], dict[s
 def plan(raw: bytes, catalog: Catalog) -> tuple[Plan, str]:
     """The actions a notification asks for, and its groupKey."""
     body, alerts = parse(raw)
-    group_key = body.get("groupKey") or ""
+    group_key = _short(body.get("groupKey") or "")
     result = Plan()
     for alert, labels in alerts:
-        action, name = labels.get("stage_action"), labels.get("alertname", "unnamed")
+        action, name = labels.get("stage_action"), _short(labels.get("alertname", "unnamed"))
         endpoint = labels.get("endpoint")
         if action not in ACTIONS:
             result.ignored += 1

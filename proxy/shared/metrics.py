@@ -25,7 +25,7 @@ REJECTION_REASONS: Final = ("unknown", "invalid", *UNREADABLE_STATUS)
 STORE_OPS: Final = ("load", "save", "publish")
 RELOAD_RESULTS: Final = ("ok", "refused")
 LISTENERS: Final = ("main", "admin")
-DROP_REASONS: Final = ("max_connections", "header_timeout", "body_timeout", "write_timeout")
+DROP_REASONS: Final = ("max_connections", "header_timeout", "head_too_large", "body_timeout", "write_timeout")
 PASSTHROUGH: Final = "passthrough"
 
 # `*_created` series double the exposition and no rule or dashboard reads them.

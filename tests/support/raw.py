@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import httptools
+
 
 async def exchange(port: int, data: bytes, *, idle_s: float = 1.0, total_s: float = 10.0) -> bytes:
     """Send ``data`` on a fresh connection; all bytes received until the proxy closes or stays quiet ``idle_s``."""
@@ -55,3 +57,19 @@ def request(method: str, path: str, body: bytes = b"", *, headers: dict[str, str
         lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def body_of(answer: bytes) -> bytes:
+    """The body of one raw HTTP/1.1 response, de-chunked (httptools reads the framing)."""
+    pieces: list[bytes] = []
+
+    class Sink:
+        def on_body(self, body: bytes) -> None:
+            pieces.append(body)
+
+    parser = httptools.HttpResponseParser(Sink())
+    try:
+        parser.feed_data(answer)
+    except httptools.HttpParserError:
+        pass  # a close-delimited or truncated answer: what arrived is the body
+    return b"".join(pieces)
