@@ -1,0 +1,3 @@
+module stagegate.test/deals
+
+go 1.19
