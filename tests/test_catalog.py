@@ -98,11 +98,35 @@ def test_parse_field() -> None:
 def test_catalog_version_is_a_short_stable_hash() -> None:
     from proxy.catalog.compare import catalog_version
 
-    version = catalog_version(DEFAULT_CATALOG_TOML)
+    version = catalog_version(parse_catalog(DEFAULT_CATALOG_TOML))
     assert len(version) == 12 and int(version, 16) >= 0
-    assert version == catalog_version(DEFAULT_CATALOG_TOML)
-    assert version != catalog_version(DEFAULT_CATALOG_TOML + "\n")
-    assert catalog_version("") == "e3b0c44298fc"  # SHA-256 of nothing
+    # The content, not the file: comments, spacing, key order and quoting do not change it.
+    respelled = ("# a comment\n" + DEFAULT_CATALOG_TOML.replace('won = "closed_won"', "'won'   =   'closed_won'")
+                 .replace('lost = "closed_lost"\n', "")
+                 .replace("[stages.aliases]", '[stages.aliases]\nlost = "closed_lost"'))
+    assert catalog_version(parse_catalog(respelled)) == version
+    assert catalog_version(parse_catalog(DEFAULT_CATALOG_TOML.replace('won = "closed_won"', 'won = "closed_lost"'))) \
+        != version
+    import hashlib
+
+    import orjson
+    expected = hashlib.sha256(orjson.dumps(default_catalog().as_json(), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    assert version == expected[:12]
+
+
+def test_catalog_from_json_round_trips() -> None:
+    """What GET /_ops/catalog serves is a catalog again, checked by the same rules, with the same version."""
+    from proxy.catalog.compare import catalog_version
+    from proxy.catalog.stages import catalog_from_json
+
+    catalog = parse_catalog(DEFAULT_CATALOG_TOML)
+    again = catalog_from_json(catalog.as_json())
+    assert again == catalog and catalog_version(again) == catalog_version(catalog)
+    broken = {**catalog.as_json(), "aliases": {"won": "victory"}}
+    with pytest.raises(CatalogError, match="'won' points at 'victory'"):
+        catalog_from_json(broken)
+    with pytest.raises(CatalogError):
+        catalog_from_json([1, 2])
 
 
 def test_compare_names_every_kind_of_change() -> None:

@@ -54,7 +54,7 @@ CASES: dict[str, list[tuple[str, int, str]]] = {
                   ("offenders {tmp}/bad.log --since 24", 2, "a number needs a unit"),
                   ("offenders {tmp}/bad.log --result missing", 2, "--result 'missing': the proxy logs"),
                   ("offenders {tmp}/bad.log --min-count 0", 2, "--min-count must be at least 1"),
-                  ("offenders {tmp}/bad.log --suggest-aliases", 2, "--suggest-aliases needs --config"),
+                  ("offenders {tmp}/bad.log --suggest-aliases --admin-url http://127.0.0.1:9", 1, "cannot reach"),
                   ("offenders {tmp}/bad.log --suggest-aliases --config {tmp}/bad.toml", 2, "not valid TOML")],
     "seed-db": [("seed-db --dsn mysql://x", 2, "must be a postgresql:// URL"),
                 ("seed-db --dsn postgresql://u:pw-1@127.0.0.1:{dead}/x", 1, "cannot connect"),

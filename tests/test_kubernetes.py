@@ -24,6 +24,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML (a kubernetes-validate dependency) ships no types
 
 from proxy.app.settings import OPTIONS, Settings, load_settings
+from proxy.catalog.stages import parse_catalog
 from tests.support.proxies import REPO
 from tools.errors import CommandError
 from tools.stagectl import build_parser as stagectl_parser
@@ -227,7 +228,7 @@ def test_the_proxy_loads_its_arguments(build: Build, tmp_path: Path) -> None:
     assert settings.ops_token is not None and settings.ops_token.reveal() == TEST_TOKEN
     assert settings.redis_url and settings.redis_url == proxy_environment(build)["STAGE_REDIS_URL"]
     assert settings.workers == 1  # the sizing assumes one process per pod
-    assert settings.catalog_text == (KUBE / "base" / "catalog.toml").read_text(encoding="utf-8")
+    assert settings.catalog == parse_catalog((KUBE / "base" / "catalog.toml").read_text(encoding="utf-8"))
     args = build.proxy["args"]
     for flag, kind in (("--config", "configMap"), ("--ops-token-file", "secret"), ("--state-file", "emptyDir")):
         mount, volume = mount_of(build, build.proxy, flag_value(args, flag))

@@ -339,6 +339,8 @@ async def test_progress_lines_when_not_a_terminal(database: str) -> None:
     await seeded(database, 3000)
     result = await stagectl(database, "migrate", "--batch-size", "500", "--progress-interval-s", "0")
     lines = [orjson.loads(line) for line in result.stderr.splitlines()]
+    catalog, *lines = lines  # first, which catalog classified the values
+    assert catalog["event"] == "catalog" and catalog["source"] == "built-in" and len(catalog["version"]) == 12
     assert lines and all("rows_per_s" in line and "eta_s" in line for line in lines)
     assert lines[-1]["rows"] == 3000
     assert result.stdout.startswith("run ")

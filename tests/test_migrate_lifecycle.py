@@ -70,7 +70,9 @@ async def test_a_live_run_shows_its_lock_holder_and_a_killed_one_is_interrupted(
     live = (await status(database))[0]
     assert live["status"] == "running" and isinstance(live["holder_pid"], int) and live["resume_command"] is None
     text = (await stagectl(database, "migrate", "status")).stdout
-    assert f"lock held by pid {live['holder_pid']}" in text and "STARTED (UTC)" in text
+    # the stagectl process an operator would stop, never the database backend holding the lock
+    assert str(live["holder"]).startswith(f"stagectl pid {proc.pid} on ")
+    assert f"running in stagectl pid {proc.pid} on " in text and "STARTED (UTC)" in text
 
     run = await kill_9(proc, database)
     assert run["status"] == "interrupted" and run["interrupted_at"] and run["holder_pid"] is None
@@ -100,7 +102,8 @@ async def test_apply_is_refused_while_a_run_is_unfinished_and_resume_continues_i
 
     resumed = await stagectl(database, "migrate", "--apply", "--resume", "--json", "--progress-interval-s", "0")
     assert resumed.returncode == 0, resumed.stderr
-    lines = resumed.stderr.splitlines()
+    catalog, *lines = resumed.stderr.splitlines()
+    assert orjson.loads(catalog)["event"] == "catalog"
     assert lines[0].startswith(f"resuming run {run['run_id']} (interrupted) after id {run['last_id']}: "
                                f"{done} rows already scanned")
     progress = [orjson.loads(line) for line in lines[1:]]
@@ -118,7 +121,7 @@ async def test_abandon_closes_a_run_and_lets_a_new_one_start(database: str, db: 
     await seeded(database, ROWS)
     proc = await start_slow_run(database, db)
     busy = await stagectl(database, "migrate", "abandon", "--run", "1")
-    one_line_error(busy, 6, "run 1 (pid ")  # live: nobody may close it under the process
+    one_line_error(busy, 6, "run 1 of stagectl pid ")  # live: nobody may close it under the process
     run = await kill_9(proc, database)
 
     abandoned = await stagectl(database, "migrate", "abandon", "--run", str(run["run_id"]))
@@ -149,7 +152,7 @@ async def test_resume_is_refused_after_a_revert_or_a_newer_run(database: str, db
     # reverting the unfinished run itself closes it: nothing left to resume, new runs may start
     undone = await stagectl(database, "migrate", "revert", "--run", str(interrupted["run_id"]), "--apply")
     assert undone.returncode == 0, undone.stderr
-    assert (await status(database, "--run", str(interrupted["run_id"])))[0]["status"] == "abandoned"
+    assert (await status(database, "--run", str(interrupted["run_id"])))[0]["status"] == "reverted"
     one_line_error(await stagectl(database, "migrate", "--apply", "--resume"), 2, "nothing to resume")
 
 
@@ -192,4 +195,4 @@ async def test_an_old_control_table_is_upgraded(database: str, db: asyncpg.Conne
     assert run["status"] == "interrupted" and run["resume_command"] == "stagectl migrate --apply --resume"
     resumed = await stagectl(database, "migrate", "--apply", "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert resumed.stderr.startswith("resuming run 1 (interrupted) after id 100")
+    assert resumed.stderr.splitlines()[1].startswith("resuming run 1 (interrupted) after id 100")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, default_catalog, parse_catalog
 from proxy.modes.changes import ModeChanges
-from proxy.modes.records import Block, ModeRecord, StoreState
+from proxy.modes.pending import PendingWrites
+from proxy.modes.records import Block, HistoryEntry, ModeRecord, StoreState, utc_now
 from proxy.modes.refresher import Refresher
 from proxy.modes.statefile import StateFile, read_state_file, write_state_file
 from proxy.modes.store import MemoryModeStore, StoreUnavailable
@@ -44,6 +46,11 @@ class SwitchableStore(MemoryModeStore):
             raise StoreUnavailable("redis load: ConnectionError: refused")
         return await super().load()
 
+    async def save(self, changes: Mapping[str, ModeRecord], history: Sequence[HistoryEntry]) -> None:
+        if self.down:
+            raise StoreUnavailable("redis save: ConnectionError: refused")
+        await super().save(changes, history)
+
 
 class Modes:
     """The parts as the app wires them, over any store."""
@@ -54,8 +61,9 @@ class Modes:
         self.metrics = Metrics(catalog.endpoint_names)
         self.view = ModeView(catalog, self.metrics)
         self.state_file = StateFile(state_file)
-        self.refresher = Refresher(self.view, store, self.state_file, refresh_ms=50)
-        self.changes = ModeChanges(self.view, store, self.refresher, self.state_file)
+        self.pending = PendingWrites()
+        self.refresher = Refresher(self.view, store, self.state_file, refresh_ms=50, pending=self.pending)
+        self.changes = ModeChanges(self.view, store, self.refresher, self.state_file, self.pending)
 
     def gauge(self, name: str, **labels: str) -> float | None:
         return self.metrics.registry.get_sample_value(name, labels)
@@ -140,13 +148,55 @@ async def test_store_down_degrades_once_and_recovers_once(caplog: pytest.LogCapt
     assert modes.view.lookup("create_deal") == ("enforce", 100.0)
     assert modes.gauge("stage_mode_source", source="last_known") == 1.0
     assert len(events(caplog, "mode_store_degraded")) == 1
-    with pytest.raises(StoreUnavailable):
-        await modes.changes.downgrade(None, "Alert", "g")  # decisions never rest on a stale view
     store.down = False
     await modes.refresher.refresh()
     await modes.refresher.refresh()
     assert modes.view.source == "memory" and not modes.view.degraded
     assert len(events(caplog, "mode_store_recovered")) == 1
+
+
+async def test_a_downgrade_does_not_wait_for_the_store() -> None:
+    """Store down: a downgrade applies here at once (pending, counted), is written first thing when the store
+    answers, and what it replaced is in the history; raising enforce still needs the store."""
+    store = SwitchableStore()
+    modes = Modes(store)
+    await modes.refresher.start()
+    await modes.changes.change(["create_deal", "update_deal"], "enforce", 50.0, "t", "canary")
+    store.down = True
+    await modes.refresher.refresh()
+    assert await modes.changes.downgrade(None, "Spike", "g") == (["create_deal", "update_deal"], False)
+    assert modes.view.lookup("create_deal") == ("warn", 0.0) and len(modes.pending) == 2
+    assert modes.gauge("stage_mode_pending_writes") == 2.0
+    assert await modes.changes.change(["import_deals"], "off", 0.0, "ops", "quiet") is False  # warn -> off: safe
+    with pytest.raises(StoreUnavailable):
+        await modes.changes.change(["create_deal"], "enforce", 10.0, "ops", "again")  # away from safety: 503
+    await modes.refresher.refresh()  # still down: the local changes hold
+    assert modes.view.lookup("create_deal") == ("warn", 0.0)
+    assert (await MemoryModeStore.load(store)).records["create_deal"].mode == "enforce"  # nothing stored yet
+    store.down = False
+    await modes.refresher.refresh()
+    stored = (await store.load()).records
+    assert {name: r.mode for name, r in stored.items()} == {"create_deal": "warn", "update_deal": "warn",
+                                                            "import_deals": "off"}
+    assert len(modes.pending) == 0 and modes.gauge("stage_mode_pending_writes") == 0.0
+    assert [(e.endpoint, e.to_mode) for e in await store.history(10)][:3] == [
+        ("import_deals", "off"), ("update_deal", "warn"), ("create_deal", "warn")]
+
+
+async def test_a_newer_stored_change_wins_over_a_pending_one() -> None:
+    """A replica that downgraded during the outage does not overwrite a change stored after its own."""
+    store = SwitchableStore()
+    modes = Modes(store)
+    await modes.refresher.start()
+    await modes.changes.change(["create_deal"], "enforce", 100.0, "t", "go")
+    store.down = True
+    assert await modes.changes.change(["create_deal"], "warn", 0.0, "ops", "rollback") is False
+    await asyncio.sleep(0.01)
+    later = ModeRecord("off", 0.0, utc_now(), "other replica", "later")
+    await MemoryModeStore.save(store, {"create_deal": later}, [])  # written elsewhere after our downgrade
+    store.down = False
+    await modes.refresher.refresh()
+    assert (await store.load()).records["create_deal"] == later and modes.view.lookup("create_deal") == ("off", 0.0)
 
 
 async def test_emptied_store_is_reseeded_with_known_modes(caplog: pytest.LogCaptureFixture) -> None:
@@ -228,9 +278,9 @@ async def test_downgrade_touches_only_enforcing_endpoints_once() -> None:
     await modes.refresher.start()
     await modes.changes.change(["create_deal", "update_deal"], "enforce", 100.0, "t", "go")
     await modes.changes.change(["import_deals"], "off", 0.0, "t", "stay")
-    assert await modes.changes.downgrade(None, "StageEnforceErrorSpike", "g") == ["create_deal", "update_deal"]
+    assert await modes.changes.downgrade(None, "StageEnforceErrorSpike", "g") == (["create_deal", "update_deal"], True)
     assert modes.view.records["create_deal"].updated_by == "StageEnforceErrorSpike"
     assert modes.view.records["import_deals"].mode == "off"
-    assert await modes.changes.downgrade(None, "StageEnforceErrorSpike", "g") == []
+    assert await modes.changes.downgrade(None, "StageEnforceErrorSpike", "g") == ([], True)
     entry = (await modes.store.history(1))[0]
     assert (entry.source, entry.from_mode, entry.to_mode) == ("alertmanager", "enforce", "warn")

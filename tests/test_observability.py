@@ -22,7 +22,7 @@ CONTRACT_METRICS = {"stage_validation_total", "stage_enforce_rejections_total", 
                     "stage_proxy_request_seconds", "stage_upstream_errors_total", "stage_mode", "stage_enforce_percent",
                     "stage_mode_source", "stage_enforce_blocked", "stage_mode_store_seconds",
                     "stage_client_connections", "stage_connections_dropped_total", "stage_config_reload_total",
-                    "stage_catalog_info", "stage_config_last_reload_successful"}
+                    "stage_catalog_info", "stage_config_last_reload_successful", "stage_mode_pending_writes"}
 
 
 def tool(name: str) -> str:

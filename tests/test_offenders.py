@@ -189,7 +189,7 @@ def test_parse_since() -> None:
     (["--result", "canonical"], "canonical and absent are never logged"),
     (["--top", "-1"], "--top must be at least 1"),
     (["--min-count", "0"], "--min-count must be at least 1"),
-    (["--suggest-aliases"], "--suggest-aliases needs --config PATH"),
+    (["--suggest-aliases", "--admin-url", "ftp://x"], "--admin-url must be an http:// or https:// URL"),
     (["--suggest-aliases", "--config", "/nonexistent/catalog.toml"], "--config: cannot read"),
     (["--endpoint", "nope", "--config", "{catalog}"], "--endpoint 'nope': unknown endpoint (the catalog has "
                                                       "create_deal, update_deal, import_deals)"),

@@ -144,7 +144,7 @@ async def test_schemathesis_admin_api(make_proxy: ProxyFactory, tmp_path: Path) 
     """
     config = tmp_path / "catalog.toml"
     config.write_text(DEFAULT_CATALOG_TOML, encoding="utf-8")
-    run = await make_proxy(config_path=config, catalog_text=DEFAULT_CATALOG_TOML)
+    run = await make_proxy(config_path=config)
     await schemathesis(run.admin_url, tmp_path, "--exclude-tag", "deals", "--header", f"Authorization: Bearer {TOKEN}")
 
 

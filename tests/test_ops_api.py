@@ -48,11 +48,11 @@ async def test_get_mode_shape(proxy: Running, http: aiohttp.ClientSession) -> No
     """GET /_ops/mode has source, enforce_blocked and every endpoint with the contract's fields."""
     async with http.get(f"{proxy.admin_url}/_ops/mode") as response:
         body = await response.json()
-    assert set(body) == {"source", "enforce_blocked", "endpoints"}
-    assert set(body["endpoints"]) == {"create_deal", "update_deal", "import_deals"}
+    assert set(body) == {"source", "enforce_blocked", "endpoints", "pending_writes"}
+    assert set(body["endpoints"]) == {"create_deal", "update_deal", "import_deals"} and body["pending_writes"] == []
     for record in body["endpoints"].values():
-        assert set(record) == {"mode", "percent", "updated_at", "updated_by", "reason", "blocked_by"}
-        assert record["mode"] == "off" and record["blocked_by"] == []
+        assert set(record) == {"mode", "percent", "updated_at", "updated_by", "reason", "blocked_by", "rollout"}
+        assert record["mode"] == "off" and record["blocked_by"] == [] and record["rollout"] is None
 
 
 async def test_put_mode_records_who_and_why(proxy: Running, http: aiohttp.ClientSession) -> None:

@@ -29,6 +29,8 @@ from tests.support.upstreams import Upstream
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WITH_SIGNED = DEFAULT_CATALOG_TOML.replace('won = "closed_won"', 'won = "closed_won"\nsigned = "closed_won"')
+DEFAULT_VERSION = catalog_version(parse_catalog(DEFAULT_CATALOG_TOML))
+SIGNED_VERSION = catalog_version(parse_catalog(WITH_SIGNED))
 
 BAD_FILES: dict[str, tuple[str, str]] = {
     "not TOML": ("garbage [\n", "not valid TOML"),
@@ -129,8 +131,8 @@ async def test_reload_adds_an_alias_enforce_uses_at_once(upstream: Upstream, tmp
         assert await create(run.main_url, "Signed") == 422  # a refused caller changed nothing
         status, body = await reload(http, run.admin_url)
         assert status == 200, body
-        assert body["result"] == "ok" and body["version"] == catalog_version(WITH_SIGNED)
-        assert body["previous_version"] == catalog_version(DEFAULT_CATALOG_TOML)
+        assert body["result"] == "ok" and body["version"] == SIGNED_VERSION
+        assert body["previous_version"] == DEFAULT_VERSION
         assert body["changes"]["aliases_added"] == {"signed": "closed_won"}
         before = len(upstream.seen)
         assert await create(run.main_url, "Signed") == 200
@@ -161,7 +163,7 @@ async def test_a_bad_file_is_refused_and_the_running_catalog_stays(kind: str, up
         status, body = await reload(http, run.admin_url)
         assert status == 400, body
         assert body["type"].endswith("catalog-refused") and any(fragment in p for p in body["problems"]), body
-        assert body["version"] == catalog_version(DEFAULT_CATALOG_TOML)
+        assert body["version"] == DEFAULT_VERSION
         assert await create(run.main_url, "Won") == 200
         assert orjson.loads(upstream.last.body) == {"stage": "closed_won"}
         text_metrics = await metrics_text(http, run.admin_url)
@@ -241,8 +243,8 @@ async def test_every_worker_reloads(upstream: Upstream, tmp_path: Path, redis_se
 
         async def both() -> bool:
             text = await metrics_text(http, run.admin_url)
-            return sample(text, f'stage_catalog_info{{version="{catalog_version(WITH_SIGNED)}"}}') == 1 and \
-                sample(text, f'stage_catalog_info{{version="{catalog_version(DEFAULT_CATALOG_TOML)}"}}') == 0
+            return sample(text, f'stage_catalog_info{{version="{SIGNED_VERSION}"}}') == 1 and \
+                sample(text, f'stage_catalog_info{{version="{DEFAULT_VERSION}"}}') == 0
         await wait_for(both)
         children = subprocess.run(["pgrep", "-P", str(run.proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 2
@@ -258,8 +260,7 @@ async def test_reloads_under_load_lose_no_request(make_proxy: ProxyFactory, upst
     upstream once, normalized by one catalog or the other (both map 'won')."""
     config = tmp_path / "catalog.toml"
     config.write_text(DEFAULT_CATALOG_TOML)
-    run: Running = await make_proxy(config_path=config, catalog=parse_catalog(DEFAULT_CATALOG_TOML),
-                                    catalog_text=DEFAULT_CATALOG_TOML)
+    run: Running = await make_proxy(config_path=config, catalog=parse_catalog(DEFAULT_CATALOG_TOML))
     await enforce(http, run.admin_url)
     done = asyncio.Event()
 
@@ -336,7 +337,7 @@ async def test_catalog_check_against_the_running_file(tmp_path: Path) -> None:
     renamed.write_text(BAD_FILES["renamed endpoint"][0])
     result = await stagectl("catalog", "check", str(new), "--against", str(running))
     assert result.returncode == 0, result.stderr
-    assert f"{new}: ok, version {catalog_version(WITH_SIGNED)}" in result.stdout
+    assert f"{new}: ok, version {SIGNED_VERSION}" in result.stdout
     assert "alias added: 'signed' -> closed_won" in result.stdout
     result = await stagectl("catalog", "check", str(renamed))
     assert result.returncode == 0, result.stderr  # a valid catalog on its own
@@ -349,16 +350,15 @@ async def test_catalog_show_and_reload_through_the_cli(make_proxy: ProxyFactory,
     """show --config and show --admin-url agree on a file; reload applies the edit and show follows it."""
     config = tmp_path / "catalog.toml"
     config.write_text(DEFAULT_CATALOG_TOML)
-    run = await make_proxy(config_path=config, catalog=parse_catalog(DEFAULT_CATALOG_TOML),
-                           catalog_text=DEFAULT_CATALOG_TOML)
+    run = await make_proxy(config_path=config, catalog=parse_catalog(DEFAULT_CATALOG_TOML))
     offline = orjson.loads((await stagectl("catalog", "show", "--config", str(config), "--json")).stdout)
     live = orjson.loads((await stagectl("catalog", "show", "--admin-url", run.admin_url, "--json")).stdout)
-    assert offline["version"] == live["version"] == catalog_version(DEFAULT_CATALOG_TOML)
+    assert offline["version"] == live["version"] == DEFAULT_VERSION
     assert {k: v for k, v in offline.items() if k != "file"} == {k: v for k, v in live.items() if k != "file"}
     config.write_text(WITH_SIGNED)
     result = await stagectl("catalog", "reload", "--admin-url", run.admin_url)
     assert result.returncode == 0, result.stderr
-    assert f"{catalog_version(DEFAULT_CATALOG_TOML)} -> {catalog_version(WITH_SIGNED)}" in result.stdout
+    assert f"{DEFAULT_VERSION} -> {SIGNED_VERSION}" in result.stdout
     assert "alias added: 'signed' -> closed_won" in result.stdout
     result = await stagectl("catalog", "show", "--admin-url", run.admin_url)
     assert "'signed' -> closed_won" in result.stdout
@@ -394,8 +394,8 @@ async def test_a_sighup_while_starting_is_held_not_fatal(workers: int, upstream:
 
         async def applied() -> bool:
             text = await metrics_text(http, f"http://127.0.0.1:{admin}")
-            return sample(text, f'stage_catalog_info{{version="{catalog_version(WITH_SIGNED)}"}}') == 1 and \
-                sample(text, f'stage_catalog_info{{version="{catalog_version(DEFAULT_CATALOG_TOML)}"}}') == 0  # max
+            return sample(text, f'stage_catalog_info{{version="{SIGNED_VERSION}"}}') == 1 and \
+                sample(text, f'stage_catalog_info{{version="{DEFAULT_VERSION}"}}') == 0  # max
         await wait_for(applied)
     finally:
         proc.terminate()
@@ -409,8 +409,7 @@ async def test_a_reload_that_tightens_enforce_warns(make_proxy: ProxyFactory, tm
     stderr; the same edit with nobody in enforce carries none."""
     config = tmp_path / "catalog.toml"
     config.write_text(DEFAULT_CATALOG_TOML)
-    run = await make_proxy(config_path=config, catalog=parse_catalog(DEFAULT_CATALOG_TOML),
-                           catalog_text=DEFAULT_CATALOG_TOML)
+    run = await make_proxy(config_path=config, catalog=parse_catalog(DEFAULT_CATALOG_TOML))
     without_won = DEFAULT_CATALOG_TOML.replace('won = "closed_won"', '')
     config.write_text(without_won)
     status, body = await reload(http, run.admin_url)

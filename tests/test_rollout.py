@@ -89,7 +89,17 @@ async def rollout(live: Live, *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tools.stagectl", "rollout", "--endpoint", "create_deal", "--admin-url",
         live.run.admin_url, "--prometheus", live.prometheus.url, *args, cwd=REPO,
-        env={**os.environ, "STAGE_OPS_TOKEN": TOKEN}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        env={**os.environ, "STAGE_OPS_TOKEN": TOKEN, "STAGE_ACTOR": "ci"}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+
+
+ACTOR = "stagectl rollout (ci)"
+
+
+def last_before_left(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The event that ended the run: every exit after a change adds one ``left`` line naming the mode left."""
+    assert events[-1]["event"] == "left", events[-3:]
+    return events[-2]
 
 
 async def finish(proc: asyncio.subprocess.Process, timeout_s: float = 60) -> tuple[int, list[dict[str, Any]], str]:
@@ -122,9 +132,11 @@ async def test_healthy_traffic_reaches_100(live: Live) -> None:
     progress = [e for e in events if e["event"] == "progress"]
     assert progress and all(e["enforced"] >= 0 and e["max_error_ratio"] == 0.001 for e in progress)
     assert any(e["state"] == "promoting" for e in progress)
-    sets = [e for e in await live.history() if e["actor"] == "stagectl rollout"]
+    sets = [e for e in await live.history() if e["actor"] == ACTOR and e["action"] == "mode"]
     assert [e["percent"] for e in reversed(sets)] == [10, 50, 100]
-    assert "gate skipped: test" in sets[-1]["reason"]
+    assert "gate skipped: test" in sets[-1]["reason"] and all(e["reason"].endswith("— test") for e in sets)
+    assert events[-1] == {"event": "left", "endpoint": "create_deal", "detail": "create_deal left at enforce 100%",
+                          "mode": "enforce", "percent": 100}
 
 
 async def test_errors_at_the_first_step_go_back_to_warn(live: Live) -> None:
@@ -135,7 +147,7 @@ async def test_errors_at_the_first_step_go_back_to_warn(live: Live) -> None:
     assert code == 4
     record = await live.mode()
     assert record["mode"] == "warn" and "enforce-error ratio" in record["reason"] and "> 0.001" in record["reason"]
-    assert [e["event"] for e in events][-1] == "aborted"
+    assert last_before_left(events)["event"] == "aborted" and events[-1]["mode"] == "warn"
 
 
 async def test_no_traffic_never_promotes(live: Live) -> None:
@@ -145,7 +157,8 @@ async def test_no_traffic_never_promotes(live: Live) -> None:
     assert code == 3
     assert any(e["event"] == "progress" and e["state"] == "waiting for traffic" for e in events)
     record = await live.mode()
-    assert (record["mode"], record["percent"], record["updated_by"]) == ("enforce", 10, "stagectl rollout")
+    assert (record["mode"], record["percent"], record["updated_by"]) == ("enforce", 10, ACTOR)
+    assert events[-1]["detail"] == "create_deal left at enforce 10%"
 
 
 async def test_someone_elses_change_stops_the_driver(live: Live) -> None:
@@ -158,7 +171,9 @@ async def test_someone_elses_change_stops_the_driver(live: Live) -> None:
                                        "actor": "alice"}) as response:
             assert response.status == 200
         code, events, _ = await finish(proc)
-    assert code == 4 and events[-1]["event"] == "stopped" and events[-1]["by"] == "alice"
+    stopped = last_before_left(events)
+    assert code == 4 and stopped["event"] == "stopped" and stopped["by"] == "alice"
+    assert events[-1]["detail"] == "create_deal left at enforce 25%"
     record = await live.mode()
     assert (record["percent"], record["updated_by"]) == (25, "alice")
 
@@ -176,8 +191,9 @@ async def test_interrupted_then_resumed_continues_the_same_step(live: Live) -> N
         code, events, err = await finish(second)
     assert code == 0, (events, err)
     assert events[0]["event"] == "resume" and events[0]["step"] == 1 and events[0]["since"] == set_at
-    tens = [e for e in await live.history() if e["actor"] == "stagectl rollout" and e["percent"] == 10]
+    tens = [e for e in await live.history() if e["actor"] == ACTOR and e["action"] == "mode" and e["percent"] == 10]
     assert len(tens) == 1  # the 10 % step was set once, not again
+    assert events[0]["watched_s"] > 0  # the watched time of the first driver counts, carried by its lease
 
 
 async def test_the_gate_must_agree(live: Live) -> None:

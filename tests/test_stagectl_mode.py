@@ -39,7 +39,8 @@ async def test_set_then_get_json(proxy: Running) -> None:
     assert result.returncode == 0, result.stderr
     body = orjson.loads(result.stdout)
     assert body["endpoints"]["create_deal"] == {**body["endpoints"]["create_deal"], "mode": "enforce",
-                                                "percent": 10.0, "updated_by": "ci", "reason": "canary 1"}
+                                                "percent": 10.0, "updated_by": "stagectl mode set (ci)",
+                                                "reason": "canary 1"}
 
 
 @pytest.mark.parametrize(
@@ -206,7 +207,7 @@ async def test_blocks_list_and_clear_a_lost_resolve(proxy: Running) -> None:
     assert orjson.loads(result.stdout) == {"enforce_blocked": False, "blocks": []}
     result = await stagectl("mode", "history", "--admin-url", proxy.admin_url, "--limit", "1")
     assert "unblocked: StageUnknownHighInWarn" in result.stdout and "resolve lost in AM restart" in result.stdout
-    assert "oncall (api)" in result.stdout
+    assert "stagectl blocks clear (oncall) (api)" in result.stdout
     result = await stagectl("blocks", "clear", "fp-StageUnknownHighInWarn", "--admin-url", proxy.admin_url,
                             "--reason", "again")
     assert result.returncode == 2 and "no enforce block has fingerprint" in result.stderr

@@ -3,7 +3,9 @@
 A backup directory holds the dumps, ``latest.sql`` / ``latest.dump`` (a symlink
 to the newest) and ``SHA256SUMS`` in ``sha256sum -c`` format. Every file is
 written under a temporary name, fsynced and renamed, so a crash never leaves a
-half dump under a real name.
+half dump under a real name; an interrupted or failed dump removes its
+temporary file. Dumps hold customer data: they are created mode 0600, readable
+by their owner only, whatever the umask.
 """
 
 from __future__ import annotations
@@ -143,10 +145,16 @@ async def backup(dsn: str, out: Path, fmt: str, keep: int | None) -> BackupResul
     final = _new_name(out, database, ext)
     tmp = out / f".{final.name}.partial"
     started = asyncio.get_running_loop().time()
-    await _run_pg_dump(dsn, tmp, fmt)
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # pg_dump writes into it: mode kept
+    try:
+        await _run_pg_dump(dsn, tmp, fmt)
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, final)
+    except BaseException:  # failed, interrupted (Ctrl-C cancels us), anything: no half dump is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     digest = sha256(final)
     entries, _ = read_sums(out)
     entries[final.name] = digest
@@ -167,9 +175,14 @@ async def _run_pg_dump(dsn: str, target: Path, fmt: str) -> None:
         pg_binary("pg_dump"), "--no-password", f"--format={'p' if fmt == 'plain' else 'c'}", f"--file={target}",
         f"--dbname={url}", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **secret})
-    _, err = await proc.communicate()
+    try:
+        _, err = await proc.communicate()
+    except BaseException:  # cancelled (Ctrl-C): stop pg_dump before its file is removed
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
     if proc.returncode != 0:
-        target.unlink(missing_ok=True)
         first = err.decode(errors="replace").strip().splitlines()
         raise CommandError(f"pg_dump of {mask_url(dsn)} failed: {first[0] if first else proc.returncode}")
 

@@ -84,6 +84,7 @@ class Standing:
 class GateResult:
     at: float
     endpoints: dict[str, Standing]
+    catalog_versions: list[str] = field(default_factory=list)  # served by the replicas now (stage_catalog_info)
 
     @property
     def enforce_blocked(self) -> bool:
@@ -91,6 +92,7 @@ class GateResult:
 
     def as_json(self) -> dict[str, Any]:
         return {"at": iso(self.at), "enforce_blocked": self.enforce_blocked,
+                "catalog_versions": self.catalog_versions,
                 "endpoints": {name: standing.as_json() for name, standing in self.endpoints.items()}}
 
 
@@ -157,10 +159,10 @@ async def evaluate(prometheus: Prometheus, names: Sequence[str], at: float, opti
     lookback = prom.seconds_window(options.lookback_s)
     day_count = max(1, int(options.lookback_s // DAY))
     day_ends = [midnight - DAY * k for k in range(day_count - 1, -1, -1)]
-    modes, percents, blocks, base, base_bad = await asyncio.gather(
+    modes, percents, blocks, base, base_bad, catalogs = await asyncio.gather(
         prometheus.instant(prom.MODE, at), prometheus.instant(prom.PERCENT, at),
         prometheus.instant(prom.BLOCKED, at), prometheus.instant(prom.requests_in("off", lookback), at),
-        prometheus.instant(prom.would_reject_in("off", lookback), at))
+        prometheus.instant(prom.would_reject_in("off", lookback), at), prometheus.instant(prom.CATALOG_VERSIONS, at))
     warn, warn_bad, in_warn = await asyncio.gather(
         prometheus.by_day(prom.requests_in("warn", "1d"), day_ends),
         prometheus.by_day(prom.would_reject_in("warn", "1d"), day_ends),
@@ -181,7 +183,7 @@ async def evaluate(prometheus: Prometheus, names: Sequence[str], at: float, opti
             standing.good_days_streak = streak(standing.days)
         standing.verdict = verdict(standing, options)
         result[name] = standing
-    return GateResult(at, result)
+    return GateResult(at, result, sorted({s.labels.get("version", "") for s in catalogs}))
 
 
 def _warn_days(requests: dict[float, float], rejects: dict[float, float], day_ends: Sequence[float], start: float,
@@ -200,9 +202,10 @@ def _warn_days(requests: dict[float, float], rejects: dict[float, float], day_en
 
 
 def exit_code(result: GateResult) -> int:
-    """0 every endpoint may take its next step, 3 some must keep collecting, 4 one is blocked or at the cap."""
+    """0 every endpoint may take its next step, 3 some must keep collecting, 4 one is blocked or at the cap, or
+    the replicas serve more than one catalog version (whatever the verdicts)."""
     verdicts = {standing.verdict for standing in result.endpoints.values()}
-    if verdicts & STOP:
+    if verdicts & STOP or len(result.catalog_versions) > 1:
         return 4
     return 3 if verdicts & WAIT else 0
 
@@ -220,7 +223,11 @@ def render(result: GateResult, options: GateOptions) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
              for row in rows]
-    return "\n".join([f"gate as of {iso(result.at)}", *lines, "",
+    versions = result.catalog_versions
+    catalog = (f"catalog: {len(versions)} versions live ({', '.join(versions)}): the replicas disagree; wait "
+               "until one is served everywhere (exit 4)" if len(versions) > 1 else
+               f"catalog: version {versions[0]} on every replica" if versions else "catalog: no stage_catalog_info")
+    return "\n".join([f"gate as of {iso(result.at)}", *lines, "", catalog,
                       f"days: + good (< {options.good_ratio:.2%} would reject, >= {options.min_daily_requests} "
                       f"requests), x bad, . thin; need {options.good_days} good in a row "
                       f"(cap {options.cap_days} days); baseline needs {options.min_baseline} requests in off"])

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
+import os
+import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 
@@ -60,19 +62,21 @@ class Tally:
     batch_ms: list[float] = field(default_factory=list)
 
 
-def catalog_digest(catalog: Catalog) -> str:
-    text = repr((catalog.canonical, sorted(catalog.aliases.items())))
-    return hashlib.sha256(text.encode()).hexdigest()
+def this_process() -> str:
+    """How the control table names the stagectl process holding a run (never a database backend)."""
+    return f"stagectl pid {os.getpid()} on {socket.gethostname()}"
 
 
 class Migration:
     """One run of ``stagectl migrate`` on one connection."""
 
     def __init__(self, connection: asyncpg.Connection, target: Target, catalog: Catalog, options: Options,
-                 stop: asyncio.Event) -> None:
+                 stop: asyncio.Event, catalog_version: str = "") -> None:
         self.db = connection
         self.target = target
         self.catalog = catalog
+        self.catalog_version = catalog_version  # recorded with the run; a resume must classify with the same
+        self.chosen: Any = None  # where the catalog came from (tools.catalogs.ChosenCatalog), said when the run opens
         self.options = options
         self.stop = stop
         self.tally = Tally()
@@ -108,10 +112,10 @@ class Migration:
             self.last_id = self.options.resume_from
         self.run_id = await self.db.fetchval(
             "INSERT INTO stage_migration_control (table_name, column_name, pk_name, dry_run, transactional, status, "
-            "last_id, catalog_sha256, holder_pid) VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, pg_backend_pid()) "
-            "RETURNING run_id",
+            "last_id, catalog_version, holder_pid, holder) "
+            "VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, pg_backend_pid(), $8) RETURNING run_id",
             f"{self.target.schema}.{self.target.table}", self.target.column, self.target.pk, not self.options.apply,
-            self.options.transactional, self.last_id, catalog_digest(self.catalog))
+            self.options.transactional, self.last_id, self.catalog_version, this_process())
 
     async def _resume_latest(self) -> None:
         row = await runs.unfinished(self.db, self.target, dry_run=not self.options.apply)
@@ -119,11 +123,19 @@ class Migration:
             kind = "--apply" if self.options.apply else "dry"
             raise CommandError(f"nothing to resume: no unfinished {kind} run on {self.target.label}", EXIT_USAGE)
         await runs.check_resumable(self.db, self.target, row)
+        recorded = row["catalog_version"]
+        if recorded is not None and recorded != self.catalog_version:
+            raise CommandError(f"run {row['run_id']} was started with catalog version {recorded}; this command "
+                               f"uses version {self.catalog_version}: resuming would classify half the table by "
+                               "one catalog and half by another. Resume it with the catalog it started with "
+                               f"(--config, or the proxy serving version {recorded}), or close it with "
+                               f"`{runs.abandon_command(row['run_id'])}`", EXIT_USAGE)
         self.run_id, self.last_id, self.batch_no = row["run_id"], row["last_id"], row["batch_no"]
         self.done_before = int(row["rows_scanned"])
         await self.db.execute("UPDATE stage_migration_control SET status = 'running', error = NULL, "
-                              "holder_pid = pg_backend_pid(), resumes = resumes + 1, updated_at = now() "
-                              "WHERE run_id = $1", self.run_id)
+                              "holder_pid = pg_backend_pid(), holder = $2, resumes = resumes + 1, updated_at = now(), "
+                              "catalog_version = coalesce(catalog_version, $3) WHERE run_id = $1",
+                              self.run_id, this_process(), self.catalog_version)
         self.resumed = (f"resuming run {self.run_id} ({row['status']}) after id {self.last_id}: "
                         f"{self.done_before} rows already scanned, {row['rows_changed']} changed, "
                         f"{row['batch_no']} batches")

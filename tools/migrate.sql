@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS stage_migration_control (
     rows_unknown   bigint      NOT NULL DEFAULT 0,
     rows_null      bigint      NOT NULL DEFAULT 0,
     rows_skipped   bigint      NOT NULL DEFAULT 0,  -- changed by the application between read and write
-    catalog_sha256 text,
+    catalog_sha256 text,                         -- stagegate <= 0.1: a hash of the parsed stages (not comparable)
+    catalog_version text,                        -- the catalog's version (as the proxy names it): resume checks it
     started_at     timestamptz NOT NULL DEFAULT now(),
     updated_at     timestamptz NOT NULL DEFAULT now(),
     finished_at    timestamptz,
@@ -27,7 +28,8 @@ CREATE TABLE IF NOT EXISTS stage_migration_control (
     holder_pid     integer,                      -- the backend that holds (or held) the run's advisory lock
     interrupted_at timestamptz,                  -- when the run was found running without its lock holder
     abandoned_at   timestamptz,
-    resumes        integer     NOT NULL DEFAULT 0
+    resumes        integer     NOT NULL DEFAULT 0,
+    holder         text                          -- the stagectl process: "pid 123 on host"
 );
 -- Tables created before runs had a lifecycle gain its columns and states; checked first so a routine run
 -- takes no ACCESS EXCLUSIVE lock on the control table.
@@ -43,6 +45,18 @@ BEGIN
             DROP CONSTRAINT IF EXISTS stage_migration_control_status_check,
             ADD CONSTRAINT stage_migration_control_status_check CHECK (status IN ('running', 'completed', 'failed',
                 'aborted', 'interrupted', 'abandoned'));
+    END IF;
+END
+$$;
+-- Tables of stagegate 0.1 gain the catalog version and the holding process.
+DO $$
+DECLARE
+    control regclass := to_regclass('stage_migration_control');
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = control AND attname = 'holder' AND NOT attisdropped)
+    THEN
+        ALTER TABLE stage_migration_control ADD COLUMN IF NOT EXISTS catalog_version text,
+            ADD COLUMN IF NOT EXISTS holder text;
     END IF;
 END
 $$;

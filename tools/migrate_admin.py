@@ -15,7 +15,7 @@ from tools.errors import EXIT_USAGE, CommandError
 STATUS_COLUMNS = ("run_id", "table_name", "column_name", "dry_run", "transactional", "batch_no",
                   "rows_scanned", "rows_changed", "rows_unknown", "rows_null", "rows_skipped", "last_id",
                   "started_at", "updated_at", "finished_at", "interrupted_at", "abandoned_at", "reverted_at",
-                  "resumes", "error")
+                  "resumes", "error", "catalog_version")
 
 
 async def status(connection: asyncpg.Connection, run_id: int | None, limit: int) -> list[dict[str, Any]]:
@@ -26,8 +26,9 @@ async def status(connection: asyncpg.Connection, run_id: int | None, limit: int)
         return []
     await runs.reconcile(connection)
     columns = ", ".join(f"c.{name}" for name in STATUS_COLUMNS)
-    select = (f"SELECT {columns}, {runs.LIVE} AS live, c.holder_pid, "
-              f"CASE WHEN c.status = 'running' AND NOT {runs.LIVE} THEN 'interrupted' ELSE c.status END AS status, "
+    select = (f"SELECT {columns}, {runs.LIVE} AS live, c.holder_pid, c.holder, "
+              f"CASE WHEN c.status = 'running' AND NOT {runs.LIVE} THEN 'interrupted' "
+              "WHEN c.reverted_at IS NOT NULL THEN 'reverted' ELSE c.status END AS status, "
               "c.run_id = (SELECT max(u.run_id) FROM stage_migration_control u WHERE u.table_name = c.table_name "
               "AND u.column_name = c.column_name AND u.dry_run = c.dry_run "
               "AND u.status = ANY($1::text[])) AS latest_unfinished FROM stage_migration_control c")
@@ -44,7 +45,8 @@ async def status(connection: asyncpg.Connection, run_id: int | None, limit: int)
 def _described(row: asyncpg.Record) -> dict[str, Any]:
     run = {key: (value.isoformat() if hasattr(value, "isoformat") else value) for key, value in row.items()
            if key not in ("live", "latest_unfinished")}
-    run["holder_pid"] = row["holder_pid"] if row["live"] else None
+    run["holder_pid"] = row["holder_pid"] if row["live"] else None  # the database session holding the lock
+    run["holder"] = row["holder"] if row["live"] else None  # the stagectl process: what an operator stops
     run["resume_command"] = (runs.resume_command(row["table_name"], row["column_name"], row["dry_run"])
                              if row["latest_unfinished"] and not row["live"] and row["reverted_at"] is None else None)
     return run
@@ -101,7 +103,7 @@ async def abandon(connection: asyncpg.Connection, run_id: int) -> asyncpg.Record
     return await runs.abandon(connection, target, run_id)
 
 
-async def revert(connection: asyncpg.Connection, run_id: int, apply: bool, batch_size: int) -> dict[str, int]:
+async def revert(connection: asyncpg.Connection, run_id: int, apply: bool, batch_size: int) -> dict[str, Any]:
     """Restore a run's old values where the row still holds the value the run wrote; report the rest."""
     target, dry_run = await _run_target(connection, run_id)
     if dry_run:
@@ -112,6 +114,11 @@ async def revert(connection: asyncpg.Connection, run_id: int, apply: bool, batch
     logged = int(await connection.fetchval("SELECT count(*) FROM stage_normalization_log WHERE run_id = $1", run_id))
     restorable = int(await connection.fetchval(f"SELECT count(*) {matching} AND t.{col} IS NOT DISTINCT FROM "
                                                "l.new_value", run_id))
+    reverted_at = await connection.fetchval("SELECT reverted_at FROM stage_migration_control WHERE run_id = $1",
+                                            run_id)
+    if reverted_at is not None:  # the log's old values are back already: nothing to restore, nothing to say wrong
+        return {"logged": logged, "restorable": 0, "changed_since": 0, "restored": 0,
+                "already_reverted_at": reverted_at.isoformat()}
     if not apply:
         return {"logged": logged, "restorable": restorable, "changed_since": logged - restorable, "restored": 0}
     async with runs.holding_lock(connection, target):  # never under a live run of the same table/column

@@ -9,14 +9,12 @@ import signal
 import statistics
 import sys
 from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 
-from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, CatalogError, parse_catalog
-from tools import migrate_admin
+from tools import catalogs, migrate_admin
 from tools.db import column_name, connect, introspect, resolve_dsn, table_name
 from tools.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 from tools.migrate import Migration, Options, summary
@@ -37,7 +35,12 @@ def _common(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
     parser.add_argument("--column", type=column_name, default=argparse.SUPPRESS if inherited else "stage",
                         help="default stage")
     parser.add_argument("--pk", type=column_name, default=default, help="key column (default: the primary key)")
-    parser.add_argument("--config", default=default, help="stage catalog TOML, as the proxy's (default $STAGE_CONFIG)")
+    parser.add_argument("--config", default=default,
+                        help="stage catalog TOML (default $STAGE_CONFIG; else the catalog the proxy at --admin-url "
+                             "serves; else the built-in one)")
+    parser.add_argument("--admin-url", default=default,
+                        help="a proxy's admin listener (default $STAGE_ADMIN_URL): classify with the catalog it "
+                             "serves, or check --config against it")
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if inherited else False,
                         help="machine-readable output")
 
@@ -94,15 +97,10 @@ def register(commands: Any) -> None:
     revert.set_defaults(handler=run_revert)
 
 
-def load_catalog(path: str | None, environ: Mapping[str, str]) -> Catalog:
-    source = path or environ.get("STAGE_CONFIG")
-    try:
-        text = Path(source).read_text(encoding="utf-8") if source else DEFAULT_CATALOG_TOML
-        return parse_catalog(text)
-    except OSError as exc:
-        raise CommandError(f"--config: cannot read {source!r}: {exc.strerror}", EXIT_USAGE) from None
-    except CatalogError as exc:
-        raise CommandError(f"--config {source}: {exc}", EXIT_USAGE) from None
+async def load_catalog(args: argparse.Namespace, environ: Mapping[str, str]) -> catalogs.ChosenCatalog:
+    """The catalog this command classifies with (tools/catalogs.py); the command says it (catalogs.say) once its
+    input is known to be good, before the first thing it reports."""
+    return await catalogs.choose(getattr(args, "config", None), getattr(args, "admin_url", None), environ)
 
 
 @contextlib.asynccontextmanager
@@ -155,18 +153,24 @@ async def run_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     return code
 
 
-async def perform(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[int, dict[str, Any] | None]:
+async def perform(args: argparse.Namespace, environ: Mapping[str, str], chosen: catalogs.ChosenCatalog | None = None,
+                  stop: asyncio.Event | None = None, *,
+                  quiet_catalog: bool = False) -> tuple[int, dict[str, Any] | None]:
     """One migration run as ``args`` describe it: (exit code, summary; None when a transactional run was rolled
-    back). Shared by ``stagectl migrate`` and ``stagectl normalize``."""
+    back). Shared by ``stagectl migrate`` and ``stagectl normalize``, which passes the catalog it announced and
+    the event its own SIGINT/SIGTERM handlers set."""
     options = _options(args)
-    catalog = load_catalog(args.config, environ)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    chosen = chosen or await load_catalog(args, environ)
+    catalog = chosen.catalog
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
     async with database(args, environ) as connection:
         target = await introspect(connection, args.table, args.column, args.pk)
-        migration = Migration(connection, target, catalog, options, stop)
+        migration = Migration(connection, target, catalog, options, stop, chosen.version)
+        migration.chosen = None if quiet_catalog else chosen  # normalize says it once, for every step
         await migration.prepare()
         progress = Progress(await migration.total_rows(), interval_s=options.progress_interval_s)
         status = await (_transactional(migration, progress) if options.transactional else _batched(migration, progress))
@@ -177,6 +181,7 @@ async def perform(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple
     report["batch_ms_p50"], report["batch_ms_p99"] = _percentiles(migration.tally.batch_ms)
     report["resume_command"] = migration.resume_command if status == "aborted" else None
     report["batches_s"] = round(sum(migration.tally.batch_ms) / 1000, 3)
+    report["catalog"] = chosen.as_json()
     return (EXIT_INTERRUPTED if status == "aborted" else EXIT_OK), report
 
 
@@ -187,6 +192,8 @@ def _say_resumed(migration: Migration) -> None:
 
 async def _batched(migration: Migration, progress: Progress) -> str:
     await migration.open_run()
+    if migration.chosen is not None:
+        catalogs.say(migration.chosen)
     _say_resumed(migration)
     try:
         status = await migration.run(progress)
@@ -205,6 +212,8 @@ async def _transactional(migration: Migration, progress: Progress) -> str:
     try:
         async with migration.db.transaction():
             await migration.open_run()
+            if migration.chosen is not None:
+                catalogs.say(migration.chosen)
             _say_resumed(migration)
             if await migration.run(progress) == "aborted":
                 raise _Rollback
@@ -245,7 +254,8 @@ def render_status(runs: list[dict[str, Any]]) -> str:
     """Runs as a table (times UTC), then what to do about live and unfinished ones."""
     if not runs:
         return "no migration runs yet"
-    header = ("RUN", "TARGET", "KIND", "STATUS", "STARTED (UTC)", "ENDED (UTC)", "SCANNED", "CHANGED", "LAST ID")
+    header = ("RUN", "TARGET", "KIND", "STATUS", "STARTED (UTC)", "ENDED (UTC)", "SCANNED", "CHANGED", "LAST ID",
+              "CATALOG")
     rows = [header]
     notes: list[str] = []
     for r in runs:
@@ -253,10 +263,10 @@ def render_status(runs: list[dict[str, Any]]) -> str:
             r["updated_at"] if r["status"] in ("aborted", "failed") else None)
         rows.append((str(r["run_id"]), f"{r['table_name']}.{r['column_name']}", "dry" if r["dry_run"] else "apply",
                      r["status"], _when(r["started_at"]), _when(ended), str(r["rows_scanned"]),
-                     str(r["rows_changed"]), str(r["last_id"] or "-")))
+                     str(r["rows_changed"]), str(r["last_id"] or "-"), r.get("catalog_version") or "-"))
         run = f"run {r['run_id']}"
         if r["holder_pid"]:
-            notes.append(f"{run}: running, lock held by pid {r['holder_pid']}")
+            notes.append(f"{run}: running in {r['holder'] or 'a stagectl process'}")
         if r["reverted_at"]:
             notes.append(f"{run}: reverted at {_when(r['reverted_at'])}")
         if r["error"] and r["status"] != "completed":
@@ -293,10 +303,11 @@ async def run_abandon(args: argparse.Namespace, environ: Mapping[str, str]) -> i
 
 
 async def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    catalog = load_catalog(getattr(args, "config", None), environ)
+    chosen = await load_catalog(args, environ)
     async with database(args, environ) as connection:
         target = await introspect(connection, args.table, args.column, getattr(args, "pk", None))
-        verdict = await migrate_admin.verify(connection, target, catalog)
+        verdict = await migrate_admin.verify(connection, target, chosen.catalog)
+    catalogs.say(chosen)
     lines = [f"{target.label}: " + ("all canonical" if verdict.clean else "NOT all canonical")]
     for label, table in (("canonical", verdict.canonical), ("alias (migrate can fix)", verdict.alias),
                          ("unknown (needs a decision)", verdict.unknown)):
@@ -311,7 +322,9 @@ async def run_revert(args: argparse.Namespace, environ: Mapping[str, str]) -> in
     async with database(args, environ) as connection:
         result = await migrate_admin.revert(connection, args.run, getattr(args, "apply", False),
                                             getattr(args, "batch_size", 1000))
-    if getattr(args, "apply", False):
+    if result.get("already_reverted_at"):
+        text = f"run {args.run} was already reverted at {_when(result['already_reverted_at'])}: nothing to do"
+    elif getattr(args, "apply", False):
         text = (f"run {args.run}: restored {result['restored']} of {result['logged']} rows; "
                 f"{result['changed_since']} were changed since and were left alone")
     else:

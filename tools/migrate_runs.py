@@ -45,12 +45,15 @@ async def take_lock(connection: asyncpg.Connection, target: Target) -> None:
     if await connection.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock_key(target)):
         return
     holder = await connection.fetchrow(
-        f"SELECT c.run_id, c.holder_pid FROM stage_migration_control c WHERE c.status = 'running' AND {LIVE} "
+        f"SELECT c.run_id, c.holder FROM stage_migration_control c WHERE c.status = 'running' AND {LIVE} "
         "AND c.table_name = $1 AND c.column_name = $2 ORDER BY c.run_id DESC LIMIT 1",
         f"{target.schema}.{target.table}", target.column) if await has_control(connection) else None
-    who = f"run {holder['run_id']} (pid {holder['holder_pid']})" if holder else "another session"
-    raise CommandError(f"another stagectl migrate is running on {target.label}: {who} holds its advisory lock; "
-                       "wait for it or stop it", EXIT_BUSY)
+    if holder is None:
+        who = "another stagectl session (a revert or an abandon)"
+    else:
+        who = f"run {holder['run_id']} of {holder['holder'] or 'a stagectl process'}"
+    raise CommandError(f"another stagectl migrate is running on {target.label}: {who} holds its lock; wait for it, "
+                       "or stop that process (Ctrl-C finishes its batch and marks the run aborted)", EXIT_BUSY)
 
 
 async def has_control(connection: asyncpg.Connection) -> bool:
@@ -93,7 +96,8 @@ def abandon_command(run_id: int) -> str:
 async def unfinished(connection: asyncpg.Connection, target: Target, dry_run: bool) -> asyncpg.Record | None:
     """The latest unfinished run of this kind on the target (after reconcile, none of them is live)."""
     return await connection.fetchrow(
-        "SELECT run_id, status, last_id, batch_no, rows_scanned, rows_changed, updated_at, reverted_at "
+        "SELECT run_id, status, last_id, batch_no, rows_scanned, rows_changed, updated_at, reverted_at, "
+        "catalog_version "
         "FROM stage_migration_control WHERE table_name = $1 AND column_name = $2 AND dry_run = $3 "
         "AND status = ANY($4::text[]) ORDER BY run_id DESC LIMIT 1",
         f"{target.schema}.{target.table}", target.column, dry_run, list(UNFINISHED))

@@ -14,7 +14,7 @@ import orjson
 
 from proxy.catalog.compare import catalog_version, compare, reload_problems
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog, default_catalog
-from tools import admin_api
+from tools import actors, admin_api
 from tools.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 
 MODE_EXITS = ("Exit 0 ok, 1 proxy unreachable, 2 rejected (or not confirmed), 3 token refused, 4 enforce blocked "
@@ -53,7 +53,8 @@ def register(commands: Any) -> None:
     change.add_argument("mode", choices=["off", "warn", "enforce"])
     change.add_argument("--percent", type=float, help="canary share for enforce, 0-100 (default 100)")
     change.add_argument("--reason", required=True, help="why (recorded with the change)")
-    change.add_argument("--actor", default=None, help="who (default $USER)")
+    change.add_argument("--actor", default=None, help="who, recorded as 'stagectl mode set (WHO)' (default "
+                                                      "$STAGE_ACTOR, else the login name)")
     change.add_argument("--force", action="store_true", help="enforce even while an alert blocks it")
     change.add_argument("--yes", action="store_true",
                         help="confirm a big switch (enforce on every endpoint, or at 100%% on one now in off/warn) "
@@ -72,7 +73,8 @@ def register(commands: Any) -> None:
                                      "the mode history", run_blocks)
     clear.add_argument("fingerprint", help="the block's fingerprint (stagectl blocks list)")
     clear.add_argument("--reason", required=True, help="why (recorded in the history)")
-    clear.add_argument("--actor", default=None, help="who (default $USER)")
+    clear.add_argument("--actor", default=None, help="who, recorded as 'stagectl blocks clear (WHO)' (default "
+                                                     "$STAGE_ACTOR, else the login name)")
 
     catalog = commands.add_parser("catalog", help="check a catalog file offline, show or reload the running one",
                                   description="Exit 0 ok, 1 proxy unreachable, 2 the catalog has problems (each on "
@@ -110,7 +112,9 @@ async def _get(args: argparse.Namespace, environ: Mapping[str, str], path: str) 
 
 
 def _actor(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
-    return str(args.actor or environ.get("USER") or "stagectl")
+    """``stagectl mode set (alice)``: the command and the person (tools/actors.py)."""
+    command = "mode set" if args.command == "mode" else f"{args.command} {args.action}"
+    return actors.actor(command, args.actor, environ)
 
 
 def _dump(data: object) -> str:
@@ -314,7 +318,7 @@ async def run_catalog_check(args: argparse.Namespace, environ: Mapping[str, str]
         running, _ = _checked(args.against, "--against")
         problems = reload_problems(running, catalog)
         changes = compare(running, catalog)
-    version = catalog_version(text)
+    version = catalog_version(catalog) if catalog is not None else None
     if args.json:
         print(_dump({"file": args.file, "ok": not problems, "version": version, "problems": problems,
                      "changes": changes.as_json() if changes else None}))
@@ -366,7 +370,7 @@ async def run_catalog_show(args: argparse.Namespace, environ: Mapping[str, str])
         data = await _get(args, environ, "/_ops/catalog")
     else:
         catalog, text = _checked(args.config, "--config") if args.config else (default_catalog(), DEFAULT_CATALOG_TOML)
-        data = {"version": catalog_version(text), "file": args.config, **catalog.as_json()}
+        data = {"version": catalog_version(catalog), "file": args.config, **catalog.as_json()}
     print(_dump(data) if args.json else render_catalog(data))
     return EXIT_OK
 

@@ -21,6 +21,9 @@ from tools.errors import EXIT_FAILED, CommandError, network_reason
 WOULD_REJECT: Final = 'result=~"unknown|invalid|unreadable"'
 
 
+CATALOG_VERSIONS = "count by (version) (stage_catalog_info == 1)"  # one series per version some replica serves
+
+
 def _endpoint(name: str) -> str:
     """A label matcher for one endpoint (catalog names are [a-z0-9_]: nothing to escape)."""
     return f'endpoint="{name}"'

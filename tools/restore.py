@@ -82,9 +82,10 @@ async def _restore(dsn: str, file: Path, deadline: float) -> None:
                                                 stderr=asyncio.subprocess.PIPE, env={**os.environ, **secret})
     try:
         _, err = await asyncio.wait_for(proc.communicate(), max(0.01, deadline - time.monotonic()))
-    except TimeoutError:
-        proc.kill()  # at the budget, not after: a slow restore is a failed restore
-        await proc.wait()
+    except BaseException:  # the budget (TimeoutError), or Ctrl-C: stop psql now, the scratch database is dropped
+        if proc.returncode is None:
+            proc.kill()  # at the budget, not after: a slow restore is a failed restore
+            await proc.wait()
         raise
     if proc.returncode != 0:
         raise CommandError(f"restore failed: {_first_error(err.decode(errors='replace'), proc.returncode)}")

@@ -17,7 +17,7 @@ from typing import Any, NoReturn, TextIO
 import orjson
 
 from proxy.shared.secrets import mask_text
-from tools import migrate_cli, offenders, ops_cli, week0_cli, week4_cli
+from tools import catalogs, migrate_cli, offenders, ops_cli, week0_cli, week4_cli
 from tools.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 
 
@@ -51,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="propose catalog alias lines for frequent unknown values a typo or two from one "
                                 "stage (needs --config)")
     offenders.add_argument("--config", metavar="PATH",
-                           help="the catalog TOML the proxy runs with (default $STAGE_CONFIG with "
-                                "--suggest-aliases); --endpoint names are checked against it")
+                           help="the catalog TOML the proxy runs with (default $STAGE_CONFIG; else the catalog the "
+                                "proxy at --admin-url serves; else the built-in one); --endpoint names are checked "
+                                "against it, aliases suggested for it")
+    offenders.add_argument("--admin-url", help="a proxy's admin listener (default $STAGE_ADMIN_URL): use its catalog")
     offenders.add_argument("--min-count", type=int, default=5, metavar="N",
                            help="suggest aliases only for values logged at least N times (default 5)")
     offenders.set_defaults(handler=run_offenders)
@@ -67,11 +69,9 @@ async def run_offenders(args: argparse.Namespace, environ: Mapping[str, str]) ->
         raise CommandError("--top must be at least 1", EXIT_USAGE)
     if args.min_count < 1:
         raise CommandError("--min-count must be at least 1", EXIT_USAGE)
-    config = args.config or (environ.get("STAGE_CONFIG") if args.suggest_aliases else None)
-    if args.suggest_aliases and not config:
-        raise CommandError("--suggest-aliases needs --config PATH (the catalog TOML the proxy runs with) or "
-                           "$STAGE_CONFIG", EXIT_USAGE)
-    catalog = migrate_cli.load_catalog(config, environ) if config else None
+    config = args.config or environ.get("STAGE_CONFIG")
+    chosen = await migrate_cli.load_catalog(args, environ)
+    catalog = chosen.catalog
     try:
         filters = offenders.make_filters(args.endpoint, args.result, args.since, catalog)
     except ValueError as exc:
@@ -81,6 +81,7 @@ async def run_offenders(args: argparse.Namespace, environ: Mapping[str, str]) ->
     except OSError as exc:
         raise CommandError(f"cannot read {exc.filename!r}: {exc.strerror}", EXIT_USAGE) from None
     suggestions = offenders.suggest(report, catalog, args.min_count) if args.suggest_aliases and catalog else None
+    catalogs.say(chosen)
     if args.json:
         print(orjson.dumps(offenders.as_json(report, args.top, suggestions), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from tools import admin_api, audit, backup, drill, preflight, redis_latency
+from tools import admin_api, audit, backup, catalogs, drill, preflight, redis_latency
 from tools.db import column_name, resolve_dsn, table_name
 from tools.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 from tools.migrate_cli import load_catalog
@@ -61,7 +61,9 @@ def register(commands: Any) -> None:
     p.add_argument("--trusted-proxy", action="append", default=[], help="CIDRs whose X-Forwarded-For is believed")
     p.add_argument("--classifications", type=Path, help="TOML of manual decisions ([[consumer]] ip, class, note)")
     p.add_argument("--record", action="store_true", help="write the consumers seen into --classifications")
-    p.add_argument("--config", help="stage catalog TOML (default $STAGE_CONFIG or built-in)")
+    p.add_argument("--config", help="stage catalog TOML (default $STAGE_CONFIG; else the catalog the proxy at "
+                                    "--admin-url serves; else the built-in one)")
+    p.add_argument("--admin-url", help="a proxy's admin listener (default $STAGE_ADMIN_URL): use its catalog")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=run_audit)
 
@@ -188,7 +190,8 @@ async def run_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int
     trusted = audit.networks(args.trusted_proxy, "--trusted-proxy")
     decisions = audit.load_classifications(args.classifications)
     try:
-        consumers, skipped = audit.audit(read_lines(args.logs, sys.stdin.buffer), load_catalog(args.config, environ),
+        chosen = await load_catalog(args, environ)
+        consumers, skipped = audit.audit(read_lines(args.logs, sys.stdin.buffer), chosen.catalog,
                                          internal=internal, trusted=trusted, decisions=decisions)
     except OSError as exc:
         raise CommandError(f"cannot read {exc.filename!r}: {exc.strerror}", EXIT_USAGE) from None
@@ -196,6 +199,7 @@ async def run_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int
         if args.classifications is None:
             raise CommandError("--record needs --classifications FILE", EXIT_USAGE)
         audit.record(args.classifications, consumers.values())
+    catalogs.say(chosen)
     code = audit.verdict(consumers.values())
     # what needs a decision first: new (undecided) consumers, then by traffic
     rows = sorted(consumers.values(), key=lambda c: (c.known, -c.requests, c.ip))
@@ -240,7 +244,7 @@ async def run_preflight(args: argparse.Namespace, environ: Mapping[str, str]) ->
         trusted=audit.networks(args.trusted_proxy, "--trusted-proxy"), classifications=args.classifications,
         min_rows=args.min_rows, samples=args.samples, budget_s=args.budget, table=args.table,
         redis_max_p99_ms=args.redis_max_p99_ms, fallback_drill=_drill(args, environ) if args.fallback_drill else None)
-    criteria = await preflight.run(options, load_catalog(args.config, environ))
+    criteria = await preflight.run(options, catalogs.local(args.config, environ))
     print(_json(preflight.as_json(criteria)) if args.json else preflight.render(criteria))
     return EXIT_OK if all(c.ok for c in criteria) else EXIT_FAILED
 

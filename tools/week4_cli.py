@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tools import admin_api, gate, normalize, rollout
+from tools import actors, admin_api, catalogs, gate, normalize, rollout
 from tools.db import column_name, table_name
-from tools.errors import EXIT_AUTH, EXIT_FAILED, EXIT_STORE, EXIT_USAGE, CommandError
-from tools.migrate_cli import add_run_options, load_catalog
+from tools.errors import EXIT_FAILED, EXIT_STORE, EXIT_USAGE, CommandError
+from tools.migrate_cli import add_run_options
 from tools.prom import Prometheus
 from tools.timeparse import parse_duration, parse_instant
 
@@ -62,8 +62,11 @@ def register(commands: Any) -> None:
     p.set_defaults(handler=run_gate)
 
     p = commands.add_parser("rollout", help="drive the enforce canary 10%% -> 50%% -> 100%% on evidence",
-                            description="The canary driver. Exit 0 done, 1 unreachable, 2 usage, 3 gave up waiting "
-                                        "for traffic, 4 aborted (a check failed, the gate refused, or someone else "
+                            description="The canary driver. Exit 0 done, 1 Prometheus or the proxy unreachable "
+                                        "before any change (nothing changed), 2 usage or another rollout holds the "
+                                        "endpoint, 3 gave up waiting for traffic or the ops token was refused, 4 "
+                                        "aborted (a check failed, evidence was missing --max-check-errors times in "
+                                        "a row, the gate refused, the replicas serve two catalogs, or someone else "
                                         "changed the mode), 130 interrupted (the mode is left as it is).")
     p.add_argument("--endpoint", required=True, metavar="NAME")
     p.add_argument("--steps", default="10:2h,50:4h,100", help="PERCENT:DURATION,..., ending in 100 "
@@ -75,8 +78,13 @@ def register(commands: Any) -> None:
                    help="validator p99 in seconds (default 0.001)")
     p.add_argument("--max-wait", type=_duration, default=24 * 3600.0, metavar="DURATION",
                    help="past a step's duration, wait this long for enough traffic, then exit 3 (default 24h)")
+    p.add_argument("--max-check-errors", type=int, default=5, metavar="N",
+                   help="checks in a row that may fail (Prometheus or the proxy silent) before the endpoint goes "
+                        "back to warn (default 5); the step's clock stops meanwhile")
     p.add_argument("--skip-gate", action="store_true", help="start without the gate's ready_for_enforce")
-    p.add_argument("--reason", help="why the gate is skipped (required with --skip-gate; recorded)")
+    p.add_argument("--reason", help="why: on every history entry the driver writes (required with --skip-gate)")
+    p.add_argument("--actor", help="who, recorded as 'stagectl rollout (WHO)' (default $STAGE_ACTOR, else the "
+                                   "login name)")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
     p.add_argument("--json", action="store_true", help="one JSON object per line (the default off a terminal)")
     p.add_argument("--admin-url", help="admin listener (default $STAGE_ADMIN_URL or http://127.0.0.1:9901)")
@@ -92,9 +100,16 @@ def register(commands: Any) -> None:
     p.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
     p.add_argument("--column", type=column_name, default="stage", help="the stage column (default stage)")
     p.add_argument("--pk", type=column_name, help="key column (default: the primary key)")
-    p.add_argument("--config", help="stage catalog TOML, as the proxy's (default $STAGE_CONFIG)")
+    p.add_argument("--config", help="stage catalog TOML (default $STAGE_CONFIG; else the catalog the proxy at "
+                                    "--admin-url serves; else the built-in one)")
+    p.add_argument("--admin-url", help="a proxy's admin listener (default $STAGE_ADMIN_URL): classify with its "
+                                       "catalog, or check --config against it")
+    p.add_argument("--resume", action="store_true",
+                   help="with --apply: continue the unfinished migration of the last receipt in --backup-dir, on "
+                        "that receipt's verified backup")
+    p.add_argument("--keep", type=int, metavar="N", help="keep only the newest N dumps (as backup --keep)")
     add_run_options(p)
-    p.set_defaults(handler=run_normalize, resume=False, resume_from=None)
+    p.set_defaults(handler=run_normalize, resume_from=None)
 
 
 def _prometheus_url(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
@@ -121,7 +136,7 @@ def _options(args: argparse.Namespace) -> gate.GateOptions:
 
 
 def _endpoints(args: argparse.Namespace, environ: Mapping[str, str], chosen: list[str] | None) -> list[str]:
-    names = list(load_catalog(args.config, environ).endpoint_names)
+    names = list(catalogs.local(args.config, environ).endpoint_names)
     unknown = [name for name in chosen or [] if name not in names]
     if unknown:
         raise CommandError(f"unknown endpoint(s) {unknown}: the catalog has {names}", EXIT_USAGE)
@@ -146,13 +161,16 @@ def _rollout_options(args: argparse.Namespace, environ: Mapping[str, str]) -> ro
         raise CommandError(f"--steps: {exc}", EXIT_USAGE) from None
     if args.skip_gate and not (args.reason or "").strip():
         raise CommandError("--skip-gate needs --reason TEXT (it is recorded in the mode history)", EXIT_USAGE)
-    if args.min_requests < 1 or args.max_enforce_error < 0 or args.max_validator_p99 <= 0:
-        raise CommandError("--min-requests must be at least 1, --max-enforce-error 0 or more, "
-                           "--max-validator-p99 positive", EXIT_USAGE)
+    if args.min_requests < 1 or args.max_enforce_error < 0 or args.max_validator_p99 <= 0 \
+            or args.max_check_errors < 1:
+        raise CommandError("--min-requests and --max-check-errors must be at least 1, --max-enforce-error 0 or "
+                           "more, --max-validator-p99 positive", EXIT_USAGE)
     _endpoints(args, environ, [args.endpoint])
+    reason = (args.reason or "").strip() or None
     return rollout.RolloutOptions(args.endpoint, steps, args.interval, args.min_requests, args.max_enforce_error,
-                                  args.max_validator_p99, args.max_wait,
-                                  args.reason.strip() if args.skip_gate else None, args.dry_run, _options(args))
+                                  args.max_validator_p99, args.max_wait, reason if args.skip_gate else None,
+                                  args.dry_run, _options(args), args.max_check_errors,
+                                  actors.actor("rollout", args.actor, environ), reason)
 
 
 async def run_rollout(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -176,9 +194,8 @@ async def run_rollout(args: argparse.Namespace, environ: Mapping[str, str]) -> i
         try:
             return await driver.run(stop)
         except CommandError as exc:
-            # 3 and 4 mean "gave up waiting" and "aborted" here: a refused token (3) or an unavailable mode
-            # store (5) from the _ops API is a failure to drive (1), a 409 (4) stays an abort
-            if exc.code in (EXIT_AUTH, EXIT_STORE):
+            # a refused token is 3, as for stagectl mode; an unavailable mode store (5) is a failure to drive (1)
+            if exc.code == EXIT_STORE:
                 raise CommandError(str(exc), EXIT_FAILED) from None
             raise
 
@@ -186,4 +203,6 @@ async def run_rollout(args: argparse.Namespace, environ: Mapping[str, str]) -> i
 async def run_normalize(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.restore_budget <= 0 or args.min_rows < 0:
         raise CommandError("--restore-budget must be positive and --min-rows 0 or more", EXIT_USAGE)
+    if args.keep is not None and args.keep < 1:
+        raise CommandError("--keep must be at least 1", EXIT_USAGE)
     return await normalize.run(args, environ, lambda line: print(line, flush=True))

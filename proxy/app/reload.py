@@ -33,7 +33,7 @@ from proxy.catalog.compare import (
     reload_problems,
     tightening,
 )
-from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog
+from proxy.catalog.stages import Catalog, check_catalog
 from proxy.dataplane.handler import CatalogState, DataPlane
 from proxy.modes.view import ModeView
 from proxy.shared.logs import log_event
@@ -45,10 +45,10 @@ log = logging.getLogger("stagegate.catalog")
 class Reloader:
     """Owns the running catalog's version; one reload at a time."""
 
-    def __init__(self, path: Path | None, initial_text: str | None, dataplane: DataPlane, view: ModeView,
+    def __init__(self, path: Path | None, initial: Catalog, dataplane: DataPlane, view: ModeView,
                  metrics: Metrics, *, worker: bool = False) -> None:
         self.path = path
-        self.version = catalog_version(initial_text if initial_text is not None else DEFAULT_CATALOG_TOML)
+        self.version = catalog_version(initial)
         self._dataplane = dataplane
         self._view = view
         self._metrics = metrics
@@ -126,4 +126,4 @@ def _check_file(path: Path, running: Catalog) -> _Checked | tuple[str, ...]:
     refused = reload_problems(running, catalog)
     if refused:
         return tuple(refused)
-    return _Checked(catalog, catalog_version(text), compare(running, catalog), CatalogState.of(catalog))
+    return _Checked(catalog, catalog_version(catalog), compare(running, catalog), CatalogState.of(catalog))

@@ -52,7 +52,6 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     config_path: Path | None = None
     catalog: Catalog = field(default_factory=lambda: parse_catalog(DEFAULT_CATALOG_TOML), repr=False)
-    catalog_text: str = field(default=DEFAULT_CATALOG_TOML, repr=False)  # what was parsed: its hash is the version
     state_file: Path | None = None
     ops_token: Secret | None = None
     ops_token_shell: str | None = None  # how a shell gets the token: "$STAGE_OPS_TOKEN" or "$(cat PATH)"
@@ -334,12 +333,11 @@ def _read_text(path: Path, what: str) -> str:
         raise SettingsError(f"{what}: cannot read {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-def load_catalog(path: Path | None) -> tuple[Catalog, str]:
-    """The catalog of ``--config`` (or the built-in one) and its text; SettingsError naming the file and the
-    problem."""
+def load_catalog(path: Path | None) -> Catalog:
+    """The catalog of ``--config`` (or the built-in one); SettingsError naming the file and the problem."""
     text = DEFAULT_CATALOG_TOML if path is None else _read_text(path, "--config")
     try:
-        return parse_catalog(text), text
+        return parse_catalog(text)
     except CatalogError as exc:
         raise SettingsError(f"--config {str(path) if path else '(built-in)'}: {exc}") from None
 
@@ -370,7 +368,7 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     args = build_parser().parse_args(argv)
     values = _raw_values(args, environ or {})
     ops_token, token_shell = _token(values)
-    catalog, text = load_catalog(values["config_path"])
+    catalog = load_catalog(values["config_path"])
     given = {name: value for name, value in values.items() if value is not None}
     return _check(dataclasses.replace(Settings(upstream_url=None), **given, ops_token=ops_token,
-                                      ops_token_shell=token_shell, catalog=catalog, catalog_text=text))
+                                      ops_token_shell=token_shell, catalog=catalog))

@@ -15,6 +15,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from proxy.app.settings import Settings
 from proxy.dataplane.forwarding import Upstream
 from proxy.dataplane.handler import DataPlane
 from proxy.modes.changes import ModeChanges
+from proxy.modes.pending import PendingWrites
 from proxy.modes.redis_store import RedisModeStore
 from proxy.modes.refresher import Refresher
 from proxy.modes.statefile import StateFile
@@ -73,15 +75,17 @@ def build_parts(settings: Settings) -> Parts:
     store = make_store(settings, metrics)
     view = ModeView(catalog, metrics)
     state_file = StateFile(settings.state_file)
-    refresher = Refresher(view, store, state_file, refresh_ms=settings.refresh_ms)
-    changes = ModeChanges(view, store, refresher, state_file)
+    # With --workers, a downgrade stored nowhere yet is shared with the sibling workers through their directory.
+    pending = PendingWrites(Path(settings.metrics_dir) if settings.metrics_dir else None)
+    refresher = Refresher(view, store, state_file, refresh_ms=settings.refresh_ms, pending=pending)
+    changes = ModeChanges(view, store, refresher, state_file, pending)
     upstream = Upstream(settings.upstream_url, timeout_s=settings.upstream_timeout_s,
                         connect_timeout_s=settings.upstream_connect_timeout_s)
     dataplane = DataPlane(catalog, view, metrics, upstream, id_header=settings.request_id_header,
                           max_body_bytes=settings.max_body_bytes, warn_log_per_s=settings.warn_log_per_s,
                           body_timeout_s=settings.body_timeout_s, canary_key_header=settings.canary_key_header)
     health = functools.partial(upstream.health, settings.upstream_health_path, 2.0)
-    reloader = Reloader(settings.config_path, settings.catalog_text, dataplane, view, metrics,
+    reloader = Reloader(settings.config_path, settings.catalog, dataplane, view, metrics,
                         worker=settings.worker)
     ops = OpsContext(view, changes, metrics, settings.ops_token, health, reloader)
     return Parts(settings, metrics, store, view, refresher, changes, state_file, upstream, dataplane, ops, reloader)

@@ -10,15 +10,21 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from proxy.catalog.stages import Catalog
 
 LISTED = 100  # entries of each kind of change a reload's answer lists (the rest are counted in "truncated")
 LOGGED = 20  # ... and its log line
 
 
-def catalog_version(text: str) -> str:
-    """A short, stable name for a catalog file's content: the first 12 hex digits of its SHA-256."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+def catalog_version(catalog: Catalog) -> str:
+    """A short, stable name for a catalog's content: the first 12 hex digits of the SHA-256 of its canonical JSON
+    form (``Catalog.as_json``: stages, aliases, endpoints and settings; keys sorted, no whitespace). The same
+    content has the same version whatever the file's comments, spacing or key order, in the proxy and every tool
+    (docs/catalog.md, "Versions")."""
+    canonical = orjson.dumps(catalog.as_json(), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

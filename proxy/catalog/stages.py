@@ -318,6 +318,28 @@ def check_catalog(text: str) -> tuple[Catalog | None, list[str]]:
     data, unreadable = _load_toml(text)
     if data is None:
         return None, [unreadable or "unreadable"]
+    return _check_data(data, _Lines(text))
+
+
+def catalog_from_json(data: object) -> Catalog:
+    """The catalog ``Catalog.as_json`` (``GET /_ops/catalog``) describes, checked by the same rules as a file;
+    CatalogError naming the first problem. How the tools take the catalog a proxy serves."""
+    if not isinstance(data, dict):
+        raise CatalogError("a catalog must be a JSON object")
+    endpoints = data.get("endpoints")
+    as_toml = {
+        **{key: data[key] for key in ("default_mode", "case_sensitive_paths") if key in data},
+        "stages": {"canonical": data.get("canonical"), "aliases": data.get("aliases", {})},
+        "endpoints": [{**{k: v for k, v in e.items() if k != "methods"}, "method": e.get("methods")}
+                      if isinstance(e, dict) else e for e in endpoints] if isinstance(endpoints, list) else endpoints,
+    }
+    catalog, problems = _check_data(as_toml, _Lines(""))
+    if catalog is None:
+        raise CatalogError(problems[0], tuple(problems))
+    return catalog
+
+
+def _check_data(data: dict[str, Any], lines: _Lines) -> tuple[Catalog | None, list[str]]:
     problems: list[str] = []
     unknown = set(data) - {"default_mode", "case_sensitive_paths", "stages", "endpoints"}
     if unknown:
@@ -344,7 +366,6 @@ def check_catalog(text: str) -> tuple[Catalog | None, list[str]]:
         problems.append("case_sensitive_paths must be true or false")
         case_sensitive = False
     assert isinstance(aliases, dict)
-    lines = _Lines(text)
     folded = _fold_table(canonical, aliases, lines, problems) if canonical else {}
     endpoints = _parse_endpoints(data.get("endpoints"), lines, case_sensitive, problems)
     if problems:

@@ -1,63 +1,91 @@
 """Every write to the modes: changes from the API and Alertmanager, and enforce blocks.
 
 Each write goes to the store together with its history entries, then into
-this process's view at once (other replicas follow through pub/sub).
+this process's view at once (other replicas follow through pub/sub). A change
+towards safety that the store cannot take is applied here anyway and kept
+pending (proxy.modes.pending); any other change needs the store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from proxy.catalog.stages import Mode
-from proxy.modes.records import Block, HistoryEntry, ModeRecord, utc_now
+from proxy.modes.pending import PendingWrites, towards_safety
+from proxy.modes.records import Block, HistoryEntry, Lease, ModeRecord, utc_now
 from proxy.modes.refresher import Refresher
 from proxy.modes.statefile import StateFile
-from proxy.modes.store import ModeStore
+from proxy.modes.store import ModeStore, StoreUnavailable
 from proxy.modes.view import ModeView
 from proxy.shared.logs import log_event
 
 log = logging.getLogger(__name__)
+LeaseProgress = tuple[int | None, float | None, float]  # (step, percent, credited_s): the driver's, kept with it
 HISTORY_PER_CHANGE = 20  # block entries written one by one per notification; the rest are summarized
 
 
 class ModeChanges:
     """Stores changes and applies them to the view."""
 
-    def __init__(self, view: ModeView, store: ModeStore, refresher: Refresher, state_file: StateFile) -> None:
+    def __init__(self, view: ModeView, store: ModeStore, refresher: Refresher, state_file: StateFile,
+                 pending: PendingWrites) -> None:
         self._view = view
         self._store = store
         self._refresher = refresher
         self._state_file = state_file
+        self.pending = pending
 
     async def change(self, endpoints: Sequence[str], mode: Mode, percent: float, actor: str, reason: str, *,
                      source: str = "api", forced: bool = False, alertname: str | None = None,
-                     group_key: str | None = None) -> None:
-        """Store a new mode for ``endpoints`` (with its history) and apply it here at once."""
+                     group_key: str | None = None) -> bool:
+        """Store a new mode for ``endpoints`` (with its history) and apply it here at once; True when stored,
+        False when it was a change towards safety the store could not take (applied here, written later)."""
         view = self._view
         record = ModeRecord(mode, percent, utc_now(), actor, reason)
         changes = dict.fromkeys(endpoints, record)
         history = [HistoryEntry("mode", actor, source, reason, endpoint=name, from_mode=view.records[name].mode,
                                 to_mode=mode, percent=percent, forced=forced, alertname=alertname,
                                 group_key=group_key) for name in endpoints]
-        await self._store.save(changes, history)
+        persisted = True
+        try:
+            await self._store.save(changes, history)
+        except StoreUnavailable:
+            if not towards_safety(view.records, changes):
+                raise
+            persisted = False
+            self.pending.add(changes, history)
+            view.set_pending(len(self.pending))
         view.generation += 1
         view.known = True
         view.apply({**view.records, **changes})
         self._state_file.save(view.records)
-        log_event(log, logging.INFO, "mode_changed", endpoints=list(endpoints), mode=mode, percent=percent,
-                  actor=actor, reason=reason, source=source, forced=forced, alertname=alertname)
+        log_event(log, logging.INFO if persisted else logging.WARNING,
+                  "mode_changed" if persisted else "mode_change_pending", endpoints=list(endpoints), mode=mode,
+                  percent=percent, actor=actor, reason=reason, source=source, forced=forced, alertname=alertname,
+                  **({} if persisted else {"detail": "the mode store is unreachable: applied on this replica, "
+                                                     "written to the store when it answers"}))
+        return persisted
 
-    async def downgrade(self, endpoints: Sequence[str] | None, alertname: str, group_key: str) -> list[str]:
-        """Put enforcing endpoints (all, if None) back to warn; returns those changed (re-sends change none)."""
-        await self._refresher.fresh()
+    async def downgrade(self, endpoints: Sequence[str] | None, alertname: str,
+                        group_key: str) -> tuple[list[str], bool]:
+        """Put enforcing endpoints (all, if None) back to warn; (those changed, stored?). Re-sends change none.
+        With the store unreachable it decides on the last-known modes: a downgrade never waits for Redis."""
+        try:
+            await self._refresher.fresh()
+        except StoreUnavailable:
+            pass  # the last-known modes are what requests are enforced by: downgrade those
         view = self._view
         names = view.catalog.endpoint_names if endpoints is None else endpoints
         enforcing = [name for name in names if view.records[name].mode == "enforce"]
+        persisted = True
         if enforcing:
-            await self.change(enforcing, "warn", 0.0, alertname, f"auto-downgrade: alert {alertname} firing",
-                              source="alertmanager", alertname=alertname, group_key=group_key)
-        return enforcing
+            persisted = await self.change(enforcing, "warn", 0.0, alertname,
+                                          f"auto-downgrade: alert {alertname} firing", source="alertmanager",
+                                          alertname=alertname, group_key=group_key)
+        return enforcing, persisted
 
     async def update_blocks(self, firing: Sequence[Block], resolved: Sequence[str]) -> tuple[list[str], list[str]]:
         """Record firing block_enforce alerts and drop resolved ones; returns (added, removed) fingerprints."""
@@ -96,6 +124,38 @@ class ModeChanges:
         log_event(log, logging.WARNING, "enforce_block_cleared", fingerprint=fingerprint, alertname=block.alertname,
                   endpoint=block.endpoint, actor=actor, reason=reason, blocked=self._view.enforce_blocked)
         return block
+
+    async def take_lease(self, endpoint: str, lease_id: str, holder: str, ttl_s: float, progress: LeaseProgress,
+                         reason: str) -> tuple[Lease, Lease | None, bool]:
+        """Hold ``endpoint`` for a rollout driver, or renew its hold: (the lease holding it now, the lapsed one
+        replaced, taken?). Needs the store (StoreUnavailable): a lease nobody else can see is no lease."""
+        await self._refresher.fresh()
+        now = datetime.now(UTC)
+        held = self._view.leases.get(endpoint)
+        since = held.since if held is not None and held.id == lease_id else now.isoformat(timespec="milliseconds")
+        lease = Lease(lease_id, holder, since, (now + timedelta(seconds=ttl_s)).isoformat(timespec="milliseconds"),
+                      *progress)
+        entry = HistoryEntry("rollout_lease", holder, "api", reason, endpoint=endpoint)
+        current, replaced = await self._store.take_lease(endpoint, lease, now.isoformat(timespec="milliseconds"),
+                                                         [entry])
+        taken = current.id == lease_id
+        if taken:
+            self._view.leases = {**self._view.leases, endpoint: current}
+        return current, replaced, taken
+
+    async def release_lease(self, endpoint: str, lease_id: str, reason: str, credited_s: float | None = None) -> bool:
+        """End a driver's hold (its own id only): it lapses now, its progress kept; True if it held the endpoint."""
+        await self._refresher.fresh()
+        held = self._view.leases.get(endpoint)
+        if held is None or held.id != lease_id:
+            return False
+        lapsed = dataclasses.replace(held, expires=utc_now(),
+                                     credited_s=held.credited_s if credited_s is None else credited_s)
+        entry = HistoryEntry("rollout_release", held.holder, "api", reason, endpoint=endpoint)
+        released = await self._store.release_lease(endpoint, lapsed, [entry])
+        if released:
+            self._view.leases = {**self._view.leases, endpoint: lapsed}
+        return released
 
     async def history(self, limit: int) -> list[HistoryEntry]:
         return await self._store.history(limit)

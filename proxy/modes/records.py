@@ -105,8 +105,49 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Lease:
+    """A rollout driver's hold on one endpoint (``stagectl rollout``): one driver at a time, never for ever.
+
+    ``id`` is the driver's secret-free handle (renewals and the release must present it); the lease lapses at
+    ``expires`` unless renewed. ``step``, ``percent`` and ``credited_s`` are the driver's progress: the time of
+    the step that was watched with evidence, which a driver taking over a lapsed lease continues from."""
+
+    id: str
+    holder: str
+    since: str
+    expires: str
+    step: int | None = None
+    percent: float | None = None
+    credited_s: float = 0.0
+
+    def live(self, now: str) -> bool:
+        return self.expires > now  # ISO 8601 UTC, one format: text order is time order
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    def public(self) -> dict[str, Any]:
+        """What GET /_ops/mode shows: who, since when, until when (never the id)."""
+        return {"holder": self.holder, "since": self.since, "expires": self.expires, "step": self.step,
+                "percent": self.percent}
+
+    @classmethod
+    def from_obj(cls, data: object) -> Lease:
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("id", "holder", "since",
+                                                                                           "expires")):
+            raise ValueError(f"not a lease: {data!r:.200}")
+        step, percent, credited = data.get("step"), data.get("percent"), data.get("credited_s", 0.0)
+        return cls(data["id"], data["holder"], data["since"], data["expires"],
+                   step if isinstance(step, int) and not isinstance(step, bool) else None,
+                   float(percent) if isinstance(percent, int | float) and not isinstance(percent, bool) else None,
+                   float(credited) if isinstance(credited, int | float) and not isinstance(credited, bool) else 0.0)
+
+
+@dataclass(frozen=True, slots=True)
 class StoreState:
-    """Everything one load returns: the mode of each stored endpoint and the firing enforce blocks."""
+    """Everything one load returns: the mode of each stored endpoint, the firing enforce blocks, the rollout
+    leases (live or lapsed)."""
 
     records: dict[str, ModeRecord] = field(default_factory=dict)
     blocks: dict[str, Block] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)

@@ -4,6 +4,8 @@ Keys, under a configurable prefix (default ``stagegate:``):
 
 * ``{prefix}modes`` — HASH, field = endpoint name, value = JSON ModeRecord
 * ``{prefix}enforce_block`` — HASH, field = alert fingerprint, value = JSON Block
+* ``{prefix}rollout`` — HASH, field = endpoint name, value = JSON Lease (a rollout driver's hold; kept after it
+  lapses, so that the next driver continues the step's watched time)
 * ``{prefix}history`` — STREAM, field ``entry`` = JSON HistoryEntry, trimmed to ~1000
 * ``{prefix}events`` — pub/sub channel; a message means "reload now"
 """
@@ -23,12 +25,47 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from proxy.modes.records import Block, HistoryEntry, ModeRecord, StoreState
+from proxy.modes.records import Block, HistoryEntry, Lease, ModeRecord, StoreState
 from proxy.modes.store import HISTORY_LIMIT, StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RoundTrip = Callable[[str, float], None]  # (op, seconds): told after every Redis round trip
+
+# Take a rollout lease unless another live one holds the endpoint: one round trip, atomic (Lua runs alone).
+# KEYS: leases hash, history stream, events channel; ARGV: endpoint, lease JSON, lease id, now, history entries...
+# Returns {held JSON, replaced JSON or false}.
+_TAKE_LEASE = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+local replaced = false
+if held then
+  local lease = cjson.decode(held)
+  if lease.id ~= ARGV[3] then
+    if lease.expires > ARGV[4] then return {held, false} end
+    replaced = held
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if (not held) or replaced then
+  for i = 5, #ARGV do
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', '1000', '*', 'entry', ARGV[i])
+  end
+  redis.call('PUBLISH', KEYS[3], '["rollout"]')
+end
+return {ARGV[2], replaced}
+"""
+# Release: only the holder's own id ends it, by storing it lapsed (its progress stays for the next driver).
+# KEYS as above; ARGV: endpoint, lease id, lapsed lease JSON, history entries...
+_RELEASE_LEASE = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if (not held) or cjson.decode(held).id ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+for i = 4, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', '1000', '*', 'entry', ARGV[i])
+end
+redis.call('PUBLISH', KEYS[3], '["rollout"]')
+return 1
+"""
 
 
 def _decode(raw: Mapping[Any, Any], parse: Callable[[object], T], what: str) -> dict[str, T]:
@@ -59,6 +96,7 @@ class RedisModeStore:
         self._prefix = prefix
         self.modes_key = f"{prefix}modes"
         self.blocks_key = f"{prefix}enforce_block"
+        self.leases_key = f"{prefix}rollout"
         self.history_key = f"{prefix}history"
         self.channel = f"{prefix}events"
         self._on_round_trip = on_round_trip
@@ -80,10 +118,25 @@ class RedisModeStore:
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.hgetall(self.modes_key)
                 pipe.hgetall(self.blocks_key)
+                pipe.hgetall(self.leases_key)
                 return await pipe.execute()
 
-        modes, blocks = await self._timed("load", read)
-        return StoreState(_decode(modes, ModeRecord.from_obj, "mode record"), _decode(blocks, Block.from_obj, "block"))
+        modes, blocks, leases = await self._timed("load", read)
+        return StoreState(_decode(modes, ModeRecord.from_obj, "mode record"), _decode(blocks, Block.from_obj, "block"),
+                          _decode(leases, Lease.from_obj, "rollout lease"))
+
+    async def take_lease(self, endpoint: str, lease: Lease, now: str,
+                         history: Sequence[HistoryEntry]) -> tuple[Lease, Lease | None]:
+        keys: list[str | bytes] = [self.leases_key, self.history_key, self.channel]
+        args: list[str | bytes] = [endpoint, lease.to_json(), lease.id, now, *(entry.to_json() for entry in history)]
+        held, replaced = await self._timed("save", lambda: self._client.eval(_TAKE_LEASE, len(keys), *keys, *args))
+        return (Lease.from_obj(orjson.loads(held)),
+                Lease.from_obj(orjson.loads(replaced)) if replaced else None)
+
+    async def release_lease(self, endpoint: str, lapsed: Lease, history: Sequence[HistoryEntry]) -> bool:
+        keys: list[str | bytes] = [self.leases_key, self.history_key, self.channel]
+        args: list[str | bytes] = [endpoint, lapsed.id, lapsed.to_json(), *(entry.to_json() for entry in history)]
+        return bool(await self._timed("save", lambda: self._client.eval(_RELEASE_LEASE, len(keys), *keys, *args)))
 
     def _append(self, pipe: Pipeline, history: Sequence[HistoryEntry], changed: Sequence[str]) -> None:
         for entry in history:

@@ -2,7 +2,8 @@
 
 When the store is unreachable the last-known modes stay in force (else those
 of ``--state-file``, else ``default_mode``), with one WARN on degrading and one
-INFO on recovery. An emptied store (Redis restarted without persistence) is
+INFO on recovery; downgrades made meanwhile are kept pending and written first
+thing once it answers (proxy.modes.pending). An emptied store (Redis restarted without persistence) is
 re-seeded with the modes this process knows instead of falling back to defaults.
 """
 
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 
+from proxy.modes.pending import PendingWrites
 from proxy.modes.records import HistoryEntry, StoreState
 from proxy.modes.statefile import StateFile
 from proxy.modes.store import ModeStore, StoreUnavailable
@@ -25,10 +27,12 @@ log = logging.getLogger(__name__)
 class Refresher:
     """Loads the store into the view: once at start, then every ``refresh_ms`` or when nudged."""
 
-    def __init__(self, view: ModeView, store: ModeStore, state_file: StateFile, *, refresh_ms: int = 500) -> None:
+    def __init__(self, view: ModeView, store: ModeStore, state_file: StateFile, *, refresh_ms: int = 500,
+                 pending: PendingWrites | None = None) -> None:
         self._view = view
         self._store = store
         self._state_file = state_file
+        self._pending = pending if pending is not None else PendingWrites()
         self._refresh_s = refresh_ms / 1000
         self._nudge = asyncio.Event()
         self._from_store = False  # the view has held the store's modes at least once
@@ -50,8 +54,14 @@ class Refresher:
             state = await self._store.load()
             if not state.records and view.known:
                 state = await self._reseed()
+            if len(self._pending):
+                state = await self._pending.flush(self._store, state)
+                view.set_pending(len(self._pending))
+                log_event(log, logging.INFO, "mode_pending_written", source=self._store.source)
         except StoreUnavailable as exc:
             self._degrade(str(exc))
+            if view.apply(self._pending.overlay(view.records)):  # a sibling worker's downgrade
+                self._state_file.save(view.records)
             return
         if generation != view.generation:
             self.nudge()  # a change landed while we were loading: this result may predate it
@@ -63,7 +73,8 @@ class Refresher:
         view.known = view.known or bool(state.records)
         view.set_source(self._store.source)
         view.set_blocks(state.blocks)
-        if view.apply(state.records) or not view.resolved:
+        view.leases = state.leases
+        if view.apply(self._pending.overlay(state.records)) or not view.resolved:
             self._state_file.save(view.records)
 
     async def fresh(self) -> None:

@@ -1,8 +1,9 @@
 """Where modes live: the store protocol and the embedded in-memory store (Redis: proxy/redisstore.py).
 
-A store keeps three things (docs/redis-keys.md): each endpoint's mode record,
-the firing ``block_enforce`` alerts, and a bounded history of changes. Every
-write that changes state also appends its history entries, atomically.
+A store keeps four things (docs/redis-keys.md): each endpoint's mode record,
+the firing ``block_enforce`` alerts, the rollout drivers' leases, and a bounded
+history of changes. Every write that changes state also appends its history
+entries, atomically.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
-from proxy.modes.records import Block, HistoryEntry, ModeRecord, StoreState
+from proxy.modes.records import Block, HistoryEntry, Lease, ModeRecord, StoreState
 
 HISTORY_LIMIT: Final = 1000  # entries kept; older ones are trimmed
 
@@ -36,6 +37,17 @@ class ModeStore(Protocol):
 
     async def history(self, limit: int) -> list[HistoryEntry]: ...
 
+    async def take_lease(self, endpoint: str, lease: Lease, now: str,
+                         history: Sequence[HistoryEntry]) -> tuple[Lease, Lease | None]:
+        """Take ``lease`` (or renew it: same id) unless another live one holds the endpoint, atomically; (the
+        lease holding the endpoint now, the lapsed one it replaced). ``history`` is written only when taken."""
+        ...
+
+    async def release_lease(self, endpoint: str, lapsed: Lease, history: Sequence[HistoryEntry]) -> bool:
+        """End the lease with ``lapsed.id`` by storing ``lapsed`` (it expires now: its progress stays readable by the
+        next driver); False if another lease holds the endpoint."""
+        ...
+
     async def watch(self, on_change: Callable[[], None]) -> None: ...
 
     async def close(self) -> None: ...
@@ -49,10 +61,30 @@ class MemoryModeStore:
     def __init__(self) -> None:
         self._records: dict[str, ModeRecord] = {}
         self._blocks: dict[str, Block] = {}
+        self._leases: dict[str, Lease] = {}
         self._history: deque[HistoryEntry] = deque(maxlen=HISTORY_LIMIT)
 
     async def load(self) -> StoreState:
-        return StoreState(dict(self._records), dict(self._blocks))
+        return StoreState(dict(self._records), dict(self._blocks), dict(self._leases))
+
+    async def take_lease(self, endpoint: str, lease: Lease, now: str,
+                         history: Sequence[HistoryEntry]) -> tuple[Lease, Lease | None]:
+        held = self._leases.get(endpoint)
+        if held is not None and held.id != lease.id and held.live(now):
+            return held, None
+        self._leases[endpoint] = lease
+        if held is None or held.id != lease.id:
+            self._history.extend(history)
+            return lease, held
+        return lease, None
+
+    async def release_lease(self, endpoint: str, lapsed: Lease, history: Sequence[HistoryEntry]) -> bool:
+        held = self._leases.get(endpoint)
+        if held is None or held.id != lapsed.id:
+            return False
+        self._leases[endpoint] = lapsed
+        self._history.extend(history)
+        return True
 
     async def save(self, changes: Mapping[str, ModeRecord], history: Sequence[HistoryEntry]) -> None:
         self._records.update(changes)

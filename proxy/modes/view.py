@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from proxy.catalog.stages import Catalog, Mode
-from proxy.modes.records import Block, ModeRecord
+from proxy.modes.records import Block, Lease, ModeRecord
 
 
 class ModeObserver(Protocol):
@@ -23,6 +23,8 @@ class ModeObserver(Protocol):
     def set_source(self, source: str) -> None: ...
 
     def set_blocked(self, endpoint: str, blocked: bool) -> None: ...
+
+    def set_pending(self, count: int) -> None: ...
 
 
 class ModeView:
@@ -36,6 +38,7 @@ class ModeView:
         self.records: dict[str, ModeRecord] = {}
         self._fast: dict[str, tuple[Mode, float]] = {}
         self.blocks: dict[str, Block] = {}
+        self.leases: dict[str, Lease] = {}  # rollout drivers' holds, live or lapsed (proxy.modes.records.Lease)
         self.source = "default"
         self.degraded = False  # the store is unreachable: these are last-known (or state file, or default) modes
         self.resolved = False  # modes were resolved once since start (readiness)
@@ -80,3 +83,7 @@ class ModeView:
     def set_source(self, source: str) -> None:
         self.source = source
         self._observer.set_source(source)
+
+    def set_pending(self, count: int) -> None:
+        """How many local changes await the store (proxy.modes.pending)."""
+        self._observer.set_pending(count)

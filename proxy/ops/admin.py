@@ -22,10 +22,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from proxy.catalog.compare import ReloadOutcome
 from proxy.catalog.stages import MODES, Catalog, Mode
 from proxy.modes.changes import ModeChanges
-from proxy.modes.records import Block
+from proxy.modes.records import Block, utc_now
 from proxy.modes.store import HISTORY_LIMIT, StoreUnavailable
 from proxy.modes.view import ModeView
-from proxy.ops import alerts
+from proxy.ops import alerts, leases
 from proxy.shared.logs import log_event, safe_text
 from proxy.shared.metrics import Metrics
 from proxy.shared.problems import problem
@@ -98,10 +98,62 @@ def mode_view(ctx: OpsContext) -> dict[str, Any]:
         name: {"mode": r.mode, "percent": r.percent, "updated_at": r.updated_at, "updated_by": r.updated_by,
                "reason": r.reason,
                "blocked_by": [{"alertname": b.alertname, "fingerprint": b.fingerprint, "since": b.since,
-                               "all_endpoints": b.endpoint is None} for b in ctx.view.blocked_by(name)]}
+                               "all_endpoints": b.endpoint is None} for b in ctx.view.blocked_by(name)],
+               "rollout": _live_lease(ctx, name)}
         for name, r in ctx.view.records.items()
     }
-    return {"source": ctx.view.source, "enforce_blocked": ctx.view.enforce_blocked, "endpoints": endpoints}
+    return {"source": ctx.view.source, "enforce_blocked": ctx.view.enforce_blocked, "endpoints": endpoints,
+            "pending_writes": ctx.changes.pending.as_json()}
+
+
+def _live_lease(ctx: OpsContext, endpoint: str) -> dict[str, Any] | None:
+    lease = ctx.view.leases.get(endpoint)
+    return lease.public() if lease is not None and lease.live(utc_now()) else None
+
+
+async def put_rollout(request: web.Request) -> web.Response:
+    """Take or renew a rollout driver's lease on one endpoint: 200 with it, 409 naming the live holder."""
+    ctx = request.app[OPS]
+    denied = _authorize(request, ctx.token)
+    if denied is not None:
+        return denied
+    endpoint = request.match_info["endpoint"]
+    if ctx.view.catalog.endpoint(endpoint) is None:
+        return problem(404, "no-such-endpoint", "Not Found", f"no endpoint {safe_text(endpoint, 80)!r}")
+    try:
+        body = leases.parse_take(await request.read())
+    except leases.LeaseBodyError as exc:
+        return problem(400, "bad-request", "Bad Request", str(exc))
+    try:
+        held, replaced, taken = await ctx.changes.take_lease(
+            endpoint, body.lease, body.holder, body.ttl_s, (body.step, body.percent, body.credited_s), body.reason)
+    except StoreUnavailable:
+        return problem(503, "store-unavailable", "Mode store unavailable",
+                       "the mode store could not be reached: a lease the other replicas cannot see is no lease")
+    if not taken:
+        return problem(409, "rollout-held", "Rollout in progress",
+                       f"{held.holder} has driven {endpoint} since {held.since} (lease until {held.expires})",
+                       rollout=held.public())
+    previous = None if replaced is None else {**replaced.public(), "credited_s": replaced.credited_s}
+    return _json({"endpoint": endpoint, "rollout": {**held.public(), "credited_s": held.credited_s},
+                  "previous": previous})
+
+
+async def delete_rollout(request: web.Request) -> web.Response:
+    """End a driver's lease (its own id only)."""
+    ctx = request.app[OPS]
+    denied = _authorize(request, ctx.token)
+    if denied is not None:
+        return denied
+    endpoint = request.match_info["endpoint"]
+    try:
+        lease_id, reason, credited = leases.parse_release(await request.read())
+        released = await ctx.changes.release_lease(endpoint, lease_id, reason, credited)
+    except leases.LeaseBodyError as exc:
+        return problem(400, "bad-request", "Bad Request", str(exc))
+    except StoreUnavailable:
+        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
+    return _json({"endpoint": endpoint, "released": released})
 
 
 async def get_mode(request: web.Request) -> web.Response:
@@ -183,11 +235,14 @@ async def put_mode(request: web.Request) -> web.Response:
                        "override with \"force\": true (stagectl mode set --force)",
                        blocked_by=names, fingerprints=sorted(holding)[:20])
     try:
-        await ctx.changes.change(endpoints, mode, percent, actor, reason, forced=force and bool(holding))
+        persisted = await ctx.changes.change(endpoints, mode, percent, actor, reason, forced=force and bool(holding))
     except StoreUnavailable as exc:
         log_event(log, logging.WARNING, "mode_change_failed", error=str(exc)[:200])
-        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
-    return _json(mode_view(ctx))
+        return problem(503, "store-unavailable", "Mode store unavailable",
+                       "the mode store could not be reached: only a change towards safety (a lower mode or enforce "
+                       "share) is applied without it")
+    # 202: a downgrade applied on this replica only, written to the store (and so to the others) when it answers
+    return _json({**mode_view(ctx), "persisted": persisted}, 200 if persisted else 202)
 
 
 async def get_history(request: web.Request) -> web.Response:
@@ -345,6 +400,8 @@ def create_admin_app(ctx: OpsContext, *, max_body_bytes: int = ADMIN_MAX_BODY,
     app.router.add_put("/_ops/mode", put_mode)
     app.router.add_get("/_ops/mode/history", get_history)
     app.router.add_post("/_ops/alertmanager", post_alertmanager)
+    app.router.add_put("/_ops/rollout/{endpoint}", put_rollout)
+    app.router.add_delete("/_ops/rollout/{endpoint}", delete_rollout)
     app.router.add_get("/_ops/blocks", get_blocks)
     app.router.add_delete("/_ops/blocks/{fingerprint}", delete_block)
     app.router.add_post("/_ops/reload", post_reload)

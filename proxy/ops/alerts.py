@@ -130,9 +130,10 @@ def plan(raw: bytes, catalog: Catalog) -> tuple[Plan, str]:
 async def apply(plan_: Plan, group_key: str, view: ModeView, changes: ModeChanges) -> dict[str, Any]:
     """Carry the plan out; returns the webhook's answer."""
     downgraded: list[str] = []
+    persisted = True
     if plan_.downgrade_all or plan_.downgrade:
         targets = None if plan_.downgrade_all else list(plan_.downgrade)
-        downgraded = await changes.downgrade(targets, plan_.downgrade_alert, group_key)
+        downgraded, persisted = await changes.downgrade(targets, plan_.downgrade_alert, group_key)
     added: list[str] = []
     removed: list[str] = []
     if plan_.firing_blocks or plan_.resolved_blocks:
@@ -140,7 +141,8 @@ async def apply(plan_: Plan, group_key: str, view: ModeView, changes: ModeChange
     if plan_.unknown_endpoints:
         log_event(log, logging.WARNING, "alert_unknown_endpoint", endpoints=capped(sorted(plan_.unknown_endpoints)),
                   group_key=safe_text(group_key))
-    return {"downgraded": downgraded, "blocks_added": len(added), "blocks_removed": len(removed),
+    return {"downgraded": downgraded, "persisted": persisted, "blocks_added": len(added),
+            "blocks_removed": len(removed),
             "enforce_blocked": view.enforce_blocked, "ignored": plan_.ignored,
             "unknown_endpoints": capped(sorted(plan_.unknown_endpoints))}
 
@@ -166,4 +168,5 @@ async def webhook(request: web.Request, catalog: Catalog, view: ModeView, change
         log_event(log, logging.WARNING, "alert_action_failed", error=str(exc)[:200])
         return problem(503, "store-unavailable", "Mode store unavailable", "retry: the mode store is unreachable")
     log_event(log, logging.INFO, "alertmanager_notification", group_key=safe_text(group_key), **answer)
-    return web.Response(body=orjson.dumps(answer) + b"\n", content_type="application/json")
+    return web.Response(status=200 if answer["persisted"] else 202, body=orjson.dumps(answer) + b"\n",
+                        content_type="application/json")

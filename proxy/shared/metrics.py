@@ -69,6 +69,9 @@ class Metrics:
                                "1 unless the last catalog reload was refused (the file on disk is not what is served)",
                                registry=reg, multiprocess_mode="livemin")
         self.reload_ok.set(1)
+        self.pending = Gauge("stage_mode_pending_writes",
+                             "Mode changes towards safety applied here while the store was unreachable, not yet stored",
+                             registry=reg, multiprocess_mode="livesum")
         self.store = Histogram("stage_mode_store_seconds", "Mode store round trips", ["op"],
                                buckets=STORE_BUCKETS, registry=reg)
         self.connections = Gauge("stage_client_connections", "Open client connections", ["listener"], registry=reg,
@@ -105,6 +108,9 @@ class Metrics:
 
     def set_blocked(self, endpoint: str, blocked: bool) -> None:
         self.blocked.labels(endpoint).set(1 if blocked else 0)
+
+    def set_pending(self, count: int) -> None:
+        self.pending.set(count)
 
     def set_catalog(self, version: str, previous: str | None = None) -> None:
         """Serve ``version``: its info series is 1, the previous one's 0 (kept, not removed: removal does not

@@ -1,0 +1,130 @@
+"""Which catalog a tool classifies with: the one source every classifying command shares (docs/catalog.md).
+
+The proxy and the tools must classify with the same catalog, or a migration
+leaves rows the proxy would accept unnormalized. So, for ``migrate``,
+``normalize``, ``offenders``, ``audit-consumers`` and ``catalog check``:
+
+* ``--config`` / ``$STAGE_CONFIG``: that file;
+* else, with an admin URL (``--admin-url`` / ``$STAGE_ADMIN_URL``): the catalog
+  the proxy serves (``GET /_ops/catalog``), checked by the same rules;
+* else the built-in catalog, with a warning that it may not be the proxy's.
+
+A file *and* an admin URL: the proxy's version must be the file's, or the
+command stops before touching anything (exit 2, both versions named). Every
+command prints the source and version it uses (on stderr, :func:`say`) before
+the first thing it reports, once its input is known to be good — a mistake in
+the input stays one line.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.catalog.compare import catalog_version
+from proxy.catalog.stages import (
+    DEFAULT_CATALOG_TOML,
+    MAX_CATALOG_CHARS,
+    Catalog,
+    CatalogError,
+    catalog_from_json,
+    check_catalog,
+    parse_catalog,
+)
+from proxy.shared.secrets import mask_url
+from tools import admin_api
+from tools.errors import EXIT_USAGE, CommandError
+
+
+@dataclass(frozen=True, slots=True)
+class ChosenCatalog:
+    """A catalog, where it came from and its version."""
+
+    catalog: Catalog
+    source: str  # "file PATH", "proxy URL" or "built-in"
+    version: str
+    warning: str | None = None
+
+    def line(self) -> str:
+        """The first line a classifying command prints."""
+        return f"catalog: {self.source}, version {self.version}" + (f" ({self.warning})" if self.warning else "")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"source": self.source, "version": self.version}
+
+
+def read_file(path: str, what: str = "--config") -> Catalog:
+    """A catalog file, checked; CommandError (exit 2) naming the file and its first problem."""
+    try:
+        with Path(path).open(encoding="utf-8") as file:
+            text = file.read(MAX_CATALOG_CHARS + 1)  # a longer one is refused by the checker, never read whole
+    except OSError as exc:
+        raise CommandError(f"{what}: cannot read {path!r}: {exc.strerror or exc}", EXIT_USAGE) from None
+    except UnicodeDecodeError:
+        raise CommandError(f"{what}: {path!r} is not UTF-8 text", EXIT_USAGE) from None
+    catalog, problems = check_catalog(text)
+    if catalog is None:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise CommandError(f"{what} {path}: {problems[0]}{more}", EXIT_USAGE)
+    return catalog
+
+
+def local(config: str | None, environ: Mapping[str, str]) -> Catalog:
+    """--config / $STAGE_CONFIG, else the built-in catalog: for commands that only need endpoint names."""
+    path = config or environ.get("STAGE_CONFIG") or None
+    return read_file(path) if path else parse_catalog(DEFAULT_CATALOG_TOML)
+
+
+async def served_by(url: str, timeout_s: float = 5.0) -> tuple[Catalog, str]:
+    """The catalog a proxy serves and the version it reports; CommandError if unreachable or inconsistent."""
+    async with admin_api.session(timeout_s) as http:
+        data = await admin_api.call(http, "GET", f"{url}/_ops/catalog")
+    try:
+        catalog = catalog_from_json(data)
+    except CatalogError as exc:
+        raise CommandError(f"the catalog {mask_url(url)} serves is not one this stagectl reads: {exc}") from None
+    reported = str(data.get("version"))
+    if catalog_version(catalog) != reported:
+        raise CommandError(f"{mask_url(url)} reports catalog version {reported}, but what it serves is version "
+                           f"{catalog_version(catalog)} to this stagectl: upgrade one of them so both agree")
+    return catalog, reported
+
+
+async def choose(config: str | None, admin_url: str | None, environ: Mapping[str, str],
+                 timeout_s: float = 5.0) -> ChosenCatalog:
+    """The catalog to classify with, by the rule of the module docstring."""
+    path = config or environ.get("STAGE_CONFIG") or None
+    url = admin_url or environ.get("STAGE_ADMIN_URL") or None
+    if url is not None:
+        url = admin_api.check_url(url.rstrip("/"))
+    if path is not None:
+        catalog = read_file(path)
+        version = catalog_version(catalog)
+        if url is not None:
+            _, served = await served_by(url, timeout_s)
+            if served != version:
+                raise CommandError(f"{path} is catalog version {version} but the proxy at {mask_url(url)} serves "
+                                   f"version {served}: reload the proxy (stagectl catalog reload) or use its "
+                                   "catalog (drop --config); nothing was touched", EXIT_USAGE)
+        return ChosenCatalog(catalog, f"file {path}", version)
+    if url is not None:
+        catalog, version = await served_by(url, timeout_s)
+        return ChosenCatalog(catalog, f"proxy {mask_url(url)}", version)
+    catalog = parse_catalog(DEFAULT_CATALOG_TOML)
+    return ChosenCatalog(catalog, "built-in", catalog_version(catalog),
+                         "it may not be the proxy's: pass --config FILE or --admin-url URL")
+
+
+def say(chosen: ChosenCatalog) -> None:
+    """The catalog line, on stderr: before the first thing a classifying command reports. Off a terminal it is a
+    JSON object, like the progress lines that may follow it there."""
+    if sys.stderr.isatty():
+        print(chosen.line(), file=sys.stderr, flush=True)
+    else:
+        data = {"event": "catalog", **chosen.as_json(), **({"warning": chosen.warning} if chosen.warning else {})}
+        print(orjson.dumps(data).decode(), file=sys.stderr, flush=True)
