@@ -196,3 +196,16 @@ async def test_an_old_control_table_is_upgraded(database: str, db: asyncpg.Conne
     resumed = await stagectl(database, "migrate", "--apply", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr.splitlines()[1].startswith("resuming run 1 (interrupted) after id 100")
+
+
+async def test_reverting_a_reverted_run_says_so_and_changes_nothing(database: str, db: asyncpg.Connection) -> None:
+    """The second revert of a run: exit 0, "already reverted", no row touched; status shows it as reverted."""
+    await seeded(database, 500)
+    assert (await stagectl(database, "migrate", "--apply")).returncode == 0
+    assert (await stagectl(database, "migrate", "revert", "--run", "1", "--apply")).returncode == 0
+    await db.execute("UPDATE deals SET stage = 'lead' WHERE id % 5 = 0")  # the application moved on meanwhile
+    before = await db.fetchval("SELECT md5(string_agg(stage, ',' ORDER BY id)) FROM deals")
+    again = await stagectl(database, "migrate", "revert", "--run", "1", "--apply")
+    assert again.returncode == 0 and "run 1 was already reverted at" in again.stdout and "nothing to do" in again.stdout
+    assert await db.fetchval("SELECT md5(string_agg(stage, ',' ORDER BY id)) FROM deals") == before
+    assert (await status(database, "--run", "1"))[0]["status"] == "reverted"

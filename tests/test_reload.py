@@ -356,10 +356,15 @@ async def test_catalog_show_and_reload_through_the_cli(make_proxy: ProxyFactory,
     assert offline["version"] == live["version"] == DEFAULT_VERSION
     assert {k: v for k, v in offline.items() if k != "file"} == {k: v for k, v in live.items() if k != "file"}
     config.write_text(WITH_SIGNED)
-    result = await stagectl("catalog", "reload", "--admin-url", run.admin_url)
+    result = await stagectl("catalog", "reload", "--admin-url", run.admin_url, "--reason", "partner sends Signed",
+                            "--actor", "dana")
     assert result.returncode == 0, result.stderr
     assert f"{DEFAULT_VERSION} -> {SIGNED_VERSION}" in result.stdout
     assert "alias added: 'signed' -> closed_won" in result.stdout
+    history = orjson.loads((await stagectl("mode", "history", "--admin-url", run.admin_url, "--json")).stdout)
+    [entry] = [e for e in history["entries"] if e["action"] == "catalog_reload"]  # who reloaded what, and why
+    assert entry["actor"] == "stagectl catalog reload (dana)"
+    assert entry["reason"] == f"partner sends Signed (catalog {DEFAULT_VERSION} -> {SIGNED_VERSION})"
     result = await stagectl("catalog", "show", "--admin-url", run.admin_url)
     assert "'signed' -> closed_won" in result.stdout
     config.write_text("garbage [\n")

@@ -95,6 +95,9 @@ def register(commands: Any) -> None:
     show.set_defaults(handler=run_catalog_show)
     reload = actions.add_parser("reload", help="make the proxy re-read its --config (token from $STAGE_OPS_TOKEN)")
     admin_options(reload, inherited=False)
+    reload.add_argument("--reason", help="why (recorded in the mode history)")
+    reload.add_argument("--actor", help="who, recorded as 'stagectl catalog reload (WHO)' (default $STAGE_ACTOR, "
+                                        "else the login name)")
     reload.set_defaults(handler=run_catalog_reload)
 
 
@@ -380,7 +383,8 @@ async def run_catalog_reload(args: argparse.Namespace, environ: Mapping[str, str
     url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/reload"
     token = admin_api.ops_token(environ, "catalog reload")
     async with admin_api.session(args.timeout_s) as session:
-        data = await admin_api.call(session, "POST", url, None, token)
+        body = {"actor": _actor(args, environ), **({"reason": args.reason} if args.reason else {})}
+        data = await admin_api.call(session, "POST", url, body, token)
     if args.json:
         print(_dump(data))
         return EXIT_OK

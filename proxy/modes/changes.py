@@ -160,6 +160,11 @@ class ModeChanges:
     async def history(self, limit: int) -> list[HistoryEntry]:
         return await self._store.history(limit)
 
+    async def note_reload(self, actor: str, reason: str, version: str, previous: str) -> None:
+        """A catalog reload in the history (who, why, which versions); StoreUnavailable if it cannot be written."""
+        text = f"{reason} (catalog {previous} -> {version})" if version != previous else f"{reason} (unchanged)"
+        await self._store.note([HistoryEntry("catalog_reload", actor, "api", text[:500])])
+
 
 def _capped_history(action: str, items: list[tuple[Block, str]]) -> list[HistoryEntry]:
     """One entry per block, up to HISTORY_PER_CHANGE; past it one entry saying how many more (a notification can

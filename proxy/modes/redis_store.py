@@ -180,6 +180,12 @@ class RedisModeStore:
 
         await self._write(fill)
 
+    async def note(self, history: Sequence[HistoryEntry]) -> None:
+        def fill(pipe: Pipeline) -> None:
+            self._append(pipe, history, ["history"])
+
+        await self._write(fill)
+
     async def history(self, limit: int) -> list[HistoryEntry]:
         rows = await self._timed("load", lambda: self._client.xrevrange(self.history_key, count=limit))
         entries = []

@@ -37,6 +37,10 @@ class ModeStore(Protocol):
 
     async def history(self, limit: int) -> list[HistoryEntry]: ...
 
+    async def note(self, history: Sequence[HistoryEntry]) -> None:
+        """Append history entries that change no mode (a catalog reload)."""
+        ...
+
     async def take_lease(self, endpoint: str, lease: Lease, now: str,
                          history: Sequence[HistoryEntry]) -> tuple[Lease, Lease | None]:
         """Take ``lease`` (or renew it: same id) unless another live one holds the endpoint, atomically; (the
@@ -103,6 +107,9 @@ class MemoryModeStore:
 
     async def history(self, limit: int) -> list[HistoryEntry]:
         return list(self._history)[-limit:][::-1]
+
+    async def note(self, history: Sequence[HistoryEntry]) -> None:
+        self._history.extend(history)
 
     async def watch(self, on_change: Callable[[], None]) -> None:
         return None

@@ -294,7 +294,7 @@ async def delete_block(request: web.Request) -> web.Response:
     return _json({"cleared": _block(cleared), "enforce_blocked": ctx.view.enforce_blocked})
 
 
-def _reason_and_actor(raw: bytes) -> tuple[str, str]:
+def _reason_and_actor(raw: bytes, *, required: bool = True) -> tuple[str, str]:
     try:
         body = orjson.loads(raw or b"{}")
     except orjson.JSONDecodeError:
@@ -304,8 +304,8 @@ def _reason_and_actor(raw: bytes) -> tuple[str, str]:
     unknown = set(body) - {"reason", "actor"}
     if unknown:
         raise BadRequest(f"unknown field(s): {sorted(safe_text(k, 40) for k in unknown)}")
-    return _text(body, "reason", MAX_REASON, required=True) or "", _text(body, "actor", MAX_ACTOR,
-                                                                          required=False) or "api"
+    return _text(body, "reason", MAX_REASON, required=required) or "", _text(body, "actor", MAX_ACTOR,
+                                                                              required=False) or "api"
 
 
 async def post_reload(request: web.Request) -> web.Response:
@@ -314,7 +314,18 @@ async def post_reload(request: web.Request) -> web.Response:
     denied = _authorize(request, ctx.token)
     if denied is not None:
         return denied
+    try:
+        reason, actor = _reason_and_actor(await request.read(), required=False)
+    except BadRequest as exc:
+        return problem(400, "bad-request", "Bad Request", str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
     outcome = await ctx.catalogs.reload("api")
+    if outcome.ok:
+        try:
+            await ctx.changes.note_reload(actor, reason or "catalog reload", outcome.version, outcome.previous)
+        except StoreUnavailable:  # applied here all the same: the history is the record, not the switch
+            log_event(log, logging.WARNING, "catalog_reload_not_in_history", version=outcome.version)
     if not outcome.ok:
         return problem(400, "catalog-refused", "Catalog refused",
                        f"the catalog was not reloaded: {outcome.problems[0]}", problems=list(outcome.problems),
