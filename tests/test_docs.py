@@ -16,7 +16,7 @@ import pytest
 
 from proxy.app.settings import build_parser as proxy_parser
 from tests.support.proxies import REPO
-from tools.errors import CommandError
+from tools.shared.errors import CommandError
 from tools.stagectl import build_parser
 
 DOCS = sorted([REPO / "README.md", *(REPO / "docs").rglob("*.md")])

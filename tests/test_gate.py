@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.prometheus import History, PrometheusServer
 from tests.support.proxies import REPO
-from tools.timeparse import iso, parse_instant
+from tools.shared.timeparse import iso, parse_instant
 
 T0 = parse_instant("2026-09-01T00:00:00Z")
 STEP = 600.0

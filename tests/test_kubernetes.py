@@ -26,7 +26,7 @@ import yaml  # type: ignore[import-untyped]  # PyYAML (a kubernetes-validate dep
 from proxy.app.settings import OPTIONS, Settings, load_settings
 from proxy.catalog.stages import parse_catalog
 from tests.support.proxies import REPO
-from tools.errors import CommandError
+from tools.shared.errors import CommandError
 from tools.stagectl import build_parser as stagectl_parser
 
 KUBE = REPO / "deploy" / "kubernetes"

@@ -20,8 +20,8 @@ from tests.support.ports import wait_for_port
 from tests.support.proxies import REPO, TOKEN, spawn_proxy
 from tests.support.servers import RedisServer
 from tests.support.upstreams import Upstream
-from tools import offenders
-from tools.timeparse import iso
+from tools.consumers import offenders
+from tools.shared.timeparse import iso
 
 
 def event(endpoint: str, value: str, result: str, ip: str, ua: str, ts: str, normalized: str | None = None) -> bytes:
@@ -389,7 +389,7 @@ def test_a_stage_with_a_prefix_or_suffix_is_not_a_typo() -> None:
     """'unqualified' is 'qualified' plus a prefix: another word (the opposite), never proposed; one extra letter
     is a typo and still is."""
     from proxy.catalog.stages import default_catalog
-    from tools.offenders import _nearest, _targets
+    from tools.consumers.offenders import _nearest, _targets
 
     targets = _targets(default_catalog())
     assert _nearest("unqualified", targets) is None

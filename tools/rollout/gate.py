@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from tools import prom
-from tools.prom import Prometheus
-from tools.timeparse import day_of, iso
+from tools.clients import prom
+from tools.clients.prom import Prometheus
+from tools.shared.timeparse import day_of, iso
 
 DAY: Final = 86400.0
 GO: Final = frozenset({"ready_for_warn", "ready_for_enforce", "canary", "enforcing"})

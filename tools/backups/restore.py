@@ -14,9 +14,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from tools.backup import SUMS, pg_binary, read_sums, sha256, split_password
-from tools.db import connect, quote_ident
-from tools.errors import EXIT_USAGE, CommandError
+from tools.backups.backup import SUMS, pg_binary, read_sums, sha256, split_password
+from tools.clients.db import connect, quote_ident
+from tools.shared.errors import EXIT_USAGE, CommandError
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from proxy.shared.secrets import mask_url
-from tools.errors import EXIT_AUTH, EXIT_USAGE, CommandError
+from tools.shared.errors import EXIT_AUTH, EXIT_USAGE, CommandError
 
 TEXT_TYPES: Final = frozenset({"text", "character varying", "character", "citext"})
 
@@ -45,26 +44,6 @@ async def connect(dsn: str, timeout_s: float = 10.0) -> asyncpg.Connection:
         raise CommandError(f"cannot connect to {mask_url(dsn)}: {reason}") from None
     except (ValueError, asyncpg.ClientConfigurationError) as exc:  # a DSN asyncpg cannot use (bad port, option)
         raise CommandError(f"--dsn {mask_url(dsn)}: {exc}", EXIT_USAGE) from None
-
-
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
-
-
-def table_name(text: str) -> str:
-    """An argparse type: ``table`` or ``schema.table``, each a plain SQL identifier (letters, digits, _ and $;
-    not starting with a digit; at most 63 characters). Anything else — ``x;drop``, spaces, quotes — is refused
-    rather than quoted into an object nobody meant to create."""
-    parts = text.split(".")
-    if len(parts) > 2 or not all(_IDENT.fullmatch(part) for part in parts):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a table name (schema.table of letters, digits, _)")
-    return text
-
-
-def column_name(text: str) -> str:
-    """An argparse type: one plain SQL identifier (see table_name)."""
-    if not _IDENT.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a column name (letters, digits, _; not a digit first)")
-    return text
 
 
 def quote_ident(name: str) -> str:

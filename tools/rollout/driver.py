@@ -36,10 +36,11 @@ from typing import Any, Final
 
 import aiohttp
 
-from tools import admin_api, gate, prom
-from tools.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
-from tools.prom import Prometheus
-from tools.timeparse import format_duration, parse_duration
+from tools.clients import admin_api, prom
+from tools.clients.prom import Prometheus
+from tools.rollout import gate
+from tools.shared.errors import EXIT_BLOCKED, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
+from tools.shared.timeparse import format_duration, parse_duration
 
 ACTOR: Final = "stagectl rollout"  # every actor this driver records starts so: "stagectl rollout (alice)"
 EXIT_ABORTED: Final = EXIT_BLOCKED  # 4

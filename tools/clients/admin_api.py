@@ -10,7 +10,15 @@ import aiohttp
 import orjson
 
 from proxy.shared.secrets import mask_url
-from tools.errors import EXIT_AUTH, EXIT_BLOCKED, EXIT_FAILED, EXIT_STORE, EXIT_USAGE, CommandError, network_reason
+from tools.shared.errors import (
+    EXIT_AUTH,
+    EXIT_BLOCKED,
+    EXIT_FAILED,
+    EXIT_STORE,
+    EXIT_USAGE,
+    CommandError,
+    network_reason,
+)
 
 STATUS_EXIT: Final = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT_USAGE, 409: EXIT_BLOCKED,
                       503: EXIT_STORE}

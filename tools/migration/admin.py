@@ -8,9 +8,9 @@ from typing import Any
 import asyncpg
 
 from proxy.catalog.stages import Catalog
-from tools import migrate_runs as runs
-from tools.db import Target, introspect, quote_ident
-from tools.errors import EXIT_USAGE, CommandError
+from tools.clients.db import Target, introspect, quote_ident
+from tools.migration import runs as runs
+from tools.shared.errors import EXIT_USAGE, CommandError
 
 STATUS_COLUMNS = ("run_id", "table_name", "column_name", "dry_run", "transactional", "batch_no",
                   "rows_scanned", "rows_changed", "rows_unknown", "rows_null", "rows_skipped", "last_id",

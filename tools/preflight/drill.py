@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tools import admin_api
-from tools.errors import CommandError
+from tools.clients import admin_api
+from tools.shared.errors import CommandError
 
 POLL_S = 0.25
 

@@ -16,13 +16,11 @@ run: a new dump of half-normalized data is not one), then verifies the data.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import shlex
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,13 +28,15 @@ from typing import Any, Final
 
 import orjson
 
-from tools import backup, migrate_admin
-from tools import migrate_runs as runs
-from tools.catalogs import ChosenCatalog
-from tools.db import connect, introspect, resolve_dsn
-from tools.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
-from tools.migrate_cli import load_catalog, perform
-from tools.restore import run_restore_test
+from tools.backups import backup
+from tools.backups.restore import run_restore_test
+from tools.clients.catalogs import ChosenCatalog
+from tools.clients.db import connect, introspect
+from tools.migration import admin as migrate_admin
+from tools.migration import runs as runs
+from tools.migration.engine import Options
+from tools.migration.run import Where, perform
+from tools.shared.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 
 EXIT_STOPPED: Final = 4
 STEPS: Final = ("backup", "verify-backup", "test-restore", "migrate", "verify")
@@ -88,14 +88,33 @@ class Resumption:
     steps: dict[str, dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class NormalizeRequest:
+    """What ``stagectl normalize`` was asked for, typed (the command layer builds it)."""
+
+    where: Where
+    options: Options  # the migration's: apply, batch size, … and resume
+    backup_dir: Path
+    restore_budget_s: float = 300.0
+    min_rows: int = 1
+    keep: int | None = None
+    resume_hint: str = "stagectl normalize --apply --resume"  # the command that continues it, as it must be typed
+
+    @property
+    def apply(self) -> bool:
+        return self.options.apply
+
+    @property
+    def resume(self) -> bool:
+        return self.options.resume
+
+
 class Normalize:
     """The pipeline for one database and one backup directory."""
 
-    def __init__(self, args: argparse.Namespace, environ: Mapping[str, str], chosen: ChosenCatalog,
-                 stop: asyncio.Event) -> None:
-        self.args = args
-        self.environ = environ
-        self.dsn = resolve_dsn(args.dsn, environ)
+    def __init__(self, request: NormalizeRequest, chosen: ChosenCatalog, stop: asyncio.Event) -> None:
+        self.request = request
+        self.dsn = request.where.dsn
         self.chosen = chosen
         self.stop = stop
         self.dump: Path | None = None
@@ -103,7 +122,7 @@ class Normalize:
         self.resumption: Resumption | None = None
 
     async def _backup(self) -> tuple[str, dict[str, Any]]:
-        result = await backup.backup(self.dsn, self.args.backup_dir, "plain", self.args.keep)
+        result = await backup.backup(self.dsn, self.request.backup_dir, "plain", self.request.keep)
         self.dump = result.file
         pruned = f"; pruned {len(result.removed)} older" if result.removed else ""
         return (f"{result.file.name} ({result.bytes:,} bytes), sha256 {result.sha256[:12]}…{pruned}",
@@ -116,7 +135,7 @@ class Normalize:
         return detail, {k: v for k, v in previous.items() if k not in ("step", "ok", "seconds", "detail")}
 
     async def _verify_backup(self) -> tuple[str, dict[str, Any]]:
-        report = await asyncio.to_thread(backup.verify, self.args.backup_dir)
+        report = await asyncio.to_thread(backup.verify, self.request.backup_dir)
         if not report.ok:
             raise StepFailed("; ".join(f"{p['file']}: {p['problem']}" for p in report.problems),
                              {"problems": report.problems})
@@ -126,39 +145,42 @@ class Normalize:
 
     async def _test_restore(self) -> tuple[str, dict[str, Any]]:
         assert self.dump is not None
-        receipt = await run_restore_test(self.dsn, self.dump, budget_s=self.args.restore_budget,
-                                         min_rows=self.args.min_rows, table=self.args.table,
-                                         column=self.args.column, queries=[])
+        where = self.request.where
+        receipt = await run_restore_test(self.dsn, self.dump, budget_s=self.request.restore_budget_s,
+                                         min_rows=self.request.min_rows, table=where.table, column=where.column,
+                                         queries=[])
         if not receipt.ok:
             raise StepFailed("; ".join(receipt.failures), receipt.as_json())
         return f"restored and checked in {receipt.seconds:.1f} s ({receipt.rows} rows)", receipt.as_json()
 
     async def _migrate(self) -> tuple[str, dict[str, Any]]:
-        code, report = await perform(self.args, self.environ, self.chosen, self.stop, quiet_catalog=True)
+        code, report = await perform(self.request.where, self.request.options, self.chosen, self.stop,
+                                     say_catalog=False)
         if report is not None:
             self.run_id = int(report["run_id"])
         if code == EXIT_INTERRUPTED or report is None:
             what = (f"run {self.run_id} stopped after id {report['last_id']} (its batch finished, marked aborted)"
                     if report is not None else "the --transactional run was rolled back: nothing changed")
             raise Interrupted(what, {"report": report} if report else {})
-        verb = "changed" if self.args.apply else "would change (dry run)"
+        verb = "changed" if self.request.apply else "would change (dry run)"
         return (f"run {report['run_id']}: {report['rows_scanned']} rows scanned, {report['rows_changed']} {verb}, "
                 f"{report['rows_unknown']} unknown", {"report": report})
 
     async def _verify(self) -> tuple[str, dict[str, Any]]:
         connection = await connect(self.dsn)
         try:
-            target = await introspect(connection, self.args.table, self.args.column, self.args.pk)
+            where = self.request.where
+            target = await introspect(connection, where.table, where.column, where.pk)
             verdict = await migrate_admin.verify(connection, target, self.chosen.catalog)
         finally:
             await connection.close()
         aliases = sum(verdict.alias.values())
         unknown = sum(verdict.unknown.values())
         data = {"verify": verdict.as_json()}
-        if aliases and self.args.apply:
+        if aliases and self.request.apply:
             raise StepFailed(f"{aliases} rows still hold alias values after the migration", data)
         note = f"{unknown} rows hold unknown values (need a decision), {verdict.null} NULL"
-        if not self.args.apply:
+        if not self.request.apply:
             return f"dry run: {aliases} rows hold alias values --apply would normalize; {note}", data
         return f"no alias value left; {note}", data
 
@@ -172,15 +194,14 @@ class Normalize:
                         strict=True))
 
 
-async def run(args: argparse.Namespace, environ: Mapping[str, str], say: Callable[[str], None]) -> int:
+async def run(request: NormalizeRequest, chosen: ChosenCatalog, say: Callable[[str], None]) -> int:
     """Run the steps, stop at the first failure or signal, write the receipt; 0 all passed, 4 a step failed,
     130 interrupted."""
-    if args.resume and not args.apply:
+    if request.resume and not request.apply:
         raise CommandError("--resume continues an applied migration: add --apply", EXIT_USAGE)
-    chosen = await load_catalog(args, environ)  # a bad catalog, or one the proxy does not serve, stops here
     stop = asyncio.Event()
-    pipeline = Normalize(args, environ, chosen, stop)
-    if args.resume:
+    pipeline = Normalize(request, chosen, stop)
+    if request.resume:
         pipeline.resumption = await _resumption(pipeline)
     say(chosen.line())
     if pipeline.resumption is not None:
@@ -194,23 +215,23 @@ async def run(args: argparse.Namespace, environ: Mapping[str, str], say: Callabl
             say(_line(results[-1]))
             if not results[-1].ok:
                 break
-    receipt = _receipt(args, chosen, started, results, pipeline)
-    _write_receipt(args.backup_dir, started, receipt, say)
-    return _conclude(args, results, pipeline, say)
+    receipt = _receipt(request, chosen, started, results, pipeline)
+    _write_receipt(request.backup_dir, started, receipt, say)
+    return _conclude(request, results, pipeline, say)
 
 
-def _conclude(args: argparse.Namespace, results: list[StepResult], pipeline: Normalize,
+def _conclude(request: NormalizeRequest, results: list[StepResult], pipeline: Normalize,
               say: Callable[[str], None]) -> int:
     stopped = next((r for r in results if not r.ok), None)
     for skipped in STEPS[len(results):]:
         why = "interrupted" if stopped is not None and stopped.interrupted else "failed"
         say(f"  -  {skipped:<14} not run: {stopped.step if stopped else '?'} {why} (do not proceed)")
     if stopped is None:
-        say("normalize: every step passed" + ("" if args.apply else " (dry run: add --apply to write)"))
+        say("normalize: every step passed" + ("" if request.apply else " (dry run: add --apply to write)"))
         return EXIT_OK
     hint = ""
-    if stopped.step in ("migrate", "verify") and args.apply and pipeline.run_id is not None:
-        hint = f"; continue it with `{resume_command(args)}`"
+    if stopped.step in ("migrate", "verify") and request.apply and pipeline.run_id is not None:
+        hint = f"; continue it with `{request.resume_hint}`"
     elif stopped.step in ("backup", "verify-backup", "test-restore"):
         hint = "; the data was not touched: run it again when ready"
     if stopped.interrupted:
@@ -218,19 +239,6 @@ def _conclude(args: argparse.Namespace, results: list[StepResult], pipeline: Nor
         return EXIT_INTERRUPTED
     say(f"normalize stopped at {stopped.step}: nothing after it ran{hint}")
     return EXIT_STOPPED
-
-
-def resume_command(args: argparse.Namespace) -> str:
-    """The command that continues this pipeline, as it must be typed (a password in --dsn is left out: set
-    PGPASSWORD or use ~/.pgpass, as psql does)."""
-    words = ["stagectl", "normalize", "--apply", "--resume"]
-    if args.dsn:
-        words += ["--dsn", backup.split_password(args.dsn)[0]]
-    words += ["--backup-dir", str(args.backup_dir)]
-    for flag, value in (("--config", args.config), ("--admin-url", args.admin_url)):
-        if value:
-            words += [flag, value]
-    return shlex.join(words) + runs.target_flags(args.table, args.column)
 
 
 async def _one(name: str, step: Step, stop: asyncio.Event) -> StepResult:
@@ -286,7 +294,7 @@ def _signals(stop: asyncio.Event) -> Any:
 
 async def _resumption(pipeline: Normalize) -> Resumption:
     """The last receipt's unfinished migration, its backup verified then; CommandError (exit 2) saying why not."""
-    directory: Path = pipeline.args.backup_dir
+    directory = pipeline.request.backup_dir
     receipts = sorted(directory.glob(RECEIPT_GLOB)) if directory.is_dir() else []
     if not receipts:
         raise CommandError(f"nothing to resume: {directory} holds no normalize receipt", EXIT_USAGE)
@@ -314,7 +322,8 @@ async def _resumption(pipeline: Normalize) -> Resumption:
 async def _check_latest_unfinished(pipeline: Normalize, run_id: int, receipt: Path) -> None:
     connection = await connect(pipeline.dsn)
     try:
-        target = await introspect(connection, pipeline.args.table, pipeline.args.column, pipeline.args.pk)
+        where = pipeline.request.where
+        target = await introspect(connection, where.table, where.column, where.pk)
         await runs.reconcile(connection)
         row = await runs.unfinished(connection, target, dry_run=False)
     finally:
@@ -325,10 +334,10 @@ async def _check_latest_unfinished(pipeline: Normalize, run_id: int, receipt: Pa
                            "(stagectl migrate status shows the runs)", EXIT_USAGE)
 
 
-def _receipt(args: argparse.Namespace, chosen: ChosenCatalog, started: datetime, results: list[StepResult],
+def _receipt(request: NormalizeRequest, chosen: ChosenCatalog, started: datetime, results: list[StepResult],
              pipeline: Normalize) -> dict[str, Any]:
     stopped = next((r for r in results if not r.ok), None)
-    return {"started_at": started.isoformat(timespec="seconds"), "apply": bool(args.apply),
+    return {"started_at": started.isoformat(timespec="seconds"), "apply": request.apply,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"), "ok": stopped is None,
             "failed_step": stopped.step if stopped is not None and not stopped.interrupted else None,
             "interrupted_step": stopped.step if stopped is not None and stopped.interrupted else None,

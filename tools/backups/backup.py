@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from proxy.shared.secrets import mask_url
-from tools.errors import EXIT_USAGE, CommandError
+from tools.shared.errors import EXIT_USAGE, CommandError
 
 SUMS = "SHA256SUMS"
 PLAIN_TRAILER = b"-- PostgreSQL database dump complete"

@@ -14,8 +14,9 @@ import orjson
 
 from proxy.catalog.compare import catalog_version, compare, reload_problems
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog, default_catalog
-from tools import actors, admin_api
-from tools.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
+from tools.cli import actors
+from tools.clients import admin_api
+from tools.shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 
 MODE_EXITS = ("Exit 0 ok, 1 proxy unreachable, 2 rejected (or not confirmed), 3 token refused, 4 enforce blocked "
               "(--force overrides), 5 the proxy's mode store is unavailable.")
@@ -115,7 +116,7 @@ async def _get(args: argparse.Namespace, environ: Mapping[str, str], path: str) 
 
 
 def _actor(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
-    """``stagectl mode set (alice)``: the command and the person (tools/actors.py)."""
+    """``stagectl mode set (alice)``: the command and the person (tools/cli/actors.py)."""
     command = "mode set" if args.command == "mode" else f"{args.command} {args.action}"
     return actors.actor(command, args.actor, environ)
 

@@ -37,8 +37,8 @@ from proxy.catalog.stages import (
     parse_catalog,
 )
 from proxy.shared.secrets import mask_url
-from tools import admin_api
-from tools.errors import EXIT_USAGE, CommandError
+from tools.clients import admin_api
+from tools.shared.errors import EXIT_USAGE, CommandError
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,13 @@ from typing import Any
 import aiohttp
 
 from proxy.catalog.stages import Catalog
-from tools import audit, backup, drill, redis_latency
-from tools.db import connect, quote_ident
-from tools.errors import CommandError
-from tools.offenders import read_lines
-from tools.restore import run_restore_test
+from tools.backups import backup
+from tools.backups.restore import run_restore_test
+from tools.clients.db import connect, quote_ident
+from tools.consumers import audit
+from tools.consumers.offenders import read_lines
+from tools.preflight import drill, redis_latency
+from tools.shared.errors import CommandError
 
 
 @dataclass

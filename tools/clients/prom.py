@@ -16,7 +16,7 @@ from typing import Any, Final
 import aiohttp
 import orjson
 
-from tools.errors import EXIT_FAILED, CommandError, network_reason
+from tools.shared.errors import EXIT_FAILED, CommandError, network_reason
 
 WOULD_REJECT: Final = 'result=~"unknown|invalid|unreadable"'
 

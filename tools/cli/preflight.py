@@ -11,12 +11,17 @@ from typing import Any
 
 import orjson
 
-from tools import admin_api, audit, backup, catalogs, drill, preflight, redis_latency
-from tools.db import column_name, resolve_dsn, table_name
-from tools.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
-from tools.migrate_cli import load_catalog
-from tools.offenders import read_lines
-from tools.restore import run_restore_test
+from tools.backups import backup
+from tools.backups.restore import run_restore_test
+from tools.cli.migrate import load_catalog
+from tools.cli.types import column_name, table_name
+from tools.clients import admin_api, catalogs
+from tools.clients.db import resolve_dsn
+from tools.consumers import audit
+from tools.consumers.offenders import read_lines
+from tools.preflight import checks as preflight
+from tools.preflight import drill, redis_latency
+from tools.shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 
 AUDIT_VERDICTS = {0: "clear: every consumer is internal, mitigated or ignored",
                   3: "external consumers present: mitigate them or record a decision (--classifications)",

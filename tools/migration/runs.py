@@ -18,8 +18,8 @@ from importlib import resources
 
 import asyncpg
 
-from tools.db import Target
-from tools.errors import EXIT_BUSY, EXIT_USAGE, CommandError
+from tools.clients.db import Target
+from tools.shared.errors import EXIT_BUSY, EXIT_USAGE, CommandError
 
 LOCK_PREFIX = "stagegate-migrate:"
 UNFINISHED = ("running", "interrupted", "aborted", "failed")
@@ -61,8 +61,8 @@ async def has_control(connection: asyncpg.Connection) -> bool:
 
 
 async def create_tables(connection: asyncpg.Connection) -> None:
-    """The control and log tables (tools/migrate.sql, idempotent; upgrades tables of earlier versions)."""
-    await connection.execute(resources.files("tools").joinpath("migrate.sql").read_text(encoding="utf-8"))
+    """The control and log tables (tools/migration/migrate.sql, idempotent; upgrades tables of earlier versions)."""
+    await connection.execute(resources.files("tools.migration").joinpath("migrate.sql").read_text(encoding="utf-8"))
 
 
 async def reconcile(connection: asyncpg.Connection) -> list[int]:

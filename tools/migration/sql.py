@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tools.db import Target, quote_ident
+from tools.clients.db import Target, quote_ident
 
 CREATE_KNOWN = ("CREATE TEMP TABLE IF NOT EXISTS stage_known (v text PRIMARY KEY, result text NOT NULL, new text) "
                 "ON COMMIT PRESERVE ROWS")

@@ -31,7 +31,7 @@ from typing import IO, Any, Final
 import orjson
 
 from proxy.catalog.stages import Catalog, fold
-from tools.timeparse import iso, parse_duration, parse_instant
+from tools.shared.timeparse import iso, parse_duration, parse_instant
 
 MAX_KEYS = 100_000  # per table; beyond it new keys fold into "(other)"
 OTHER = "(other)"

@@ -24,7 +24,7 @@ import orjson
 
 from proxy.catalog.paths import RouteTable
 from proxy.catalog.stages import Catalog
-from tools.errors import EXIT_USAGE, CommandError
+from tools.shared.errors import EXIT_USAGE, CommandError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_INTERNAL = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "::1/128", "fc00::/7")

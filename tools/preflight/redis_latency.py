@@ -26,7 +26,7 @@ import redis
 from redis.exceptions import RedisError, ResponseError
 
 from proxy.shared.secrets import mask_url
-from tools.errors import EXIT_USAGE, CommandError
+from tools.shared.errors import EXIT_USAGE, CommandError
 
 KEY = "stagegate:latency-probe"
 THRESHOLD_MS = 10.0  # the runbook's Week-0 bar

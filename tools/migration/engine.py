@@ -6,7 +6,7 @@ data update is a compare-and-set (``WHERE stage = old``): a row the application
 changed meanwhile keeps the application's value and is counted as skipped.
 Keyset pagination on the key, never OFFSET. Every distinct value is classified
 by the proxy's own catalog (proxy.catalog.stages), so what the migration writes is
-exactly what the proxy accepts; the SQL is in tools/migrate_sql.py.
+exactly what the proxy accepts; the SQL is in tools/migration/sql.py.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any
 import asyncpg
 
 from proxy.catalog.stages import Catalog
-from tools import migrate_runs as runs
-from tools.db import Target, quote_ident, read_only
-from tools.errors import EXIT_FAILED, EXIT_USAGE, CommandError
-from tools.migrate_sql import CREATE_KNOWN, REMEMBER, batch_sql
-from tools.progress import Progress
+from tools.clients.db import Target, quote_ident, read_only
+from tools.migration import runs as runs
+from tools.migration.sql import CREATE_KNOWN, REMEMBER, batch_sql
+from tools.shared.errors import EXIT_FAILED, EXIT_USAGE, CommandError
+from tools.shared.progress import Progress
 
 MIN_BATCH, MAX_BATCH = 50, 50_000
 TIMEOUTS = (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError)
@@ -76,7 +76,7 @@ class Migration:
         self.target = target
         self.catalog = catalog
         self.catalog_version = catalog_version  # recorded with the run; a resume must classify with the same
-        self.chosen: Any = None  # where the catalog came from (tools.catalogs.ChosenCatalog), said when the run opens
+        self.chosen: Any = None  # where the catalog came from (a ChosenCatalog): said when the run opens
         self.options = options
         self.stop = stop
         self.tally = Tally()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import signal
 import sys
 import time
@@ -14,12 +15,17 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tools import actors, admin_api, catalogs, gate, normalize, rollout
-from tools.db import column_name, table_name
-from tools.errors import EXIT_FAILED, EXIT_STORE, EXIT_USAGE, CommandError
-from tools.migrate_cli import add_run_options
-from tools.prom import Prometheus
-from tools.timeparse import parse_duration, parse_instant
+from tools.backups.backup import split_password
+from tools.cli import actors
+from tools.cli.migrate import add_run_options, load_catalog, run_options, where
+from tools.cli.types import column_name, table_name
+from tools.clients import admin_api, catalogs
+from tools.clients.prom import Prometheus
+from tools.migration import runs
+from tools.rollout import driver as rollout
+from tools.rollout import gate, normalize
+from tools.shared.errors import EXIT_FAILED, EXIT_STORE, EXIT_USAGE, CommandError
+from tools.shared.timeparse import parse_duration, parse_instant
 
 
 def _duration(text: str) -> float:
@@ -205,4 +211,20 @@ async def run_normalize(args: argparse.Namespace, environ: Mapping[str, str]) ->
         raise CommandError("--restore-budget must be positive and --min-rows 0 or more", EXIT_USAGE)
     if args.keep is not None and args.keep < 1:
         raise CommandError("--keep must be at least 1", EXIT_USAGE)
-    return await normalize.run(args, environ, lambda line: print(line, flush=True))
+    request = normalize.NormalizeRequest(where(args, environ), run_options(args), args.backup_dir,
+                                         args.restore_budget, args.min_rows, args.keep, _resume_hint(args))
+    chosen = await load_catalog(args, environ)  # a bad catalog, or one the proxy does not serve, stops here
+    return await normalize.run(request, chosen, lambda line: print(line, flush=True))
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """The command that continues a normalize, as it must be typed (a password in --dsn is left out: set
+    PGPASSWORD or use ~/.pgpass, as psql does)."""
+    words = ["stagectl", "normalize", "--apply", "--resume"]
+    if args.dsn:
+        words += ["--dsn", split_password(args.dsn)[0]]
+    words += ["--backup-dir", str(args.backup_dir)]
+    for flag, value in (("--config", args.config), ("--admin-url", args.admin_url)):
+        if value:
+            words += [flag, value]
+    return shlex.join(words) + runs.target_flags(args.table, args.column)

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from tools.db import quote_ident
+from tools.clients.db import quote_ident
 
 CANONICAL = ("lead", "qualified", "proposal", "negotiation", "closed_won", "closed_lost")
 VARIANTS = ("Closed Won", "closed-won", "WON", "won", " lead ", "Lead", "Negotiating", "PROSPECT", "Closed Lost",

@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
-import statistics
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
 import orjson
 
-from tools import catalogs, migrate_admin
-from tools.db import column_name, connect, introspect, resolve_dsn, table_name
-from tools.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
-from tools.migrate import Migration, Options, summary
-from tools.progress import Progress
-from tools.seed import seed
-
-
-class _Rollback(Exception):
-    """Raised inside a --transactional run to undo everything."""
+from tools.cli.types import column_name, table_name
+from tools.clients import catalogs
+from tools.clients.db import introspect, resolve_dsn
+from tools.migration import admin as migrate_admin
+from tools.migration.engine import Options
+from tools.migration.run import Where, database, perform
+from tools.migration.seed import seed
+from tools.shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 
 
 def _common(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
@@ -98,22 +91,9 @@ def register(commands: Any) -> None:
 
 
 async def load_catalog(args: argparse.Namespace, environ: Mapping[str, str]) -> catalogs.ChosenCatalog:
-    """The catalog this command classifies with (tools/catalogs.py); the command says it (catalogs.say) once its
+    """The catalog this command classifies with (tools/clients/catalogs.py); the command says it (catalogs.say) once its
     input is known to be good, before the first thing it reports."""
     return await catalogs.choose(getattr(args, "config", None), getattr(args, "admin_url", None), environ)
-
-
-@contextlib.asynccontextmanager
-async def database(args: argparse.Namespace, environ: Mapping[str, str]) -> AsyncIterator[asyncpg.Connection]:
-    connection = await connect(resolve_dsn(args.dsn, environ))
-    try:
-        yield connection
-    except asyncpg.ReadOnlySQLTransactionError:
-        raise CommandError("the database is read-only: nothing can be written", EXIT_USAGE) from None
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-        raise CommandError(f"database error: {type(exc).__name__}: {exc}") from None
-    finally:
-        await connection.close()
 
 
 def emit(args: argparse.Namespace, data: object, text: str) -> None:
@@ -123,13 +103,13 @@ def emit(args: argparse.Namespace, data: object, text: str) -> None:
 async def run_seed(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.rows < 0:
         raise CommandError("--rows must be 0 or more", EXIT_USAGE)
-    async with database(args, environ) as connection:
+    async with database(where(args, environ).dsn) as connection:
         total = await seed(connection, args.table, args.rows, args.seed, args.truncate)
     print(f"seeded {args.rows} rows into {args.table}; it now holds {total}")
     return EXIT_OK
 
 
-def _options(args: argparse.Namespace) -> Options:
+def run_options(args: argparse.Namespace) -> Options:
     if args.batch_size < 1 or (args.target_batch_ms is not None and args.target_batch_ms <= 0):
         raise CommandError("--batch-size and --target-batch-ms must be positive", EXIT_USAGE)
     if args.resume and args.resume_from is not None:
@@ -141,8 +121,15 @@ def _options(args: argparse.Namespace) -> Options:
                    progress_interval_s=args.progress_interval_s)
 
 
+def where(args: argparse.Namespace, environ: Mapping[str, str]) -> Where:
+    """--dsn (else $DATABASE_URL), --table, --column, --pk."""
+    return Where(resolve_dsn(args.dsn, environ), args.table, getattr(args, "column", "stage"),
+                 getattr(args, "pk", None))
+
+
 async def run_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    code, report = await perform(args, environ)
+    options = run_options(args)
+    code, report = await perform(where(args, environ), options, await load_catalog(args, environ))
     if report is None:
         print("interrupted: the --transactional run was rolled back; nothing changed")
         return code
@@ -151,83 +138,6 @@ async def run_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> i
         print(f"run {report['run_id']} stopped after id {report['last_id']}; resume it with "
               f"`{report['resume_command']}`", file=sys.stderr)
     return code
-
-
-async def perform(args: argparse.Namespace, environ: Mapping[str, str], chosen: catalogs.ChosenCatalog | None = None,
-                  stop: asyncio.Event | None = None, *,
-                  quiet_catalog: bool = False) -> tuple[int, dict[str, Any] | None]:
-    """One migration run as ``args`` describe it: (exit code, summary; None when a transactional run was rolled
-    back). Shared by ``stagectl migrate`` and ``stagectl normalize``, which passes the catalog it announced and
-    the event its own SIGINT/SIGTERM handlers set."""
-    options = _options(args)
-    chosen = chosen or await load_catalog(args, environ)
-    catalog = chosen.catalog
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-    async with database(args, environ) as connection:
-        target = await introspect(connection, args.table, args.column, args.pk)
-        migration = Migration(connection, target, catalog, options, stop, chosen.version)
-        migration.chosen = None if quiet_catalog else chosen  # normalize says it once, for every step
-        await migration.prepare()
-        progress = Progress(await migration.total_rows(), interval_s=options.progress_interval_s)
-        status = await (_transactional(migration, progress) if options.transactional else _batched(migration, progress))
-        progress.finish(migration.done_before + migration.tally.scanned)
-        if status == "rolled back":
-            return EXIT_INTERRUPTED, None
-        report = await summary(connection, migration.run_id, target, catalog)
-    report["batch_ms_p50"], report["batch_ms_p99"] = _percentiles(migration.tally.batch_ms)
-    report["resume_command"] = migration.resume_command if status == "aborted" else None
-    report["batches_s"] = round(sum(migration.tally.batch_ms) / 1000, 3)
-    report["catalog"] = chosen.as_json()
-    return (EXIT_INTERRUPTED if status == "aborted" else EXIT_OK), report
-
-
-def _say_resumed(migration: Migration) -> None:
-    if migration.resumed:
-        print(migration.resumed, file=sys.stderr, flush=True)
-
-
-async def _batched(migration: Migration, progress: Progress) -> str:
-    await migration.open_run()
-    if migration.chosen is not None:
-        catalogs.say(migration.chosen)
-    _say_resumed(migration)
-    try:
-        status = await migration.run(progress)
-    except CommandError as exc:
-        await migration.finish("failed", str(exc))
-        raise
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
-            await migration.finish("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    await migration.finish(status)
-    return status
-
-
-async def _transactional(migration: Migration, progress: Progress) -> str:
-    try:
-        async with migration.db.transaction():
-            await migration.open_run()
-            if migration.chosen is not None:
-                catalogs.say(migration.chosen)
-            _say_resumed(migration)
-            if await migration.run(progress) == "aborted":
-                raise _Rollback
-            await migration.finish("completed")
-    except _Rollback:
-        return "rolled back"
-    return "completed"
-
-
-def _percentiles(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    ordered = sorted(values)
-    return round(statistics.median(ordered), 2), round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2)
 
 
 def render(report: dict[str, Any], applied: bool) -> str:
@@ -284,14 +194,14 @@ def render_status(runs: list[dict[str, Any]]) -> str:
 async def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.limit < 1:
         raise CommandError("--limit must be at least 1", EXIT_USAGE)
-    async with database(args, environ) as connection:
+    async with database(where(args, environ).dsn) as connection:
         runs = await migrate_admin.status(connection, args.run, args.limit)
     emit(args, runs, render_status(runs))
     return EXIT_OK
 
 
 async def run_abandon(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    async with database(args, environ) as connection:
+    async with database(where(args, environ).dsn) as connection:
         row = await migrate_admin.abandon(connection, args.run)
     kind = "planned" if row["dry_run"] else "changed"
     text = (f"run {row['run_id']} abandoned (it stopped after id {row['last_id']}); the {row['rows_changed']} rows "
@@ -304,7 +214,7 @@ async def run_abandon(args: argparse.Namespace, environ: Mapping[str, str]) -> i
 
 async def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     chosen = await load_catalog(args, environ)
-    async with database(args, environ) as connection:
+    async with database(where(args, environ).dsn) as connection:
         target = await introspect(connection, args.table, args.column, getattr(args, "pk", None))
         verdict = await migrate_admin.verify(connection, target, chosen.catalog)
     catalogs.say(chosen)
@@ -319,7 +229,7 @@ async def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> in
 
 
 async def run_revert(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    async with database(args, environ) as connection:
+    async with database(where(args, environ).dsn) as connection:
         result = await migrate_admin.revert(connection, args.run, getattr(args, "apply", False),
                                             getattr(args, "batch_size", 1000))
     if result.get("already_reverted_at"):
