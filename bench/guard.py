@@ -41,7 +41,7 @@ def check_validator() -> list[str]:
     return failures
 
 
-def check_e2e(reps: int = 3, seconds: float = 2) -> list[str]:
+def check_e2e(reps: int = 5, seconds: float = 2) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="stagegate-guard-") as name, ExitStack() as stack:
         work = Path(name)
         up, sg, admin, bare = (free_port() for _ in range(4))

@@ -30,6 +30,7 @@ from proxy.shared.logs import log_event, safe_text
 from proxy.shared.metrics import Metrics
 from proxy.shared.problems import problem
 from proxy.shared.secrets import Secret
+from proxy.wire import modes as wire
 
 log = logging.getLogger(__name__)
 
@@ -87,28 +88,32 @@ def _authorize(request: web.Request, token: Secret | None) -> web.Response | Non
     return None
 
 
-def _block(block: Block) -> dict[str, Any]:
-    return {"fingerprint": block.fingerprint, "alertname": block.alertname, "endpoint": block.endpoint,
-            "since": block.since, "group_key": block.group_key}
+def _block(block: Block) -> wire.BlockItem:
+    return wire.BlockItem(block.fingerprint, block.alertname, block.endpoint, block.since, block.group_key)
 
 
-def mode_view(ctx: OpsContext) -> dict[str, Any]:
-    """The body of GET /_ops/mode: every endpoint with the alerts blocking its enforce (``blocked_by``)."""
+def mode_view(ctx: OpsContext, persisted: bool | None = None) -> wire.ModeState:
+    """The body of GET /_ops/mode: every endpoint with the alerts blocking its enforce (``blocked_by``), its
+    rollout driver, and the downgrades waiting for the store."""
+    view = ctx.view
     endpoints = {
-        name: {"mode": r.mode, "percent": r.percent, "updated_at": r.updated_at, "updated_by": r.updated_by,
-               "reason": r.reason,
-               "blocked_by": [{"alertname": b.alertname, "fingerprint": b.fingerprint, "since": b.since,
-                               "all_endpoints": b.endpoint is None} for b in ctx.view.blocked_by(name)],
-               "rollout": _live_lease(ctx, name)}
-        for name, r in ctx.view.records.items()
+        name: wire.EndpointMode(
+            r.mode, r.percent, r.updated_at, r.updated_by, r.reason,
+            tuple(wire.BlockRef(b.alertname, b.fingerprint, b.since, b.endpoint is None)
+                  for b in view.blocked_by(name)),
+            _live_lease(ctx, name))
+        for name, r in view.records.items()
     }
-    return {"source": ctx.view.source, "enforce_blocked": ctx.view.enforce_blocked, "endpoints": endpoints,
-            "pending_writes": ctx.changes.pending.as_json()}
+    pending = tuple(wire.PendingWrite(name, r.mode, r.percent, r.updated_at, r.updated_by)
+                    for name, r in sorted(ctx.changes.pending.records.items()))
+    return wire.ModeState(view.source, view.enforce_blocked, endpoints, pending, persisted)
 
 
-def _live_lease(ctx: OpsContext, endpoint: str) -> dict[str, Any] | None:
+def _live_lease(ctx: OpsContext, endpoint: str) -> wire.RolloutHold | None:
     lease = ctx.view.leases.get(endpoint)
-    return lease.public() if lease is not None and lease.live(utc_now()) else None
+    if lease is None or not lease.live(utc_now()):
+        return None
+    return wire.RolloutHold(lease.holder, lease.since, lease.expires, lease.step, lease.percent)
 
 
 async def put_rollout(request: web.Request) -> web.Response:
@@ -157,7 +162,7 @@ async def delete_rollout(request: web.Request) -> web.Response:
 
 
 async def get_mode(request: web.Request) -> web.Response:
-    return _json(mode_view(request.app[OPS]))
+    return _json(mode_view(request.app[OPS]).to_json())
 
 
 def _text(body: dict[str, Any], key: str, limit: int, *, required: bool) -> str | None:
@@ -242,7 +247,7 @@ async def put_mode(request: web.Request) -> web.Response:
                        "the mode store could not be reached: only a change towards safety (a lower mode or enforce "
                        "share) is applied without it")
     # 202: a downgrade applied on this replica only, written to the store (and so to the others) when it answers
-    return _json({**mode_view(ctx), "persisted": persisted}, 200 if persisted else 202)
+    return _json(mode_view(ctx, persisted).to_json(), 200 if persisted else 202)
 
 
 async def get_history(request: web.Request) -> web.Response:
@@ -261,14 +266,16 @@ async def get_history(request: web.Request) -> web.Response:
         return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
     if endpoint is not None:
         entries = [e for e in entries if e.endpoint in (None, endpoint)][:int(text)]
-    return _json({"entries": [entry.to_obj() for entry in entries]})
+    return _json(wire.History(tuple(wire.HistoryItem(
+        e.at, e.action, e.actor, e.source, e.reason, e.endpoint, e.from_mode, e.to_mode, e.percent, e.forced,
+        e.alertname, e.group_key) for e in entries)).to_json())
 
 
 async def get_blocks(request: web.Request) -> web.Response:
     """Every enforce block: which alert, for which endpoint (null: all), since when."""
     ctx = request.app[OPS]
     blocks = sorted(ctx.view.blocks.values(), key=lambda b: (b.since, b.fingerprint))
-    return _json({"enforce_blocked": ctx.view.enforce_blocked, "blocks": [_block(b) for b in blocks]})
+    return _json(wire.Blocks(ctx.view.enforce_blocked, tuple(_block(b) for b in blocks)).to_json())
 
 
 async def delete_block(request: web.Request) -> web.Response:
@@ -291,7 +298,7 @@ async def delete_block(request: web.Request) -> web.Response:
     if cleared is None:
         return problem(404, "no-such-block", "Not Found",
                        f"no enforce block has fingerprint {safe_text(fingerprint, 80)!r}")
-    return _json({"cleared": _block(cleared), "enforce_blocked": ctx.view.enforce_blocked})
+    return _json({"cleared": _block(cleared).to_json(), "enforce_blocked": ctx.view.enforce_blocked})
 
 
 def _reason_and_actor(raw: bytes, *, required: bool = True) -> tuple[str, str]:

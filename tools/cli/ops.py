@@ -14,6 +14,7 @@ import orjson
 
 from proxy.catalog.compare import catalog_version, compare, reload_problems
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog, default_catalog
+from proxy.wire import modes as wire
 from tools.cli import actors
 from tools.clients import admin_api
 from tools.shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
@@ -121,6 +122,14 @@ def _actor(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     return actors.actor(command, args.actor, environ)
 
 
+def _read_wire(shape: Any, data: object) -> Any:
+    """An answer read into its wire shape; one line (exit 1) when it is not one."""
+    try:
+        return shape.from_json(data)
+    except wire.WireError as exc:
+        raise CommandError(f"the proxy's answer is not what this stagectl reads: {exc}") from None
+
+
 def _dump(data: object) -> str:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
 
@@ -133,29 +142,32 @@ def table(rows: Sequence[Sequence[object]]) -> list[str]:
             for row in cells]
 
 
-def _blocked_by(record: Mapping[str, Any]) -> str:
-    names = [b["alertname"] + (" (all)" if b.get("all_endpoints") else "") for b in record.get("blocked_by") or []]
-    return ", ".join(names) or "-"
+def _blocked_by(record: wire.EndpointMode) -> str:
+    return ", ".join(b.alertname + (" (all)" if b.all_endpoints else "") for b in record.blocked_by) or "-"
 
 
-def render_table(view: Mapping[str, Any]) -> str:
+def render_table(view: wire.ModeState) -> str:
     """The GET /_ops/mode body as a table for humans."""
     rows: list[Sequence[object]] = [("ENDPOINT", "MODE", "PERCENT", "BLOCKED BY", "UPDATED", "BY", "REASON")]
-    for name, record in view["endpoints"].items():
-        percent = f"{record['percent']:g}" if record["mode"] == "enforce" else "-"
-        rows.append((name, record["mode"], percent, _blocked_by(record), record.get("updated_at") or "-",
-                     record.get("updated_by") or "-", record.get("reason") or "-"))
-    blocked = "yes" if view.get("enforce_blocked") else "no"
-    return "\n".join([*table(rows), "", f"source: {view['source']}   enforce blocked: {blocked}"])
+    for name, record in view.endpoints.items():
+        percent = f"{record.percent:g}" if record.mode == "enforce" else "-"
+        rows.append((name, record.mode, percent, _blocked_by(record), record.updated_at or "-",
+                     record.updated_by or "-", record.reason or "-"))
+    lines = [*table(rows), "", f"source: {view.source}   enforce blocked: {'yes' if view.enforce_blocked else 'no'}"]
+    lines += [f"rollout: {name} driven by {r.rollout.holder} since {r.rollout.since}"
+              for name, r in view.endpoints.items() if r.rollout is not None]
+    lines += [f"pending: {p.endpoint} -> {p.mode} (applied here, not yet stored: the mode store is unreachable)"
+              for p in view.pending_writes]
+    return "\n".join(lines)
 
 
-def _label(record: Mapping[str, Any]) -> str:
-    return f"enforce {record['percent']:g}%" if record["mode"] == "enforce" else str(record["mode"])
+def _label(record: wire.EndpointMode) -> str:
+    return f"enforce {record.percent:g}%" if record.mode == "enforce" else record.mode
 
 
-def planned(view: Mapping[str, Any], endpoint: str, mode: str, percent: float | None) -> dict[str, tuple[str, str]]:
+def planned(view: wire.ModeState, endpoint: str, mode: str, percent: float | None) -> dict[str, tuple[str, str]]:
     """Every endpoint as (now, after) labels, e.g. ('warn', 'enforce 100%')."""
-    endpoints: Mapping[str, Any] = view["endpoints"]
+    endpoints = view.endpoints
     if endpoint != "*" and endpoint not in endpoints:
         raise CommandError(f"unknown endpoint {endpoint!r}: the proxy serves {', '.join(endpoints)}", EXIT_USAGE)
     after = f"enforce {100.0 if percent is None else percent:g}%" if mode == "enforce" else mode
@@ -174,17 +186,17 @@ def mode_diff(plan: Mapping[str, tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def big_switch(view: Mapping[str, Any], endpoint: str, mode: str, percent: float | None) -> str | None:
+def big_switch(view: wire.ModeState, endpoint: str, mode: str, percent: float | None) -> str | None:
     """Why this change needs a confirmation, or None: enforce on every endpoint at once, or enforce at 100 % on
     an endpoint that is in off or warn now (no canary step in between)."""
     if mode != "enforce":
         return None
     if endpoint == "*":
         return "this turns enforce on for every endpoint at once"
-    record = view["endpoints"][endpoint]
-    enforcing_nobody = record["mode"] in ("off", "warn") or (record["mode"] == "enforce" and not record["percent"])
+    record = view.endpoints[endpoint]
+    enforcing_nobody = record.mode in ("off", "warn") or (record.mode == "enforce" and not record.percent)
     if (percent is None or percent >= 100) and enforcing_nobody:
-        now = "enforce at 0%" if record["mode"] == "enforce" else record["mode"]
+        now = "enforce at 0%" if record.mode == "enforce" else record.mode
         return f"this takes {endpoint} from {now} straight to enforce at 100% (no canary step)"
     return None
 
@@ -207,8 +219,8 @@ def _confirm(why: str, args: argparse.Namespace) -> None:
 
 async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.action == "get":
-        view = await _get(args, environ, "/_ops/mode")
-        print(_dump(view) if args.json else render_table(view))
+        view = _read_wire(wire.ModeState, await _get(args, environ, "/_ops/mode"))
+        print(_dump(view.to_json()) if args.json else render_table(view))
         return EXIT_OK
     _check_timeout(args)
     url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/mode"
@@ -216,7 +228,7 @@ async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if args.percent is not None and not 0 <= args.percent <= 100:
             raise CommandError("--percent must be between 0 and 100", EXIT_USAGE)
         token = None if args.dry_run else admin_api.ops_token(environ, "mode set")
-        now = await admin_api.call(session, "GET", url)
+        now = _read_wire(wire.ModeState, await admin_api.call(session, "GET", url))
         plan = planned(now, args.endpoint, args.mode, args.percent)
         if args.dry_run:
             print(mode_diff(plan))
@@ -229,31 +241,32 @@ async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                                 "actor": _actor(args, environ), "force": args.force}
         if args.percent is not None:
             body["percent"] = args.percent
-        view = await admin_api.call(session, "PUT", url, body, token)
-    print(_dump(view) if args.json else render_table(view))
+        view = _read_wire(wire.ModeState, await admin_api.call(session, "PUT", url, body, token))
+    print(_dump(view.to_json()) if args.json else render_table(view))
+    if view.persisted is False:
+        print("the mode store is unreachable: applied on this replica only, written to the store when it answers; "
+              "reach every replica (docs/runbook.md)", file=sys.stderr)
     return EXIT_OK
 
 
-def _change(entry: Mapping[str, Any]) -> str:
-    action = entry.get("action")
-    if action == "mode":
-        percent = entry.get("percent")
-        enforce = entry.get("to") == "enforce" and percent is not None
-        to = f"enforce {percent:g}%" if enforce else entry.get("to")
-        return f"{entry.get('from') or '?'} -> {to}" + (" (forced)" if entry.get("forced") else "")
-    if action in ("block_enforce", "unblock_enforce"):
-        verb = "blocked by" if action == "block_enforce" else "unblocked:"
-        return f"{verb} {entry.get('alertname') or '?'}"
-    return str(action)
+def _change(entry: wire.HistoryItem) -> str:
+    if entry.action == "mode":
+        enforce = entry.to_mode == "enforce" and entry.percent is not None
+        to = f"enforce {entry.percent:g}%" if enforce else entry.to_mode
+        return f"{entry.from_mode or '?'} -> {to}" + (" (forced)" if entry.forced else "")
+    if entry.action in ("block_enforce", "unblock_enforce"):
+        verb = "blocked by" if entry.action == "block_enforce" else "unblocked:"
+        return f"{verb} {entry.alertname or '?'}"
+    return entry.action
 
 
-def render_history(entries: Sequence[Mapping[str, Any]]) -> str:
+def render_history(entries: Sequence[wire.HistoryItem]) -> str:
     if not entries:
         return "no history yet"
     rows: list[Sequence[object]] = [("AT", "ENDPOINT", "CHANGE", "BY", "REASON")]
     for entry in entries:
-        rows.append((entry.get("at") or "-", entry.get("endpoint") or "(all)", _change(entry),
-                     f"{entry.get('actor') or '-'} ({entry.get('source') or '-'})", entry.get("reason") or "-"))
+        rows.append((entry.at or "-", entry.endpoint or "(all)", _change(entry),
+                     f"{entry.actor or '-'} ({entry.source or '-'})", entry.reason or "-"))
     return "\n".join(table(rows))
 
 
@@ -261,24 +274,23 @@ async def run_history(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     if not 1 <= args.limit <= 1000:
         raise CommandError("--limit must be from 1 to 1000", EXIT_USAGE)
     query = {"limit": str(args.limit), **({"endpoint": args.endpoint} if args.endpoint else {})}
-    data = await _get(args, environ, f"/_ops/mode/history?{urlencode(query)}")
-    print(_dump(data) if args.json else render_history(data.get("entries") or []))
+    history = _read_wire(wire.History, await _get(args, environ, f"/_ops/mode/history?{urlencode(query)}"))
+    print(_dump(history.to_json()) if args.json else render_history(history.entries))
     return EXIT_OK
 
 
-def render_blocks(data: Mapping[str, Any]) -> str:
-    blocks = data.get("blocks") or []
-    if not blocks:
+def render_blocks(data: wire.Blocks) -> str:
+    if not data.blocks:
         return "no enforce blocks"
     rows: list[Sequence[object]] = [("FINGERPRINT", "ALERT", "ENDPOINT", "SINCE")]
-    rows += [(b["fingerprint"], b["alertname"], b.get("endpoint") or "(all)", b.get("since") or "-") for b in blocks]
+    rows += [(b.fingerprint, b.alertname, b.endpoint or "(all)", b.since or "-") for b in data.blocks]
     return "\n".join(table(rows))
 
 
 async def run_blocks(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.action == "list":
-        data = await _get(args, environ, "/_ops/blocks")
-        print(_dump(data) if args.json else render_blocks(data))
+        blocks = _read_wire(wire.Blocks, await _get(args, environ, "/_ops/blocks"))
+        print(_dump(blocks.to_json()) if args.json else render_blocks(blocks))
         return EXIT_OK
     _check_timeout(args)
     base = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/blocks"

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from proxy.wire import modes as wire
 from tools.clients import admin_api
 from tools.shared.errors import CommandError
 
@@ -69,9 +70,9 @@ class Drill:
     async def run(self) -> Drill:
         async with admin_api.session(10.0) as http:
             start = await self._view(http)
-            if start["source"] != "redis":
+            if start.source != "redis":
                 self.steps.append(Step("on Redis before the drill", False,
-                                       f"source is {start['source']}, not redis: nothing to drill"))
+                                       f"source is {start.source}, not redis: nothing to drill"))
                 return self
             self.steps.append(Step("on Redis before the drill", True, "source redis"))
             modes = _modes(start)
@@ -88,11 +89,12 @@ class Drill:
             await self._await_source(http, "redis", "back on Redis", modes)
         return self
 
-    async def _view(self, http: aiohttp.ClientSession) -> dict[str, Any]:
+    async def _view(self, http: aiohttp.ClientSession) -> wire.ModeState:
         view = await admin_api.call(http, "GET", f"{self.admin_url}/_ops/mode")
-        if not isinstance(view.get("endpoints"), dict) or "source" not in view:
-            raise CommandError(f"{self.admin_url}/_ops/mode did not answer like a stagegate proxy")
-        return view
+        try:
+            return wire.ModeState.from_json(view)
+        except wire.WireError as exc:
+            raise CommandError(f"{self.admin_url}/_ops/mode did not answer like a stagegate proxy: {exc}") from None
 
     async def _act(self, command: str | None, instruction: str, name: str) -> bool:
         if command is None:
@@ -124,7 +126,7 @@ class Drill:
             except CommandError as exc:  # the proxy itself must stay up through the drill
                 self.steps.append(Step(name, False, f"the proxy stopped answering: {exc}"))
                 return False
-            seen = view["source"]
+            seen = view.source
             if seen == wanted:
                 same = _modes(view) == modes
                 detail = f"source {wanted}" + ("" if same else f"; modes changed: {_modes(view)} (were {modes})")
@@ -179,8 +181,8 @@ def _degraded_level(raw: bytes) -> str | None:
     return None
 
 
-def _modes(view: dict[str, Any]) -> dict[str, tuple[str, float]]:
-    return {name: (record.get("mode"), record.get("percent")) for name, record in view["endpoints"].items()}
+def _modes(view: wire.ModeState) -> dict[str, tuple[str, float]]:
+    return {name: (record.mode, record.percent) for name, record in view.endpoints.items()}
 
 
 def render(drill: Drill) -> str:

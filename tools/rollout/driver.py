@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from proxy.wire import modes as wire
 from tools.clients import admin_api, prom
 from tools.clients.prom import Prometheus
 from tools.rollout import gate
@@ -147,21 +148,19 @@ class Driver:
         self._failures = 0  # consecutive failed checks
         self._watched = 0.0  # the current step's watched seconds, for the lease's release
 
-    async def record(self) -> dict[str, Any]:
+    async def record(self) -> wire.EndpointMode:
         view = await admin_api.call(self._session, "GET", self._mode_url)
         try:
-            record: dict[str, Any] = view["endpoints"][self._options.endpoint]
-        except (KeyError, TypeError):
-            raise CommandError(f"the proxy has no endpoint {self._options.endpoint!r} "
-                               f"(it has {sorted(view.get('endpoints', {}))})", EXIT_USAGE) from None
-        return record
+            return wire.ModeState.from_json(view).endpoint(self._options.endpoint)
+        except wire.WireError as exc:
+            raise CommandError(str(exc), EXIT_USAGE) from None
 
-    def _resumable(self, record: dict[str, Any]) -> int | None:
+    def _resumable(self, record: wire.EndpointMode) -> int | None:
         """The index of the step the endpoint sits at, if ``stagectl rollout`` put it there."""
-        if record.get("mode") != "enforce" or not str(record.get("updated_by") or "").startswith(ACTOR):
+        if record.mode != "enforce" or not (record.updated_by or "").startswith(ACTOR):
             return None
         for index, step in enumerate(self._options.steps):
-            if math.isclose(step.percent, float(record.get("percent") or 0)):
+            if math.isclose(step.percent, record.percent):
                 return index
         return None
 
@@ -186,26 +185,27 @@ class Driver:
             if self._changed:
                 await self._say_left()
 
-    async def _plan(self, record: dict[str, Any], index: int | None) -> int:
+    async def _plan(self, record: wire.EndpointMode, index: int | None) -> int:
         if index is not None:
             self._report("resume", {"step": index + 1, "percent": self._options.steps[index].percent,
-                                    "since": record.get("updated_at"), "dry_run": True})
+                                    "since": record.updated_at, "dry_run": True})
             return EXIT_OK
         refused = await self._gate_refuses()
         if refused is not None:
             return refused
-        self._report("plan", {"steps": [s.label() for s in self._options.steps], "from": record.get("mode")})
+        self._report("plan", {"steps": [s.label() for s in self._options.steps], "from": record.mode})
         return EXIT_OK
 
-    async def _drive(self, record: dict[str, Any], index: int | None, credited: float, stop: asyncio.Event) -> int:
+    async def _drive(self, record: wire.EndpointMode, index: int | None, credited: float,
+                     stop: asyncio.Event) -> int:
         if index is not None:
-            self._expected = record.get("updated_at")
+            self._expected = record.updated_at
             if self._options.steps[index].duration_s is None:
                 self._report("done", {"detail": "already at 100 % (set by stagectl rollout)", "percent": 100})
                 return EXIT_OK
             self._report("resume", {"step": index + 1, "percent": self._options.steps[index].percent,
-                                    "since": record.get("updated_at"), "watched_s": round(credited, 1)})
-            clock = _Clock(_parse_time(record.get("updated_at")), credited, self._clock())
+                                    "since": record.updated_at, "watched_s": round(credited, 1)})
+            clock = _Clock(_parse_time(record.updated_at), credited, self._clock())
             self._watched = credited
             return await self._steps(index, clock, stop)
         refused = await self._gate_refuses()
@@ -266,10 +266,9 @@ class Driver:
             self._report("left", {"detail": f"{self._options.endpoint}: the proxy could not be asked where it is "
                                              f"left ({exc}); stagectl mode get shows it"})
             return
-        where = f"enforce {float(record.get('percent') or 0):g}%" if record.get("mode") == "enforce" else \
-            str(record.get("mode"))
-        self._report("left", {"detail": f"{self._options.endpoint} left at {where}", "mode": record.get("mode"),
-                              "percent": record.get("percent")})
+        where = f"enforce {record.percent:g}%" if record.mode == "enforce" else record.mode
+        self._report("left", {"detail": f"{self._options.endpoint} left at {where}", "mode": record.mode,
+                              "percent": record.percent})
 
     async def _gate_refuses(self) -> int | None:
         if self._options.skip_gate_reason is not None:
@@ -295,7 +294,10 @@ class Driver:
             body["percent"] = percent
         answer = await admin_api.call(self._session, "PUT", self._mode_url, body, self._token)
         self._changed = True
-        self._expected = ((answer.get("endpoints") or {}).get(self._options.endpoint) or {}).get("updated_at")
+        try:
+            self._expected = wire.ModeState.from_json(answer).endpoint(self._options.endpoint).updated_at
+        except wire.WireError as exc:
+            raise CommandError(f"the proxy's answer is not what this stagectl reads: {exc}") from None
 
     async def _set_step(self, index: int) -> float:
         steps = self._options.steps
@@ -334,10 +336,10 @@ class Driver:
             record, evidence = await self._gather(index, clock)
         except MissingEvidence as exc:
             return await self._missing(index, clock, str(exc))
-        if record.get("updated_at") != self._expected:
-            who = record.get("updated_by")
-            self._report("stopped", {"detail": f"mode changed by {who!r} to {record.get('mode')} "
-                                               f"({record.get('reason')}): left as it is", "by": who})
+        if record.updated_at != self._expected:
+            who = record.updated_by
+            self._report("stopped", {"detail": f"mode changed by {who!r} to {record.mode} "
+                                               f"({record.reason}): left as it is", "by": who})
             return "abort"
         self._failures = 0
         now = self._clock()
@@ -347,7 +349,7 @@ class Driver:
         self._watched = clock.credited_s
         return await self._judge(index, clock, evidence)
 
-    async def _gather(self, index: int, clock: _Clock) -> tuple[dict[str, Any], Evidence]:
+    async def _gather(self, index: int, clock: _Clock) -> tuple[wire.EndpointMode, Evidence]:
         try:
             await self._renew(index, clock)
             record = await self.record()
