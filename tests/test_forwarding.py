@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
+from aiohttp import web
 from yarl import URL
 
 from proxy.app.server import Running
@@ -102,9 +103,46 @@ async def test_chunked_upload_is_streamed(proxy: Running, upstream: Upstream, ht
 
 
 async def test_streamed_response(proxy: Running, http: aiohttp.ClientSession) -> None:
-    """A chunked upstream response is relayed chunk by chunk and complete."""
+    """A chunked upstream response is relayed complete."""
     async with http.get(f"{proxy.url}/stream") as response:
         assert await response.read() == b"".join(f"chunk-{i};".encode() for i in range(5))
+
+
+async def test_a_response_is_relayed_before_the_upstream_finishes(make_proxy: ProxyFactory,
+                                                                   http: aiohttp.ClientSession) -> None:
+    """Streamed, not buffered: the client holds the first chunk while the upstream still waits to send the
+    rest (a buffering proxy would deadlock here, and the upstream would give up and finish first)."""
+    release = asyncio.Event()
+    finished_early = False
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        nonlocal finished_early
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"first;")
+        try:
+            await asyncio.wait_for(release.wait(), 10)
+        except TimeoutError:
+            finished_early = True  # nobody saw the first chunk in time: the proxy held it back
+        await response.write(b"rest")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        run = await make_proxy(upstream_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        async with http.get(f"{run.url}/slow") as response:
+            first = await response.content.readexactly(6)
+            release.set()
+            rest = await response.read()
+    finally:
+        await runner.cleanup()
+    assert (first, rest, finished_early) == (b"first;", b"rest", False)
 
 
 async def test_ops_paths_are_not_forwarded(proxy: Running, upstream: Upstream, http: aiohttp.ClientSession) -> None:

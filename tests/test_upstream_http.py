@@ -159,14 +159,18 @@ async def test_early_answer_to_a_streamed_upload_is_relayed(make_proxy: ProxyFac
 
 async def test_large_response_is_streamed_with_back_pressure(make_proxy: ProxyFactory,
                                                              http: aiohttp.ClientSession) -> None:
-    """20 MB chunked from the upstream to a client that reads slowly: arrives intact."""
+    """20 MB chunked to a client that stops reading: the upstream is stopped too (its writes block once the
+    proxy's and the sockets' buffers are full), then everything arrives intact when the client reads again."""
     block = os.urandom(1 << 20)
+    written = 0
 
     async def big(request: web.Request) -> web.StreamResponse:
+        nonlocal written
         response = web.StreamResponse()
         await response.prepare(request)
         for _ in range(20):
-            await response.write(block)
+            await response.write(block)  # waits while the proxy does not read
+            written += len(block)
         await response.write_eof()
         return response
 
@@ -181,12 +185,18 @@ async def test_large_response_is_streamed_with_back_pressure(make_proxy: ProxyFa
         digest = hashlib.sha256()
         size = 0
         async with http.get(f"{run.url}/big") as response:
+            first = await response.content.readexactly(1 << 20)
+            digest.update(first)
+            size += len(first)
+            await asyncio.sleep(1.0)  # the client stops reading
+            paused_at = written
+            await asyncio.sleep(1.0)
+            assert written == paused_at, "the upstream kept writing while nobody read"
+            assert written < 16 << 20, written  # held back, far from all 20 MB (loopback buffers are a few MB)
             async for chunk in response.content.iter_chunked(256 * 1024):
                 digest.update(chunk)
                 size += len(chunk)
-                if size < 4 << 20:
-                    await asyncio.sleep(0.01)  # a slow reader at first: the proxy must pause the upstream
-        assert size == 20 << 20
+        assert size == 20 << 20 and written == 20 << 20
         assert digest.digest() == hashlib.sha256(block * 20).digest()
     finally:
         await runner.cleanup()

@@ -18,6 +18,7 @@ from proxy.shared.secrets import mask_text
 from tools.cli import migrate as migrate_cli
 from tools.cli import offenders as offenders_cli
 from tools.cli import ops as ops_cli
+from tools.cli import options
 from tools.cli import preflight as preflight_cli
 from tools.cli import rollout as rollout_cli
 from tools.shared.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
@@ -86,7 +87,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     sys.stdout = _Stdout(stdout)
     try:
         args = build_parser().parse_args(argv)
-        code: int = asyncio.run(args.handler(args, env))
+        options.apply_environment(args, env)  # the one place the environment is read
+        code: int = asyncio.run(args.handler(args))
         return code
     except CommandError as exc:
         _fail(str(exc))

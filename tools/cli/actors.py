@@ -7,23 +7,21 @@
 from __future__ import annotations
 
 import getpass
-from collections.abc import Mapping
 from typing import Final
 
 MAX_WHO: Final = 60  # the admin API takes actors up to 100 characters
 
 
-def who(flag: str | None, environ: Mapping[str, str]) -> str:
-    """The person behind a command: --actor, $STAGE_ACTOR, the login name, or ``unknown``."""
-    for candidate in (flag, environ.get("STAGE_ACTOR")):
-        if candidate and candidate.strip():
-            return candidate.strip()[:MAX_WHO]
+def who(given: str | None) -> str:
+    """The person behind a command: --actor or $STAGE_ACTOR (``given``), the login name, or ``unknown``."""
+    if given and given.strip():
+        return given.strip()[:MAX_WHO]
     try:
         return getpass.getuser()[:MAX_WHO] or "unknown"
     except (OSError, KeyError):  # no login name (a container without /etc/passwd entry, no $USER)
         return "unknown"
 
 
-def actor(command: str, flag: str | None, environ: Mapping[str, str]) -> str:
+def actor(command: str, given: str | None) -> str:
     """``stagectl <command> (<who>)``."""
-    return f"stagectl {command} ({who(flag, environ)})"
+    return f"stagectl {command} ({who(given)})"

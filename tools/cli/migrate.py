@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
+from tools.cli import options
 from tools.cli.types import column_name, table_name
 from tools.clients import catalogs
 from tools.clients.db import introspect, resolve_dsn
@@ -18,24 +18,21 @@ from tools.migration.run import Where, database, perform
 from tools.migration.seed import seed
 from tools.shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 
+CATALOG_HELP = "stage catalog TOML; else the catalog the proxy at --admin-url serves; else the built-in one"
+ADMIN_FOR_CATALOG = "a proxy's admin listener: classify with the catalog it serves, or check --config against it"
+
 
 def _common(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
     """Options every migrate action takes; on action parsers they must not reset what came before."""
     default: Any = argparse.SUPPRESS if inherited else None
-    parser.add_argument("--dsn", default=default, help="PostgreSQL URL (default $DATABASE_URL)")
+    options.add(parser, "dsn", inherited=inherited)
     parser.add_argument("--table", type=table_name, default=argparse.SUPPRESS if inherited else "deals",
                         help="[schema.]table (default deals)")
     parser.add_argument("--column", type=column_name, default=argparse.SUPPRESS if inherited else "stage",
                         help="default stage")
     parser.add_argument("--pk", type=column_name, default=default, help="key column (default: the primary key)")
-    parser.add_argument("--config", default=default,
-                        help="stage catalog TOML (default $STAGE_CONFIG; else the catalog the proxy at --admin-url "
-                             "serves; else the built-in one)")
-    parser.add_argument("--admin-url", default=default,
-                        help="a proxy's admin listener (default $STAGE_ADMIN_URL): classify with the catalog it "
-                             "serves, or check --config against it")
-    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if inherited else False,
-                        help="machine-readable output")
+    options.add(parser, "config", "admin_url", "json", inherited=inherited, config=CATALOG_HELP,
+                admin_url=ADMIN_FOR_CATALOG)
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +52,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 def register(commands: Any) -> None:
     """Add seed-db and migrate to stagectl's subcommands."""
     seeder = commands.add_parser("seed-db", help="create and fill the legacy deals table (COPY)")
-    seeder.add_argument("--dsn", help="PostgreSQL URL (default $DATABASE_URL)")
+    options.add(seeder, "dsn")
     seeder.add_argument("--rows", type=int, default=1000, help="rows to add (default 1000)")
     seeder.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
     seeder.add_argument("--seed", type=int, default=42, help="random seed (default 42): same seed, same rows")
@@ -90,20 +87,20 @@ def register(commands: Any) -> None:
     revert.set_defaults(handler=run_revert)
 
 
-async def load_catalog(args: argparse.Namespace, environ: Mapping[str, str]) -> catalogs.ChosenCatalog:
+async def load_catalog(args: argparse.Namespace) -> catalogs.ChosenCatalog:
     """The catalog this command classifies with (tools/clients/catalogs.py); the command says it (catalogs.say) once its
     input is known to be good, before the first thing it reports."""
-    return await catalogs.choose(getattr(args, "config", None), getattr(args, "admin_url", None), environ)
+    return await catalogs.choose(getattr(args, "config", None), getattr(args, "admin_url", None))
 
 
 def emit(args: argparse.Namespace, data: object, text: str) -> None:
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode() if args.json else text)
 
 
-async def run_seed(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_seed(args: argparse.Namespace) -> int:
     if args.rows < 0:
         raise CommandError("--rows must be 0 or more", EXIT_USAGE)
-    async with database(where(args, environ).dsn) as connection:
+    async with database(where(args).dsn) as connection:
         total = await seed(connection, args.table, args.rows, args.seed, args.truncate)
     print(f"seeded {args.rows} rows into {args.table}; it now holds {total}")
     return EXIT_OK
@@ -121,15 +118,15 @@ def run_options(args: argparse.Namespace) -> Options:
                    progress_interval_s=args.progress_interval_s)
 
 
-def where(args: argparse.Namespace, environ: Mapping[str, str]) -> Where:
+def where(args: argparse.Namespace) -> Where:
     """--dsn (else $DATABASE_URL), --table, --column, --pk."""
-    return Where(resolve_dsn(args.dsn, environ), args.table, getattr(args, "column", "stage"),
+    return Where(resolve_dsn(args.dsn), args.table, getattr(args, "column", "stage"),
                  getattr(args, "pk", None))
 
 
-async def run_migrate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_migrate(args: argparse.Namespace) -> int:
     options = run_options(args)
-    code, report = await perform(where(args, environ), options, await load_catalog(args, environ))
+    code, report = await perform(where(args), options, await load_catalog(args))
     if report is None:
         print("interrupted: the --transactional run was rolled back; nothing changed")
         return code
@@ -191,17 +188,17 @@ def render_status(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
-async def run_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_status(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CommandError("--limit must be at least 1", EXIT_USAGE)
-    async with database(where(args, environ).dsn) as connection:
+    async with database(where(args).dsn) as connection:
         runs = await migrate_admin.status(connection, args.run, args.limit)
     emit(args, runs, render_status(runs))
     return EXIT_OK
 
 
-async def run_abandon(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    async with database(where(args, environ).dsn) as connection:
+async def run_abandon(args: argparse.Namespace) -> int:
+    async with database(where(args).dsn) as connection:
         row = await migrate_admin.abandon(connection, args.run)
     kind = "planned" if row["dry_run"] else "changed"
     text = (f"run {row['run_id']} abandoned (it stopped after id {row['last_id']}); the {row['rows_changed']} rows "
@@ -212,9 +209,9 @@ async def run_abandon(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     return EXIT_OK
 
 
-async def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    chosen = await load_catalog(args, environ)
-    async with database(where(args, environ).dsn) as connection:
+async def run_verify(args: argparse.Namespace) -> int:
+    chosen = await load_catalog(args)
+    async with database(where(args).dsn) as connection:
         target = await introspect(connection, args.table, args.column, getattr(args, "pk", None))
         verdict = await migrate_admin.verify(connection, target, chosen.catalog)
     catalogs.say(chosen)
@@ -228,8 +225,8 @@ async def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> in
     return EXIT_OK if verdict.clean else EXIT_FAILED
 
 
-async def run_revert(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    async with database(where(args, environ).dsn) as connection:
+async def run_revert(args: argparse.Namespace) -> int:
+    async with database(where(args).dsn) as connection:
         result = await migrate_admin.revert(connection, args.run, getattr(args, "apply", False),
                                             getattr(args, "batch_size", 1000))
     if result.get("already_reverted_at"):

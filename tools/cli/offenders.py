@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from tools.cli.migrate import load_catalog
+from tools.cli import options
+from tools.cli.migrate import ADMIN_FOR_CATALOG, CATALOG_HELP, load_catalog
 from tools.clients import catalogs
 from tools.consumers import offenders
 from tools.shared.errors import EXIT_OK, EXIT_USAGE, CommandError
@@ -23,7 +23,7 @@ def register(commands: Any) -> None:
                                                 "LOG or catalog.")
     parser.add_argument("logs", nargs="+", metavar="LOG", help="proxy JSON log files; '-' reads standard input")
     parser.add_argument("--top", type=int, default=10, help="rows per table (default 10)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    options.add(parser, "json")
     parser.add_argument("--endpoint", action="append", metavar="NAME", help="only this endpoint (repeatable)")
     parser.add_argument("--result", action="append", metavar="R",
                            help="only this result: alias, unknown, invalid or unreadable (repeatable)")
@@ -33,23 +33,20 @@ def register(commands: Any) -> None:
     parser.add_argument("--suggest-aliases", action="store_true",
                            help="propose catalog alias lines for frequent unknown values a typo or two from one "
                                 "stage (needs --config)")
-    parser.add_argument("--config", metavar="PATH",
-                           help="the catalog TOML the proxy runs with (default $STAGE_CONFIG; else the catalog the "
-                                "proxy at --admin-url serves; else the built-in one); --endpoint names are checked "
-                                "against it, aliases suggested for it")
-    parser.add_argument("--admin-url", help="a proxy's admin listener (default $STAGE_ADMIN_URL): use its catalog")
+    options.add(parser, "config", "admin_url", config=CATALOG_HELP + "; --endpoint names are checked against it, "
+                "aliases suggested for it", admin_url=ADMIN_FOR_CATALOG)
     parser.add_argument("--min-count", type=int, default=5, metavar="N",
                            help="suggest aliases only for values logged at least N times (default 5)")
     parser.set_defaults(handler=run_offenders)
 
 
-async def run_offenders(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_offenders(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise CommandError("--top must be at least 1", EXIT_USAGE)
     if args.min_count < 1:
         raise CommandError("--min-count must be at least 1", EXIT_USAGE)
-    config = args.config or environ.get("STAGE_CONFIG")
-    chosen = await load_catalog(args, environ)
+    config = args.config
+    chosen = await load_catalog(args)
     catalog = chosen.catalog
     try:
         filters = offenders.make_filters(args.endpoint, args.result, args.since, catalog)

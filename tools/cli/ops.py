@@ -15,7 +15,7 @@ import orjson
 from proxy.catalog.compare import catalog_version, compare, reload_problems
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog, default_catalog
 from proxy.wire import modes as wire
-from tools.cli import actors
+from tools.cli import actors, options
 from tools.clients import admin_api
 from tools.shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 
@@ -25,13 +25,11 @@ MODE_EXITS = ("Exit 0 ok, 1 proxy unreachable, 2 rejected (or not confirmed), 3 
 
 def admin_options(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
     """Accepted before or after the action; after, they must not reset what came before."""
-    def default(value: object) -> object:
-        return argparse.SUPPRESS if inherited else value
-    parser.add_argument("--admin-url", default=default(None),
-                        help="admin listener URL (default $STAGE_ADMIN_URL or http://127.0.0.1:9901)")
-    parser.add_argument("--json", action="store_true", default=default(False),
-                        help="print the API's JSON instead of a table")
-    parser.add_argument("--timeout-s", type=float, default=default(5.0), help="HTTP timeout (default 5)")
+    options.add(parser, "admin_url", "json", inherited=inherited,
+                admin_url="admin listener URL (else http://127.0.0.1:9901)",
+                json="print the API's JSON instead of a table")
+    parser.add_argument("--timeout-s", type=float, default=argparse.SUPPRESS if inherited else 5.0,
+                        help="HTTP timeout (default 5)")
 
 
 def _group(commands: Any, name: str, help_text: str, description: str) -> Any:
@@ -55,8 +53,7 @@ def register(commands: Any) -> None:
     change.add_argument("mode", choices=["off", "warn", "enforce"])
     change.add_argument("--percent", type=float, help="canary share for enforce, 0-100 (default 100)")
     change.add_argument("--reason", required=True, help="why (recorded with the change)")
-    change.add_argument("--actor", default=None, help="who, recorded as 'stagectl mode set (WHO)' (default "
-                                                      "$STAGE_ACTOR, else the login name)")
+    options.add(change, "actor")
     change.add_argument("--force", action="store_true", help="enforce even while an alert blocks it")
     change.add_argument("--yes", action="store_true",
                         help="confirm a big switch (enforce on every endpoint, or at 100%% on one now in off/warn) "
@@ -75,8 +72,7 @@ def register(commands: Any) -> None:
                                      "the mode history", run_blocks)
     clear.add_argument("fingerprint", help="the block's fingerprint (stagectl blocks list)")
     clear.add_argument("--reason", required=True, help="why (recorded in the history)")
-    clear.add_argument("--actor", default=None, help="who, recorded as 'stagectl blocks clear (WHO)' (default "
-                                                     "$STAGE_ACTOR, else the login name)")
+    options.add(clear, "actor")
 
     catalog = commands.add_parser("catalog", help="check a catalog file offline, show or reload the running one",
                                   description="Exit 0 ok, 1 proxy unreachable, 2 the catalog has problems (each on "
@@ -88,7 +84,7 @@ def register(commands: Any) -> None:
     check.add_argument("file", metavar="FILE", help="the catalog TOML to check")
     check.add_argument("--against", metavar="RUNNING",
                        help="the catalog running now: also apply the reload rules and print what would change")
-    check.add_argument("--json", action="store_true", help="machine-readable result")
+    options.add(check, "json")
     check.set_defaults(handler=run_catalog_check)
     show = actions.add_parser("show", help="the effective catalog: of the proxy at --admin-url (or "
                                            "$STAGE_ADMIN_URL), else of --config FILE (default: the built-in one)")
@@ -98,8 +94,7 @@ def register(commands: Any) -> None:
     reload = actions.add_parser("reload", help="make the proxy re-read its --config (token from $STAGE_OPS_TOKEN)")
     admin_options(reload, inherited=False)
     reload.add_argument("--reason", help="why (recorded in the mode history)")
-    reload.add_argument("--actor", help="who, recorded as 'stagectl catalog reload (WHO)' (default $STAGE_ACTOR, "
-                                        "else the login name)")
+    options.add(reload, "actor")
     reload.set_defaults(handler=run_catalog_reload)
 
 
@@ -108,18 +103,18 @@ def _check_timeout(args: argparse.Namespace) -> None:
         raise CommandError("--timeout-s must be positive", EXIT_USAGE)
 
 
-async def _get(args: argparse.Namespace, environ: Mapping[str, str], path: str) -> dict[str, Any]:
+async def _get(args: argparse.Namespace, path: str) -> dict[str, Any]:
     """GET ``path`` (with its query) from the admin listener of --admin-url / $STAGE_ADMIN_URL."""
     _check_timeout(args)
-    url = f"{admin_api.admin_url(args.admin_url, environ)}{path}"
+    url = f"{admin_api.admin_url(args.admin_url)}{path}"
     async with admin_api.session(args.timeout_s) as session:
         return await admin_api.call(session, "GET", url)
 
 
-def _actor(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+def _actor(args: argparse.Namespace) -> str:
     """``stagectl mode set (alice)``: the command and the person (tools/cli/actors.py)."""
     command = "mode set" if args.command == "mode" else f"{args.command} {args.action}"
-    return actors.actor(command, args.actor, environ)
+    return actors.actor(command, args.actor)
 
 
 def _read_wire(shape: Any, data: object) -> Any:
@@ -217,17 +212,17 @@ def _confirm(why: str, args: argparse.Namespace) -> None:
         raise CommandError("not confirmed: nothing changed", EXIT_USAGE)
 
 
-async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_mode(args: argparse.Namespace) -> int:
     if args.action == "get":
-        view = _read_wire(wire.ModeState, await _get(args, environ, "/_ops/mode"))
+        view = _read_wire(wire.ModeState, await _get(args, "/_ops/mode"))
         print(_dump(view.to_json()) if args.json else render_table(view))
         return EXIT_OK
     _check_timeout(args)
-    url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/mode"
+    url = f"{admin_api.admin_url(args.admin_url)}/_ops/mode"
     async with admin_api.session(args.timeout_s) as session:
         if args.percent is not None and not 0 <= args.percent <= 100:
             raise CommandError("--percent must be between 0 and 100", EXIT_USAGE)
-        token = None if args.dry_run else admin_api.ops_token(environ, "mode set")
+        token = None if args.dry_run else admin_api.ops_token(args.ops_token, "mode set")
         now = _read_wire(wire.ModeState, await admin_api.call(session, "GET", url))
         plan = planned(now, args.endpoint, args.mode, args.percent)
         if args.dry_run:
@@ -238,7 +233,7 @@ async def run_mode(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if why:
             _confirm(why, args)
         body: dict[str, Any] = {"endpoint": args.endpoint, "mode": args.mode, "reason": args.reason,
-                                "actor": _actor(args, environ), "force": args.force}
+                                "actor": _actor(args), "force": args.force}
         if args.percent is not None:
             body["percent"] = args.percent
         view = _read_wire(wire.ModeState, await admin_api.call(session, "PUT", url, body, token))
@@ -270,11 +265,11 @@ def render_history(entries: Sequence[wire.HistoryItem]) -> str:
     return "\n".join(table(rows))
 
 
-async def run_history(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_history(args: argparse.Namespace) -> int:
     if not 1 <= args.limit <= 1000:
         raise CommandError("--limit must be from 1 to 1000", EXIT_USAGE)
     query = {"limit": str(args.limit), **({"endpoint": args.endpoint} if args.endpoint else {})}
-    history = _read_wire(wire.History, await _get(args, environ, f"/_ops/mode/history?{urlencode(query)}"))
+    history = _read_wire(wire.History, await _get(args, f"/_ops/mode/history?{urlencode(query)}"))
     print(_dump(history.to_json()) if args.json else render_history(history.entries))
     return EXIT_OK
 
@@ -287,17 +282,17 @@ def render_blocks(data: wire.Blocks) -> str:
     return "\n".join(table(rows))
 
 
-async def run_blocks(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_blocks(args: argparse.Namespace) -> int:
     if args.action == "list":
-        blocks = _read_wire(wire.Blocks, await _get(args, environ, "/_ops/blocks"))
+        blocks = _read_wire(wire.Blocks, await _get(args, "/_ops/blocks"))
         print(_dump(blocks.to_json()) if args.json else render_blocks(blocks))
         return EXIT_OK
     _check_timeout(args)
-    base = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/blocks"
+    base = f"{admin_api.admin_url(args.admin_url)}/_ops/blocks"
     async with admin_api.session(args.timeout_s) as session:
-        token = admin_api.ops_token(environ, "blocks clear")
+        token = admin_api.ops_token(args.ops_token, "blocks clear")
         data = await admin_api.call(session, "DELETE", f"{base}/{quote(args.fingerprint, safe='')}",
-                                    {"reason": args.reason, "actor": _actor(args, environ)}, token)
+                                    {"reason": args.reason, "actor": _actor(args)}, token)
     if args.json:
         print(_dump(data))
     else:
@@ -326,7 +321,7 @@ def _checked(path: str, what: str) -> tuple[Catalog, str]:
     return catalog, text
 
 
-async def run_catalog_check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_catalog_check(args: argparse.Namespace) -> int:
     text = _read(args.file, "catalog")
     catalog, problems = check_catalog(text)
     changes = None
@@ -378,12 +373,14 @@ def render_catalog(data: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-async def run_catalog_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_catalog_show(args: argparse.Namespace) -> int:
     _check_timeout(args)  # before the choice: a bad --timeout-s is refused whichever source is shown
     if args.config and args.admin_url:
         raise CommandError("--config and --admin-url exclude each other: a file, or the running proxy", EXIT_USAGE)
-    if args.admin_url or (environ.get("STAGE_ADMIN_URL") and not args.config):
-        data = await _get(args, environ, "/_ops/catalog")
+    if args.config and args.admin_url and "admin_url" not in args.from_environment:
+        raise CommandError("--config and --admin-url exclude each other: a file, or the running proxy", EXIT_USAGE)
+    if args.admin_url and not args.config:
+        data = await _get(args, "/_ops/catalog")
     else:
         catalog, text = _checked(args.config, "--config") if args.config else (default_catalog(), DEFAULT_CATALOG_TOML)
         data = {"version": catalog_version(catalog), "file": args.config, **catalog.as_json()}
@@ -391,12 +388,12 @@ async def run_catalog_show(args: argparse.Namespace, environ: Mapping[str, str])
     return EXIT_OK
 
 
-async def run_catalog_reload(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_catalog_reload(args: argparse.Namespace) -> int:
     _check_timeout(args)
-    url = f"{admin_api.admin_url(args.admin_url, environ)}/_ops/reload"
-    token = admin_api.ops_token(environ, "catalog reload")
+    url = f"{admin_api.admin_url(args.admin_url)}/_ops/reload"
+    token = admin_api.ops_token(args.ops_token, "catalog reload")
     async with admin_api.session(args.timeout_s) as session:
-        body = {"actor": _actor(args, environ), **({"reason": args.reason} if args.reason else {})}
+        body = {"actor": _actor(args), **({"reason": args.reason} if args.reason else {})}
         data = await admin_api.call(session, "POST", url, body, token)
     if args.json:
         print(_dump(data))

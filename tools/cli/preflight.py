@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,8 @@ import orjson
 
 from tools.backups import backup
 from tools.backups.restore import run_restore_test
-from tools.cli.migrate import load_catalog
+from tools.cli import options
+from tools.cli.migrate import ADMIN_FOR_CATALOG, CATALOG_HELP, load_catalog
 from tools.cli.types import column_name, table_name
 from tools.clients import admin_api, catalogs
 from tools.clients.db import resolve_dsn
@@ -35,21 +35,21 @@ def _json(data: object) -> str:
 def register(commands: Any) -> None:
     """Add the Week-0 commands to stagectl's subcommands."""
     p = commands.add_parser("backup", help="pg_dump to a timestamped file; latest link and SHA256SUMS updated")
-    p.add_argument("--dsn", help="PostgreSQL URL (default $DATABASE_URL)")
+    options.add(p, "dsn")
     p.add_argument("--out", required=True, type=Path, help="backup directory")
     p.add_argument("--format", choices=["plain", "custom"], default="plain")
     p.add_argument("--keep", type=int, help="keep only the newest N dumps")
-    p.add_argument("--json", action="store_true")
+    options.add(p, "json")
     p.set_defaults(handler=run_backup)
 
     p = commands.add_parser("verify-backup", help="check SHA256SUMS, completeness and the latest link")
     p.add_argument("dir", type=Path)
-    p.add_argument("--json", action="store_true")
+    options.add(p, "json")
     p.set_defaults(handler=run_verify_backup)
 
     p = commands.add_parser("test-restore", help="restore into a scratch database, smoke-test it, drop it")
     p.add_argument("file", type=Path)
-    p.add_argument("--dsn", help="server to restore on (default $DATABASE_URL)")
+    options.add(p, "dsn", dsn="the server to restore on")
     p.add_argument("--budget", type=float, default=300.0, help="seconds; the restore is stopped at the budget")
     p.add_argument("--min-rows", type=int, default=1, help="rows the stage table must hold (default 1)")
     p.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
@@ -57,7 +57,7 @@ def register(commands: Any) -> None:
     p.add_argument("--smoke-query", action="append", default=[], help="extra SQL that must succeed (repeatable)")
     p.add_argument("--no-verify", action="store_true",
                    help="restore even if the SHA256SUMS beside the file does not list it or disagrees")
-    p.add_argument("--json", action="store_true", help="a JSON receipt")
+    options.add(p, "json", json="a JSON receipt")
     p.set_defaults(handler=run_test_restore)
 
     p = commands.add_parser("audit-consumers", help="who calls the three endpoints; exit 3 external, 4 unclassified")
@@ -66,28 +66,26 @@ def register(commands: Any) -> None:
     p.add_argument("--trusted-proxy", action="append", default=[], help="CIDRs whose X-Forwarded-For is believed")
     p.add_argument("--classifications", type=Path, help="TOML of manual decisions ([[consumer]] ip, class, note)")
     p.add_argument("--record", action="store_true", help="write the consumers seen into --classifications")
-    p.add_argument("--config", help="stage catalog TOML (default $STAGE_CONFIG; else the catalog the proxy at "
-                                    "--admin-url serves; else the built-in one)")
-    p.add_argument("--admin-url", help="a proxy's admin listener (default $STAGE_ADMIN_URL): use its catalog")
-    p.add_argument("--json", action="store_true")
+    options.add(p, "config", "admin_url", config=CATALOG_HELP, admin_url=ADMIN_FOR_CATALOG)
+    options.add(p, "json")
     p.set_defaults(handler=run_audit)
 
     p = commands.add_parser("redis-latency", help="GET p50/p95/p99/p99.9/max at a fixed rate; exit 1 if p99 >= 10 ms",
                             description="GET round trips on one dedicated connection, paced, warm-up discarded; "
                                         "beside them Redis's own timing of the same window (LATENCY HISTOGRAM).")
-    p.add_argument("--redis-url", help="default $STAGE_REDIS_URL")
+    options.add(p, "redis_url")
     p.add_argument("--samples", type=int, default=2000, help="measured GETs (default 2000)")
     p.add_argument("--rate", type=float, default=500.0, help="GETs per second (default 500)")
     p.add_argument("--warmup", type=int, default=100, help="GETs sent first and not counted (default 100)")
     p.add_argument("--max-p99-ms", type=float, default=redis_latency.THRESHOLD_MS,
                    help="the bar: exit 1 when p99 is at or above it (default 10, the runbook's)")
-    p.add_argument("--json", action="store_true")
+    options.add(p, "json")
     p.set_defaults(handler=run_redis_latency)
 
     p = commands.add_parser("preflight", help="the Week-0 exit criteria table; exit 0 only when all pass")
-    p.add_argument("--dsn", help="default $DATABASE_URL")
-    p.add_argument("--redis-url", help="default $STAGE_REDIS_URL")
-    p.add_argument("--admin-url", help="a running proxy's admin listener (default $STAGE_ADMIN_URL)")
+    options.add(p, "dsn")
+    options.add(p, "redis_url")
+    options.add(p, "admin_url", admin_url="a running proxy's admin listener")
     p.add_argument("--backup-dir", type=Path)
     p.add_argument("--logs", nargs="*", default=[], help="logs for the consumer audit")
     p.add_argument("--internal-cidr", action="append")
@@ -99,11 +97,11 @@ def register(commands: Any) -> None:
                    help="the Redis criterion's bar (default 10 ms, the runbook's)")
     p.add_argument("--budget", type=float, default=300.0)
     p.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
-    p.add_argument("--config")
+    options.add(p, "config", config="stage catalog TOML (the built-in one if none)")
     p.add_argument("--fallback-drill", action="store_true",
                    help="run the Redis fallback drill (stagectl drill redis-fallback) as the fallback criterion")
     _drill_options(p)
-    p.add_argument("--json", action="store_true", help="one object: ok, verdict and every criterion")
+    options.add(p, "json", json="one object: ok, verdict and every criterion")
     p.set_defaults(handler=run_preflight)
 
     p = commands.add_parser("drill", help="operational drills against a staging proxy")
@@ -113,9 +111,9 @@ def register(commands: Any) -> None:
                                       "--break-redis/--restore-redis, or by you when told. Never touches Redis "
                                       "itself otherwise. Exit 0 the fallback worked, 1 it did not (or the proxy "
                                       "is unreachable), 2 usage.")
-    p.add_argument("--admin-url", help="the proxy's admin listener (default $STAGE_ADMIN_URL)")
+    options.add(p, "admin_url")
     _drill_options(p)
-    p.add_argument("--json", action="store_true", help="one object: ok and every step")
+    options.add(p, "json", json="one object: ok and every step")
     p.set_defaults(handler=run_drill)
 
 
@@ -127,26 +125,26 @@ def _drill_options(p: argparse.ArgumentParser) -> None:
                    help="wait this long for each switch (default 120)")
 
 
-def _drill(args: argparse.Namespace, environ: Mapping[str, str]) -> drill.Drill:
+def _drill(args: argparse.Namespace) -> drill.Drill:
     if args.drill_timeout <= 0:
         raise CommandError("--drill-timeout must be positive", EXIT_USAGE)
-    url = args.admin_url or environ.get("STAGE_ADMIN_URL")
+    url = args.admin_url
     if not url:
         raise CommandError("the drill needs the proxy: pass --admin-url or set STAGE_ADMIN_URL", EXIT_USAGE)
     return drill.Drill(admin_api.check_url(url.rstrip("/")), args.break_redis, args.restore_redis, args.proxy_log,
                        args.drill_timeout)
 
 
-async def run_drill(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    report = await _drill(args, environ).run()
+async def run_drill(args: argparse.Namespace) -> int:
+    report = await _drill(args).run()
     print(_json(report.as_json()) if args.json else drill.render(report))
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-async def run_backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_backup(args: argparse.Namespace) -> int:
     if args.keep is not None and args.keep < 1:
         raise CommandError("--keep must be at least 1", EXIT_USAGE)
-    result = await backup.backup(resolve_dsn(args.dsn, environ), args.out, args.format, args.keep)
+    result = await backup.backup(resolve_dsn(args.dsn), args.out, args.format, args.keep)
     data = {"file": str(result.file), "sha256": result.sha256, "bytes": result.bytes,
             "seconds": round(result.seconds, 3), "removed": result.removed}
     print(_json(data) if args.json else f"backup {result.file} ({result.bytes:,} bytes, {result.seconds:.1f} s), "
@@ -154,7 +152,7 @@ async def run_backup(args: argparse.Namespace, environ: Mapping[str, str]) -> in
     return EXIT_OK
 
 
-async def run_verify_backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_verify_backup(args: argparse.Namespace) -> int:
     report = backup.verify(args.dir)
     if args.json:
         print(_json({"ok": report.ok, "checked": report.checked, "problems": report.problems}))
@@ -165,12 +163,12 @@ async def run_verify_backup(args: argparse.Namespace, environ: Mapping[str, str]
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-async def run_test_restore(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_test_restore(args: argparse.Namespace) -> int:
     if args.budget <= 0:
         raise CommandError("--budget must be positive", EXIT_USAGE)
     if args.min_rows < 0:
         raise CommandError("--min-rows must be 0 or more", EXIT_USAGE)
-    dsn = resolve_dsn(args.dsn, environ)
+    dsn = resolve_dsn(args.dsn)
     if args.no_verify:
         print(f"stagectl: WARNING: --no-verify: {args.file} is restored without checking its checksum",
               file=sys.stderr)
@@ -190,12 +188,12 @@ async def run_test_restore(args: argparse.Namespace, environ: Mapping[str, str])
     return EXIT_OK if receipt.ok else EXIT_FAILED
 
 
-async def run_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_audit(args: argparse.Namespace) -> int:
     internal = audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr")
     trusted = audit.networks(args.trusted_proxy, "--trusted-proxy")
     decisions = audit.load_classifications(args.classifications)
     try:
-        chosen = await load_catalog(args, environ)
+        chosen = await load_catalog(args)
         consumers, skipped = audit.audit(read_lines(args.logs, sys.stdin.buffer), chosen.catalog,
                                          internal=internal, trusted=trusted, decisions=decisions)
     except OSError as exc:
@@ -226,8 +224,8 @@ async def run_audit(args: argparse.Namespace, environ: Mapping[str, str]) -> int
     return code
 
 
-async def run_redis_latency(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    url = args.redis_url or environ.get("STAGE_REDIS_URL")
+async def run_redis_latency(args: argparse.Namespace) -> int:
+    url = args.redis_url
     if not url:
         raise CommandError("no Redis: pass --redis-url or set STAGE_REDIS_URL", EXIT_USAGE)
     if args.samples < 1 or args.rate <= 0 or args.max_p99_ms <= 0 or args.warmup < 0:
@@ -238,18 +236,17 @@ async def run_redis_latency(args: argparse.Namespace, environ: Mapping[str, str]
     return EXIT_OK if result["ok"] else EXIT_FAILED
 
 
-async def run_preflight(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_preflight(args: argparse.Namespace) -> int:
     if args.redis_max_p99_ms <= 0 or args.samples < 1 or args.budget <= 0 or args.min_rows < 0:
         raise CommandError("--redis-max-p99-ms, --samples and --budget must be positive, --min-rows 0 or more",
                            EXIT_USAGE)
-    options = preflight.PreflightArgs(
-        dsn=args.dsn or environ.get("DATABASE_URL"), redis_url=args.redis_url or environ.get("STAGE_REDIS_URL"),
-        admin_url=args.admin_url or environ.get("STAGE_ADMIN_URL"), backup_dir=args.backup_dir, logs=args.logs,
+    request = preflight.PreflightArgs(
+        dsn=args.dsn, redis_url=args.redis_url, admin_url=args.admin_url, backup_dir=args.backup_dir, logs=args.logs,
         internal=audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr"),
         trusted=audit.networks(args.trusted_proxy, "--trusted-proxy"), classifications=args.classifications,
         min_rows=args.min_rows, samples=args.samples, budget_s=args.budget, table=args.table,
-        redis_max_p99_ms=args.redis_max_p99_ms, fallback_drill=_drill(args, environ) if args.fallback_drill else None)
-    criteria = await preflight.run(options, catalogs.local(args.config, environ))
+        redis_max_p99_ms=args.redis_max_p99_ms, fallback_drill=_drill(args) if args.fallback_drill else None)
+    criteria = await preflight.run(request, catalogs.local(args.config))
     print(_json(preflight.as_json(criteria)) if args.json else preflight.render(criteria))
     return EXIT_OK if all(c.ok for c in criteria) else EXIT_FAILED
 

@@ -8,7 +8,6 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ import aiohttp
 import orjson
 
 from tools.backups.backup import split_password
-from tools.cli import actors
-from tools.cli.migrate import add_run_options, load_catalog, run_options, where
+from tools.cli import actors, options
+from tools.cli.migrate import ADMIN_FOR_CATALOG, CATALOG_HELP, add_run_options, load_catalog, run_options, where
 from tools.cli.types import column_name, table_name
 from tools.clients import admin_api, catalogs
 from tools.clients.prom import Prometheus
@@ -44,9 +43,9 @@ def _instant(text: str) -> float:
 
 def _gate_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
-    add("--prometheus", metavar="URL", help="Prometheus base URL (default $PROMETHEUS_URL)")
+    options.add(parser, "prometheus", "config", config="stage catalog TOML, for the endpoint names (the built-in "
+                "one if none)")
     add("--timeout-s", type=float, default=30.0, help="per Prometheus/admin request (default 30)")
-    add("--config", help="stage catalog TOML, for the endpoint names (default $STAGE_CONFIG or built-in)")
     add("--lookback", type=_duration, default=45 * 86400.0, metavar="DURATION", help="history read (default 45d)")
     add("--min-baseline", type=int, default=10_000, help="requests seen in off before warn (default 10000)")
     add("--good-ratio", type=float, default=0.005, help="a good day would reject less than this (default 0.005)")
@@ -63,7 +62,7 @@ def register(commands: Any) -> None:
                                         "blocked or at the warn cap, 1 Prometheus unreachable.")
     p.add_argument("--endpoint", action="append", metavar="NAME", help="only this endpoint (repeatable)")
     p.add_argument("--at", type=_instant, metavar="TIME", help="as of this instant (RFC 3339 or Unix seconds)")
-    p.add_argument("--json", action="store_true", help="one JSON object")
+    options.add(p, "json", json="one JSON object")
     _gate_options(p)
     p.set_defaults(handler=run_gate)
 
@@ -89,27 +88,23 @@ def register(commands: Any) -> None:
                         "back to warn (default 5); the step's clock stops meanwhile")
     p.add_argument("--skip-gate", action="store_true", help="start without the gate's ready_for_enforce")
     p.add_argument("--reason", help="why: on every history entry the driver writes (required with --skip-gate)")
-    p.add_argument("--actor", help="who, recorded as 'stagectl rollout (WHO)' (default $STAGE_ACTOR, else the "
-                                   "login name)")
+    options.add(p, "actor")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
-    p.add_argument("--json", action="store_true", help="one JSON object per line (the default off a terminal)")
-    p.add_argument("--admin-url", help="admin listener (default $STAGE_ADMIN_URL or http://127.0.0.1:9901)")
+    options.add(p, "json", "admin_url", json="one JSON object per line (the default off a terminal)",
+                admin_url="admin listener (else http://127.0.0.1:9901)")
     _gate_options(p)
     p.set_defaults(handler=run_rollout)
 
     p = commands.add_parser("normalize", help="Day 5: backup, verify, restore test, migrate, verify; stops at a "
                                               "failure", description=normalize.__doc__)
-    p.add_argument("--dsn", help="PostgreSQL URL (default $DATABASE_URL)")
+    options.add(p, "dsn")
     p.add_argument("--backup-dir", required=True, type=Path, help="where the backup and the receipt go")
     p.add_argument("--restore-budget", type=float, default=300.0, help="seconds for the restore test (default 300)")
     p.add_argument("--min-rows", type=int, default=1, help="rows the restored table must hold (default 1)")
     p.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
     p.add_argument("--column", type=column_name, default="stage", help="the stage column (default stage)")
     p.add_argument("--pk", type=column_name, help="key column (default: the primary key)")
-    p.add_argument("--config", help="stage catalog TOML (default $STAGE_CONFIG; else the catalog the proxy at "
-                                    "--admin-url serves; else the built-in one)")
-    p.add_argument("--admin-url", help="a proxy's admin listener (default $STAGE_ADMIN_URL): classify with its "
-                                       "catalog, or check --config against it")
+    options.add(p, "config", "admin_url", config=CATALOG_HELP, admin_url=ADMIN_FOR_CATALOG)
     p.add_argument("--resume", action="store_true",
                    help="with --apply: continue the unfinished migration of the last receipt in --backup-dir, on "
                         "that receipt's verified backup")
@@ -118,8 +113,8 @@ def register(commands: Any) -> None:
     p.set_defaults(handler=run_normalize, resume_from=None)
 
 
-def _prometheus_url(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
-    url = args.prometheus or environ.get("PROMETHEUS_URL")
+def _prometheus_url(args: argparse.Namespace) -> str:
+    url: str | None = args.prometheus
     if not url:
         raise CommandError("no Prometheus: pass --prometheus URL or set PROMETHEUS_URL", EXIT_USAGE)
     if not url.startswith(("http://", "https://")):
@@ -141,26 +136,26 @@ def _options(args: argparse.Namespace) -> gate.GateOptions:
                             args.min_daily_requests)
 
 
-def _endpoints(args: argparse.Namespace, environ: Mapping[str, str], chosen: list[str] | None) -> list[str]:
-    names = list(catalogs.local(args.config, environ).endpoint_names)
+def _endpoints(args: argparse.Namespace, chosen: list[str] | None) -> list[str]:
+    names = list(catalogs.local(args.config).endpoint_names)
     unknown = [name for name in chosen or [] if name not in names]
     if unknown:
         raise CommandError(f"unknown endpoint(s) {unknown}: the catalog has {names}", EXIT_USAGE)
     return chosen or names
 
 
-async def run_gate(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_gate(args: argparse.Namespace) -> int:
     options = _options(args)
-    names = _endpoints(args, environ, args.endpoint)
+    names = _endpoints(args, args.endpoint)
     at = args.at if args.at is not None else time.time()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout_s)) as session:
-        result = await gate.evaluate(Prometheus(_prometheus_url(args, environ), session), names, at, options)
+        result = await gate.evaluate(Prometheus(_prometheus_url(args), session), names, at, options)
     print(orjson.dumps(result.as_json(), option=orjson.OPT_INDENT_2).decode() if args.json
           else gate.render(result, options))
     return gate.exit_code(result)
 
 
-def _rollout_options(args: argparse.Namespace, environ: Mapping[str, str]) -> rollout.RolloutOptions:
+def _rollout_options(args: argparse.Namespace) -> rollout.RolloutOptions:
     try:
         steps = rollout.parse_steps(args.steps)
     except ValueError as exc:
@@ -171,18 +166,18 @@ def _rollout_options(args: argparse.Namespace, environ: Mapping[str, str]) -> ro
             or args.max_check_errors < 1:
         raise CommandError("--min-requests and --max-check-errors must be at least 1, --max-enforce-error 0 or "
                            "more, --max-validator-p99 positive", EXIT_USAGE)
-    _endpoints(args, environ, [args.endpoint])
+    _endpoints(args, [args.endpoint])
     reason = (args.reason or "").strip() or None
     return rollout.RolloutOptions(args.endpoint, steps, args.interval, args.min_requests, args.max_enforce_error,
                                   args.max_validator_p99, args.max_wait, reason if args.skip_gate else None,
                                   args.dry_run, _options(args), args.max_check_errors,
-                                  actors.actor("rollout", args.actor, environ), reason)
+                                  actors.actor("rollout", args.actor), reason)
 
 
-async def run_rollout(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    options = _rollout_options(args, environ)
-    prometheus_url = _prometheus_url(args, environ)
-    token = "" if args.dry_run else admin_api.ops_token(environ, "rollout", EXIT_USAGE)
+async def run_rollout(args: argparse.Namespace) -> int:
+    options = _rollout_options(args)
+    prometheus_url = _prometheus_url(args)
+    token = "" if args.dry_run else admin_api.ops_token(args.ops_token, "rollout", EXIT_USAGE)
     as_json = args.json or not sys.stdout.isatty()
 
     def report(event: str, fields: dict[str, Any]) -> None:
@@ -195,7 +190,7 @@ async def run_rollout(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.timeout_s)) as session:
-        driver = rollout.Driver(session, admin_api.admin_url(args.admin_url, environ), token,
+        driver = rollout.Driver(session, admin_api.admin_url(args.admin_url), token,
                                 Prometheus(prometheus_url, session), options, report)
         try:
             return await driver.run(stop)
@@ -206,14 +201,14 @@ async def run_rollout(args: argparse.Namespace, environ: Mapping[str, str]) -> i
             raise
 
 
-async def run_normalize(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+async def run_normalize(args: argparse.Namespace) -> int:
     if args.restore_budget <= 0 or args.min_rows < 0:
         raise CommandError("--restore-budget must be positive and --min-rows 0 or more", EXIT_USAGE)
     if args.keep is not None and args.keep < 1:
         raise CommandError("--keep must be at least 1", EXIT_USAGE)
-    request = normalize.NormalizeRequest(where(args, environ), run_options(args), args.backup_dir,
+    request = normalize.NormalizeRequest(where(args), run_options(args), args.backup_dir,
                                          args.restore_budget, args.min_rows, args.keep, _resume_hint(args))
-    chosen = await load_catalog(args, environ)  # a bad catalog, or one the proxy does not serve, stops here
+    chosen = await load_catalog(args)  # a bad catalog, or one the proxy does not serve, stops here
     return await normalize.run(request, chosen, lambda line: print(line, flush=True))
 
 

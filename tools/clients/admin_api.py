@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -25,14 +24,13 @@ STATUS_EXIT: Final = {400: EXIT_USAGE, 401: EXIT_AUTH, 403: EXIT_AUTH, 404: EXIT
 DEFAULT_ADMIN_URL: Final = "http://127.0.0.1:9901"
 
 
-def admin_url(flag: str | None, environ: Mapping[str, str]) -> str:
-    """--admin-url, else $STAGE_ADMIN_URL, else the default listener; checked."""
-    return check_url((flag or environ.get("STAGE_ADMIN_URL") or DEFAULT_ADMIN_URL).rstrip("/"))
+def admin_url(given: str | None) -> str:
+    """The admin URL given (--admin-url or $STAGE_ADMIN_URL), else the default listener; checked."""
+    return check_url((given or DEFAULT_ADMIN_URL).rstrip("/"))
 
 
-def ops_token(environ: Mapping[str, str], what: str, code: int = EXIT_AUTH) -> str:
-    """$STAGE_OPS_TOKEN, or a CommandError (exit ``code``) saying which command needs it."""
-    token = environ.get("STAGE_OPS_TOKEN", "").strip()
+def ops_token(token: str | None, what: str, code: int = EXIT_AUTH) -> str:
+    """The ops token ($STAGE_OPS_TOKEN), or a CommandError (exit ``code``) saying which command needs it."""
     if not token:
         raise CommandError(f"STAGE_OPS_TOKEN is not set: {what} needs the ops bearer token", code)
     return token

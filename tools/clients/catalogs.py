@@ -19,7 +19,6 @@ the input stays one line.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,10 +73,10 @@ def read_file(path: str, what: str = "--config") -> Catalog:
     return catalog
 
 
-def local(config: str | None, environ: Mapping[str, str]) -> Catalog:
-    """--config / $STAGE_CONFIG, else the built-in catalog: for commands that only need endpoint names."""
-    path = config or environ.get("STAGE_CONFIG") or None
-    return read_file(path) if path else parse_catalog(DEFAULT_CATALOG_TOML)
+def local(config: str | None) -> Catalog:
+    """--config / $STAGE_CONFIG (``config``), else the built-in catalog: for commands needing only endpoint
+    names."""
+    return read_file(config) if config else parse_catalog(DEFAULT_CATALOG_TOML)
 
 
 async def served_by(url: str, timeout_s: float = 5.0) -> tuple[Catalog, str]:
@@ -95,11 +94,10 @@ async def served_by(url: str, timeout_s: float = 5.0) -> tuple[Catalog, str]:
     return catalog, reported
 
 
-async def choose(config: str | None, admin_url: str | None, environ: Mapping[str, str],
-                 timeout_s: float = 5.0) -> ChosenCatalog:
-    """The catalog to classify with, by the rule of the module docstring."""
-    path = config or environ.get("STAGE_CONFIG") or None
-    url = admin_url or environ.get("STAGE_ADMIN_URL") or None
+async def choose(config: str | None, admin_url: str | None, timeout_s: float = 5.0) -> ChosenCatalog:
+    """The catalog to classify with, by the rule of the module docstring (``config`` and ``admin_url`` as given
+    on the command line or by their variables)."""
+    path, url = config, admin_url
     if url is not None:
         url = admin_api.check_url(url.rstrip("/"))
     if path is not None:

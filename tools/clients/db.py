@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -16,9 +15,9 @@ from tools.shared.errors import EXIT_AUTH, EXIT_USAGE, CommandError
 TEXT_TYPES: Final = frozenset({"text", "character varying", "character", "citext"})
 
 
-def resolve_dsn(dsn: str | None, environ: Mapping[str, str]) -> str:
-    """--dsn, else $DATABASE_URL (``environ`` is stagectl's, read once in its main)."""
-    value = dsn or environ.get("DATABASE_URL", "")
+def resolve_dsn(dsn: str | None) -> str:
+    """The DSN given (--dsn or $DATABASE_URL), checked."""
+    value = dsn or ""
     if not value:
         raise CommandError("no database: pass --dsn or set DATABASE_URL", EXIT_USAGE)
     if not value.startswith(("postgresql://", "postgres://")):
