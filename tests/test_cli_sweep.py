@@ -33,7 +33,7 @@ CASES: dict[str, list[tuple[str, int, str]]] = {
                  ("mode set create_deal sideways --reason x", 2, "invalid choice"),
                  ("mode set create_deal warn", 2, "--reason"),
                  ("mode set create_deal warn --reason x --admin-url http://127.0.0.1:{dead}", 3, "STAGE_OPS_TOKEN")],
-    "mode history": [("mode history --limit 0", 2, "--limit must be from 1 to 1000"),
+    "mode history": [("mode history --limit 0", 2, "--limit must be between 1 and 1000"),
                      ("mode history --admin-url http://127.0.0.1:{dead}", 1, "connection refused")],
     "blocks list": [("blocks list --admin-url http://127.0.0.1:{dead}", 1, "connection refused"),
                     ("blocks --timeout-s 0 list", 2, "--timeout-s must be positive")],

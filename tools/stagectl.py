@@ -21,7 +21,12 @@ from tools.cli import ops as ops_cli
 from tools.cli import options
 from tools.cli import preflight as preflight_cli
 from tools.cli import rollout as rollout_cli
+from tools.cli.command import Command, check, register
 from tools.shared.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
+
+# every command, in the order `stagectl --help` lists them
+COMMANDS: tuple[Command, ...] = (*ops_cli.COMMANDS, *offenders_cli.COMMANDS, *migrate_cli.COMMANDS,
+                                 *preflight_cli.COMMANDS, *rollout_cli.COMMANDS)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,11 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "input, 130 interrupted; 3-6 mean something per command (COMMAND --help, and "
                             "docs/reference.md)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    ops_cli.register(commands)
-    offenders_cli.register(commands)
-    migrate_cli.register(commands)
-    preflight_cli.register(commands)
-    rollout_cli.register(commands)
+    for command in COMMANDS:
+        register(commands, command)
     return parser
 
 
@@ -88,6 +90,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         args = build_parser().parse_args(argv)
         options.apply_environment(args, env)  # the one place the environment is read
+        check(args)  # every declared value check, before the handler runs
         code: int = asyncio.run(args.handler(args))
         return code
     except CommandError as exc:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-from tools.cli import options
+from tools.cli.command import AT_LEAST_1, NOT_NEGATIVE, POSITIVE, Command, opt
+from tools.cli.options import shared
 from tools.cli.types import column_name, table_name
 from tools.clients import catalogs
 from tools.clients.db import introspect, resolve_dsn
@@ -22,69 +23,23 @@ CATALOG_HELP = "stage catalog TOML; else the catalog the proxy at --admin-url se
 ADMIN_FOR_CATALOG = "a proxy's admin listener: classify with the catalog it serves, or check --config against it"
 
 
-def _common(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
-    """Options every migrate action takes; on action parsers they must not reset what came before."""
-    default: Any = argparse.SUPPRESS if inherited else None
-    options.add(parser, "dsn", inherited=inherited)
-    parser.add_argument("--table", type=table_name, default=argparse.SUPPRESS if inherited else "deals",
-                        help="[schema.]table (default deals)")
-    parser.add_argument("--column", type=column_name, default=argparse.SUPPRESS if inherited else "stage",
-                        help="default stage")
-    parser.add_argument("--pk", type=column_name, default=default, help="key column (default: the primary key)")
-    options.add(parser, "config", "admin_url", "json", inherited=inherited, config=CATALOG_HELP,
-                admin_url=ADMIN_FOR_CATALOG)
-
-
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """How a migration runs (stagectl migrate and stagectl normalize take the same)."""
-    add = parser.add_argument
-    add("--apply", action="store_true", help="write the changes (default: dry run, plan logged for review)")
-    add("--batch-size", type=int, default=1000, help="rows per batch (default 1000)")
-    add("--target-batch-ms", type=float, help="auto-tune the batch size towards this batch time")
-    add("--sleep-ms", type=float, default=0.0, help="pause between batches")
-    add("--lock-timeout-ms", type=int, default=2000, help="per batch (default 2000); on timeout the batch halves")
-    add("--statement-timeout-ms", type=int, default=30_000, help="per batch (default 30000)")
-    add("--retries", type=int, default=5, help="timeouts tolerated per batch (default 5)")
-    add("--transactional", action="store_true", help="the whole run in one transaction (all or nothing)")
-    add("--progress-interval-s", type=float, default=5.0, help="JSON progress line interval when not on a terminal")
-
-
-def register(commands: Any) -> None:
-    """Add seed-db and migrate to stagectl's subcommands."""
-    seeder = commands.add_parser("seed-db", help="create and fill the legacy deals table (COPY)")
-    options.add(seeder, "dsn")
-    seeder.add_argument("--rows", type=int, default=1000, help="rows to add (default 1000)")
-    seeder.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
-    seeder.add_argument("--seed", type=int, default=42, help="random seed (default 42): same seed, same rows")
-    seeder.add_argument("--truncate", action="store_true", help="empty the table first")
-    seeder.set_defaults(handler=run_seed)
-
-    migrate = commands.add_parser("migrate", help="normalize stored stages: dry run by default, --apply to write",
-                                  description="Batched, resumable normalization of stored stages (docs/migrate.md).")
-    _common(migrate, inherited=False)
-    add_run_options(migrate)
-    migrate.add_argument("--resume", action="store_true", help="continue the latest unfinished run")
-    migrate.add_argument("--resume-from", metavar="LAST_GOOD_ID", help="start a new run after this key")
-    migrate.set_defaults(handler=run_migrate)
-    actions = migrate.add_subparsers(dest="action", parser_class=type(migrate))
-    status = actions.add_parser("status", help="runs, their state and progress")
-    _common(status, inherited=True)
-    status.add_argument("--run", type=int, help="one run")
-    status.add_argument("--limit", type=int, default=20)
-    status.set_defaults(handler=run_status)
-    verify = actions.add_parser("verify", help="distinct stages with counts; exit 1 if any is not canonical")
-    _common(verify, inherited=True)
-    verify.set_defaults(handler=run_verify)
-    abandon = actions.add_parser("abandon", help="close an unfinished run so new runs may start (its changes stay)")
-    _common(abandon, inherited=True)
-    abandon.add_argument("--run", type=int, required=True, help="the unfinished run")
-    abandon.set_defaults(handler=run_abandon)
-    revert = actions.add_parser("revert", help="restore a run's old values (dry by default)")
-    _common(revert, inherited=True)
-    revert.add_argument("--run", type=int, required=True, help="the run to revert")
-    revert.add_argument("--apply", action="store_true", default=argparse.SUPPRESS, help="write (default: report)")
-    revert.add_argument("--batch-size", type=int, default=argparse.SUPPRESS)
-    revert.set_defaults(handler=run_revert)
+TARGET: Final = (shared("dsn"),
+                 opt("--table", "[schema.]table (default deals)", type=table_name, default="deals"),
+                 opt("--column", "default stage", type=column_name, default="stage"),
+                 opt("--pk", "key column (default: the primary key)", type=column_name),
+                 shared("config", CATALOG_HELP), shared("admin_url", ADMIN_FOR_CATALOG), shared("json"))
+RUN: Final = (  # how a migration runs (stagectl migrate and stagectl normalize take the same)
+    opt("--apply", "write the changes (default: dry run, plan logged for review)", action="store_true"),
+    opt("--batch-size", "rows per batch (default 1000)", POSITIVE, type=int, default=1000),
+    opt("--target-batch-ms", "auto-tune the batch size towards this batch time", POSITIVE, type=float),
+    opt("--sleep-ms", "pause between batches", NOT_NEGATIVE, type=float, default=0.0),
+    opt("--lock-timeout-ms", "per batch (default 2000; 0 none); on timeout the batch halves", NOT_NEGATIVE,
+        type=int, default=2000),
+    opt("--statement-timeout-ms", "per batch (default 30000; 0 none)", NOT_NEGATIVE, type=int, default=30_000),
+    opt("--retries", "timeouts tolerated per batch (default 5)", NOT_NEGATIVE, type=int, default=5),
+    opt("--transactional", "the whole run in one transaction (all or nothing)", action="store_true"),
+    opt("--progress-interval-s", "JSON progress line interval when not on a terminal (0: every batch)",
+        NOT_NEGATIVE, type=float, default=5.0))
 
 
 async def load_catalog(args: argparse.Namespace) -> catalogs.ChosenCatalog:
@@ -98,8 +53,6 @@ def emit(args: argparse.Namespace, data: object, text: str) -> None:
 
 
 async def run_seed(args: argparse.Namespace) -> int:
-    if args.rows < 0:
-        raise CommandError("--rows must be 0 or more", EXIT_USAGE)
     async with database(where(args).dsn) as connection:
         total = await seed(connection, args.table, args.rows, args.seed, args.truncate)
     print(f"seeded {args.rows} rows into {args.table}; it now holds {total}")
@@ -107,8 +60,6 @@ async def run_seed(args: argparse.Namespace) -> int:
 
 
 def run_options(args: argparse.Namespace) -> Options:
-    if args.batch_size < 1 or (args.target_batch_ms is not None and args.target_batch_ms <= 0):
-        raise CommandError("--batch-size and --target-batch-ms must be positive", EXIT_USAGE)
     if args.resume and args.resume_from is not None:
         raise CommandError("--resume and --resume-from exclude each other", EXIT_USAGE)
     return Options(apply=args.apply, batch_size=args.batch_size, target_batch_ms=args.target_batch_ms,
@@ -189,8 +140,6 @@ def render_status(runs: list[dict[str, Any]]) -> str:
 
 
 async def run_status(args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise CommandError("--limit must be at least 1", EXIT_USAGE)
     async with database(where(args).dsn) as connection:
         runs = await migrate_admin.status(connection, args.run, args.limit)
     emit(args, runs, render_status(runs))
@@ -240,3 +189,29 @@ async def run_revert(args: argparse.Namespace) -> int:
     emit(args, result, text)
     return EXIT_OK
 
+
+
+COMMANDS: Final = (
+    Command("seed-db", "create and fill the legacy deals table (COPY)", run_seed, options=(
+        shared("dsn"),
+        opt("--rows", "rows to add (default 1000)", NOT_NEGATIVE, type=int, default=1000),
+        opt("--table", "[schema.]table (default deals)", type=table_name, default="deals"),
+        opt("--seed", "random seed (default 42): same seed, same rows", type=int, default=42),
+        opt("--truncate", "empty the table first", action="store_true"))),
+    Command("migrate", "normalize stored stages: dry run by default, --apply to write", run_migrate,
+            description="Batched, resumable normalization of stored stages (docs/migrate.md).", common=TARGET,
+            options=(*RUN, opt("--resume", "continue the latest unfinished run", action="store_true"),
+                     opt("--resume-from", "start a new run after this key", metavar="LAST_GOOD_ID")),
+            actions=(
+        Command("status", "runs, their state and progress", run_status, options=(
+            opt("--run", "one run", type=int),
+            opt("--limit", "runs to show (default 20)", AT_LEAST_1, type=int, default=20))),
+        Command("verify", "distinct stages with counts; exit 1 if any is not canonical", run_verify),
+        Command("abandon", "close an unfinished run so new runs may start (its changes stay)", run_abandon,
+                options=(opt("--run", "the unfinished run", type=int, required=True),)),
+        Command("revert", "restore a run's old values (dry by default)", run_revert, options=(
+            opt("--run", "the run to revert", type=int, required=True),
+            opt("--apply", "write (default: report)", action="store_true", default=argparse.SUPPRESS),
+            opt("--batch-size", "rows per batch (default 1000)", POSITIVE, type=int,
+                default=argparse.SUPPRESS))))),
+)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -15,7 +15,9 @@ import orjson
 from proxy.catalog.compare import catalog_version, compare, reload_problems
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog, default_catalog
 from proxy.wire import modes as wire
-from tools.cli import actors, options
+from tools.cli import actors
+from tools.cli.command import POSITIVE, Command, between, opt
+from tools.cli.options import shared
 from tools.clients import admin_api
 from tools.shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 
@@ -23,89 +25,18 @@ MODE_EXITS = ("Exit 0 ok, 1 proxy unreachable, 2 rejected (or not confirmed), 3 
               "(--force overrides), 5 the proxy's mode store is unavailable.")
 
 
-def admin_options(parser: argparse.ArgumentParser, *, inherited: bool) -> None:
-    """Accepted before or after the action; after, they must not reset what came before."""
-    options.add(parser, "admin_url", "json", inherited=inherited,
-                admin_url="admin listener URL (else http://127.0.0.1:9901)",
-                json="print the API's JSON instead of a table")
-    parser.add_argument("--timeout-s", type=float, default=argparse.SUPPRESS if inherited else 5.0,
-                        help="HTTP timeout (default 5)")
+ADMIN: Final = (shared("admin_url", "admin listener URL (else http://127.0.0.1:9901)"),
+                shared("json", "print the API's JSON instead of a table"),
+                opt("--timeout-s", "HTTP timeout (default 5)", POSITIVE, type=float, default=5.0))
 
 
-def _group(commands: Any, name: str, help_text: str, description: str) -> Any:
-    group = commands.add_parser(name, help=help_text, description=description)
-    admin_options(group, inherited=False)
-    return group, group.add_subparsers(dest="action", required=True, parser_class=type(group))
-
-
-def _action(actions: Any, name: str, help_text: str, handler: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = actions.add_parser(name, help=help_text, description=help_text)
-    admin_options(parser, inherited=True)
-    parser.set_defaults(handler=handler)
-    return parser
-
-
-def register(commands: Any) -> None:
-    _, actions = _group(commands, "mode", "read or change endpoint modes through the proxy's _ops API", MODE_EXITS)
-    _action(actions, "get", "show every endpoint's mode, the source and the alerts blocking its enforce", run_mode)
-    change = _action(actions, "set", "change a mode (token from $STAGE_OPS_TOKEN)", run_mode)
-    change.add_argument("endpoint", help="endpoint name, or '*' for all")
-    change.add_argument("mode", choices=["off", "warn", "enforce"])
-    change.add_argument("--percent", type=float, help="canary share for enforce, 0-100 (default 100)")
-    change.add_argument("--reason", required=True, help="why (recorded with the change)")
-    options.add(change, "actor")
-    change.add_argument("--force", action="store_true", help="enforce even while an alert blocks it")
-    change.add_argument("--yes", action="store_true",
-                        help="confirm a big switch (enforce on every endpoint, or at 100%% on one now in off/warn) "
-                             "without a prompt; needed when stdin is not a terminal")
-    change.add_argument("--dry-run", action="store_true", help="print the change as a diff of modes; change nothing")
-    history = _action(actions, "history", "the mode history, newest first: changes, blocks, who and why",
-                      run_history)
-    history.add_argument("--endpoint", help="only entries about this endpoint (and those about all of them)")
-    history.add_argument("--limit", type=int, default=20, help="entries to show (default 20, at most 1000)")
-
-    _, blocks = _group(commands, "blocks", "the alerts blocking enforce, and clearing one whose resolve was lost",
-                       "Exit 0 ok, 1 proxy unreachable, 2 rejected or no such block, 3 token refused, 5 the "
-                       "proxy's mode store is unavailable.")
-    _action(blocks, "list", "every enforce block: alert, endpoint (or all), since, fingerprint", run_blocks)
-    clear = _action(blocks, "clear", "remove one block by fingerprint (token from $STAGE_OPS_TOKEN); recorded in "
-                                     "the mode history", run_blocks)
-    clear.add_argument("fingerprint", help="the block's fingerprint (stagectl blocks list)")
-    clear.add_argument("--reason", required=True, help="why (recorded in the history)")
-    options.add(clear, "actor")
-
-    catalog = commands.add_parser("catalog", help="check a catalog file offline, show or reload the running one",
-                                  description="Exit 0 ok, 1 proxy unreachable, 2 the catalog has problems (each on "
-                                              "its own line) or bad usage, 3 token refused.")
-    actions = catalog.add_subparsers(dest="action", required=True, parser_class=type(catalog))
-    check = actions.add_parser("check", help="validate FILE with the proxy's own rules (exit 0 ok, 2 problems)",
-                               description="Validate a catalog file with the code the proxy runs at start-up and "
-                                           "on reload. Exit 0 ok, 2 problems (each on its own line).")
-    check.add_argument("file", metavar="FILE", help="the catalog TOML to check")
-    check.add_argument("--against", metavar="RUNNING",
-                       help="the catalog running now: also apply the reload rules and print what would change")
-    options.add(check, "json")
-    check.set_defaults(handler=run_catalog_check)
-    show = actions.add_parser("show", help="the effective catalog: of the proxy at --admin-url (or "
-                                           "$STAGE_ADMIN_URL), else of --config FILE (default: the built-in one)")
-    admin_options(show, inherited=False)
-    show.add_argument("--config", metavar="FILE", help="a catalog file (default: the built-in catalog)")
-    show.set_defaults(handler=run_catalog_show)
-    reload = actions.add_parser("reload", help="make the proxy re-read its --config (token from $STAGE_OPS_TOKEN)")
-    admin_options(reload, inherited=False)
-    reload.add_argument("--reason", help="why (recorded in the mode history)")
-    options.add(reload, "actor")
-    reload.set_defaults(handler=run_catalog_reload)
-
-
-def _check_timeout(args: argparse.Namespace) -> None:
-    if args.timeout_s <= 0:
-        raise CommandError("--timeout-s must be positive", EXIT_USAGE)
+def _actions(name: str, help_text: str, description: str, *actions: Command) -> Command:
+    """A group of admin-API actions; --admin-url, --json and --timeout-s go before or after the action."""
+    return Command(name, help_text, description=description, common=ADMIN, actions=actions)
 
 
 async def _get(args: argparse.Namespace, path: str) -> dict[str, Any]:
     """GET ``path`` (with its query) from the admin listener of --admin-url / $STAGE_ADMIN_URL."""
-    _check_timeout(args)
     url = f"{admin_api.admin_url(args.admin_url)}{path}"
     async with admin_api.session(args.timeout_s) as session:
         return await admin_api.call(session, "GET", url)
@@ -217,11 +148,8 @@ async def run_mode(args: argparse.Namespace) -> int:
         view = _read_wire(wire.ModeState, await _get(args, "/_ops/mode"))
         print(_dump(view.to_json()) if args.json else render_table(view))
         return EXIT_OK
-    _check_timeout(args)
     url = f"{admin_api.admin_url(args.admin_url)}/_ops/mode"
     async with admin_api.session(args.timeout_s) as session:
-        if args.percent is not None and not 0 <= args.percent <= 100:
-            raise CommandError("--percent must be between 0 and 100", EXIT_USAGE)
         token = None if args.dry_run else admin_api.ops_token(args.ops_token, "mode set")
         now = _read_wire(wire.ModeState, await admin_api.call(session, "GET", url))
         plan = planned(now, args.endpoint, args.mode, args.percent)
@@ -266,8 +194,6 @@ def render_history(entries: Sequence[wire.HistoryItem]) -> str:
 
 
 async def run_history(args: argparse.Namespace) -> int:
-    if not 1 <= args.limit <= 1000:
-        raise CommandError("--limit must be from 1 to 1000", EXIT_USAGE)
     query = {"limit": str(args.limit), **({"endpoint": args.endpoint} if args.endpoint else {})}
     history = _read_wire(wire.History, await _get(args, f"/_ops/mode/history?{urlencode(query)}"))
     print(_dump(history.to_json()) if args.json else render_history(history.entries))
@@ -287,7 +213,6 @@ async def run_blocks(args: argparse.Namespace) -> int:
         blocks = _read_wire(wire.Blocks, await _get(args, "/_ops/blocks"))
         print(_dump(blocks.to_json()) if args.json else render_blocks(blocks))
         return EXIT_OK
-    _check_timeout(args)
     base = f"{admin_api.admin_url(args.admin_url)}/_ops/blocks"
     async with admin_api.session(args.timeout_s) as session:
         token = admin_api.ops_token(args.ops_token, "blocks clear")
@@ -374,7 +299,6 @@ def render_catalog(data: Mapping[str, Any]) -> str:
 
 
 async def run_catalog_show(args: argparse.Namespace) -> int:
-    _check_timeout(args)  # before the choice: a bad --timeout-s is refused whichever source is shown
     if args.config and args.admin_url:
         raise CommandError("--config and --admin-url exclude each other: a file, or the running proxy", EXIT_USAGE)
     if args.config and args.admin_url and "admin_url" not in args.from_environment:
@@ -389,7 +313,6 @@ async def run_catalog_show(args: argparse.Namespace) -> int:
 
 
 async def run_catalog_reload(args: argparse.Namespace) -> int:
-    _check_timeout(args)
     url = f"{admin_api.admin_url(args.admin_url)}/_ops/reload"
     token = admin_api.ops_token(args.ops_token, "catalog reload")
     async with admin_api.session(args.timeout_s) as session:
@@ -406,3 +329,45 @@ async def run_catalog_reload(args: argparse.Namespace) -> int:
     for warning in data.get("warnings") or []:
         print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK if data.get("result") == "ok" else EXIT_FAILED
+
+
+COMMANDS: Final = (
+    _actions("mode", "read or change endpoint modes through the proxy's _ops API", MODE_EXITS,
+             Command("get", "show every endpoint's mode, the source and the alerts blocking its enforce", run_mode),
+             Command("set", "change a mode (token from $STAGE_OPS_TOKEN)", run_mode, options=(
+                 opt("endpoint", "endpoint name, or '*' for all"),
+                 opt("mode", choices=["off", "warn", "enforce"]),
+                 opt("--percent", "canary share for enforce, 0-100 (default 100)", between(0, 100), type=float),
+                 opt("--reason", "why (recorded with the change)", required=True), shared("actor"),
+                 opt("--force", "enforce even while an alert blocks it", action="store_true"),
+                 opt("--yes", "confirm a big switch (enforce on every endpoint, or at 100%% on one now in off/warn) "
+                              "without a prompt; needed when stdin is not a terminal", action="store_true"),
+                 opt("--dry-run", "print the change as a diff of modes; change nothing", action="store_true"))),
+             Command("history", "the mode history, newest first: changes, blocks, who and why", run_history,
+                     options=(opt("--endpoint", "only entries about this endpoint (and those about all of them)"),
+                              opt("--limit", "entries to show (default 20, at most 1000)", between(1, 1000),
+                                  type=int, default=20)))),
+    _actions("blocks", "the alerts blocking enforce, and clearing one whose resolve was lost",
+             "Exit 0 ok, 1 proxy unreachable, 2 rejected or no such block, 3 token refused, 5 the proxy's mode "
+             "store is unavailable.",
+             Command("list", "every enforce block: alert, endpoint (or all), since, fingerprint", run_blocks),
+             Command("clear", "remove one block by fingerprint (token from $STAGE_OPS_TOKEN); recorded in the mode "
+                              "history", run_blocks, options=(
+                 opt("fingerprint", "the block's fingerprint (stagectl blocks list)"),
+                 opt("--reason", "why (recorded in the history)", required=True), shared("actor")))),
+    Command("catalog", "check a catalog file offline, show or reload the running one",
+            description="Exit 0 ok, 1 proxy unreachable, 2 the catalog has problems (each on its own line) or bad "
+                        "usage, 3 token refused.", actions=(
+        Command("check", "validate FILE with the proxy's own rules (exit 0 ok, 2 problems)", run_catalog_check,
+                description="Validate a catalog file with the code the proxy runs at start-up and on reload. Exit "
+                            "0 ok, 2 problems (each on its own line).", options=(
+                    opt("file", "the catalog TOML to check", metavar="FILE"),
+                    opt("--against", "the catalog running now: also apply the reload rules and print what would "
+                                     "change", metavar="RUNNING"),
+                    shared("json"))),
+        Command("show", "the effective catalog: of the proxy at --admin-url (or $STAGE_ADMIN_URL), else of --config "
+                        "FILE (default: the built-in one)", run_catalog_show, options=(
+                    *ADMIN, opt("--config", "a catalog file (default: the built-in catalog)", metavar="FILE"))),
+        Command("reload", "make the proxy re-read its --config (token from $STAGE_OPS_TOKEN)", run_catalog_reload,
+                options=(*ADMIN, opt("--reason", "why (recorded in the mode history)"), shared("actor"))))),
+)

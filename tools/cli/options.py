@@ -1,6 +1,6 @@
 """The options every stagectl command shares, declared once: flag, environment variable, default and help.
 
-A command names the shared options it takes (``add(parser, "dsn", "admin_url", "json")``); the help says which
+A command lists the shared options it takes (``shared("dsn")``, tools/cli/command.py); the help says which
 variable each falls back to, so ``--help``, the docs and the lookup cannot drift. After parsing,
 :func:`apply_environment` fills every shared option the command line left unset from its variable — the one
 place the tools read the environment — so workflows and clients get plain values and never see ``environ``.
@@ -10,52 +10,31 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import replace
+from typing import Final
 
-
-@dataclass(frozen=True, slots=True)
-class Shared:
-    """One shared option. ``env``: the variable it falls back to; ``flag`` None: read from the environment only
-    (a secret, never a flag: it would show in ``ps``)."""
-
-    dest: str
-    flag: str | None
-    help: str
-    env: str | None = None
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-
-    def help_text(self) -> str:
-        return self.help + (f" (default ${self.env})" if self.env else "")
-
+from tools.cli.command import Opt
 
 SHARED: Final = {option.dest: option for option in (
-    Shared("dsn", "--dsn", "PostgreSQL URL", "DATABASE_URL", {"metavar": "DSN"}),
-    Shared("admin_url", "--admin-url", "the proxy's admin listener URL", "STAGE_ADMIN_URL", {"metavar": "URL"}),
-    Shared("config", "--config", "stage catalog TOML", "STAGE_CONFIG", {"metavar": "FILE"}),
-    Shared("prometheus", "--prometheus", "Prometheus base URL", "PROMETHEUS_URL", {"metavar": "URL"}),
-    Shared("redis_url", "--redis-url", "Redis URL", "STAGE_REDIS_URL", {"metavar": "URL"}),
-    Shared("actor", "--actor", "who, recorded as 'stagectl COMMAND (WHO)' in the history; else the login name",
-           "STAGE_ACTOR", {"metavar": "WHO"}),
-    Shared("json", "--json", "machine-readable output", None, {"action": "store_true"}),
-    Shared("ops_token", None, "the ops bearer token", "STAGE_OPS_TOKEN"),
+    Opt("--dsn", "PostgreSQL URL", env="DATABASE_URL", kwargs={"metavar": "DSN"}),
+    Opt("--admin-url", "the proxy's admin listener URL", env="STAGE_ADMIN_URL", kwargs={"metavar": "URL"}),
+    Opt("--config", "stage catalog TOML", env="STAGE_CONFIG", kwargs={"metavar": "FILE"}),
+    Opt("--prometheus", "Prometheus base URL", env="PROMETHEUS_URL", kwargs={"metavar": "URL"}),
+    Opt("--redis-url", "Redis URL", env="STAGE_REDIS_URL", kwargs={"metavar": "URL"}),
+    Opt("--actor", "who, recorded as 'stagectl COMMAND (WHO)' in the history; else the login name",
+        env="STAGE_ACTOR", kwargs={"metavar": "WHO"}),
+    Opt("--json", "machine-readable output", kwargs={"action": "store_true"}),
 )}
+ENVIRONMENT_ONLY: Final = {"ops_token": "STAGE_OPS_TOKEN"}  # a secret: never a flag, it would show in ``ps``
 
 
-def add(parser: argparse.ArgumentParser, *names: str, inherited: bool = False, **helps: str) -> None:
-    """Add the shared options ``names`` to ``parser``; ``helps`` replaces a help text (``config="…"``). On an
-    action's parser (``inherited``) an option left out does not reset what the group's parser set."""
-    for name in names:
-        option = SHARED[name]
-        assert option.flag is not None, f"{name} is read from the environment only"
-        kwargs = dict(option.kwargs)
-        if inherited:
-            kwargs["default"] = argparse.SUPPRESS
-        elif "action" not in kwargs:
-            kwargs.setdefault("default", None)
-        text = helps.get(name, option.help)
-        parser.add_argument(option.flag, dest=option.dest, help=text + (f" (default ${option.env})" if option.env
-                                                                         else ""), **kwargs)
+def shared(name: str, help: str | None = None) -> Opt:
+    """The shared option ``name``, its help replaced by ``help`` where this command means something more."""
+    option = SHARED[name]
+    kwargs = dict(option.kwargs)
+    if "action" not in kwargs:
+        kwargs["default"] = None  # unset: the variable may fill it
+    return replace(option, help=option.help if help is None else help, kwargs=kwargs)
 
 
 def apply_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
@@ -64,11 +43,11 @@ def apply_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> N
     its environment."""
     from_environment = set()
     for option in SHARED.values():
-        if option.env is None:
-            continue
-        if option.flag is None or (hasattr(args, option.dest) and getattr(args, option.dest) is None):
+        if option.env is not None and hasattr(args, option.dest) and getattr(args, option.dest) is None:
             value = environ.get(option.env, "").strip() or None
             setattr(args, option.dest, value)
-            if value is not None and option.flag is not None:
+            if value is not None:
                 from_environment.add(option.dest)
+    for dest, variable in ENVIRONMENT_ONLY.items():
+        setattr(args, dest, environ.get(variable, "").strip() or None)
     args.from_environment = frozenset(from_environment)  # options set by a variable, not on the command line

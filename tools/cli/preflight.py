@@ -6,14 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Final
 
 import orjson
 
 from tools.backups import backup
 from tools.backups.restore import run_restore_test
-from tools.cli import options
+from tools.cli.command import AT_LEAST_1, NOT_NEGATIVE, POSITIVE, Command, opt
 from tools.cli.migrate import ADMIN_FOR_CATALOG, CATALOG_HELP, load_catalog
+from tools.cli.options import shared
 from tools.cli.types import column_name, table_name
 from tools.clients import admin_api, catalogs
 from tools.clients.db import resolve_dsn
@@ -32,102 +33,15 @@ def _json(data: object) -> str:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode()
 
 
-def register(commands: Any) -> None:
-    """Add the Week-0 commands to stagectl's subcommands."""
-    p = commands.add_parser("backup", help="pg_dump to a timestamped file; latest link and SHA256SUMS updated")
-    options.add(p, "dsn")
-    p.add_argument("--out", required=True, type=Path, help="backup directory")
-    p.add_argument("--format", choices=["plain", "custom"], default="plain")
-    p.add_argument("--keep", type=int, help="keep only the newest N dumps")
-    options.add(p, "json")
-    p.set_defaults(handler=run_backup)
-
-    p = commands.add_parser("verify-backup", help="check SHA256SUMS, completeness and the latest link")
-    p.add_argument("dir", type=Path)
-    options.add(p, "json")
-    p.set_defaults(handler=run_verify_backup)
-
-    p = commands.add_parser("test-restore", help="restore into a scratch database, smoke-test it, drop it")
-    p.add_argument("file", type=Path)
-    options.add(p, "dsn", dsn="the server to restore on")
-    p.add_argument("--budget", type=float, default=300.0, help="seconds; the restore is stopped at the budget")
-    p.add_argument("--min-rows", type=int, default=1, help="rows the stage table must hold (default 1)")
-    p.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
-    p.add_argument("--column", type=column_name, default="stage", help="the stage column (default stage)")
-    p.add_argument("--smoke-query", action="append", default=[], help="extra SQL that must succeed (repeatable)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="restore even if the SHA256SUMS beside the file does not list it or disagrees")
-    options.add(p, "json", json="a JSON receipt")
-    p.set_defaults(handler=run_test_restore)
-
-    p = commands.add_parser("audit-consumers", help="who calls the three endpoints; exit 3 external, 4 unclassified")
-    p.add_argument("logs", nargs="+", metavar="LOG", help="proxy JSON logs or combined access logs; '-' is stdin")
-    p.add_argument("--internal-cidr", action="append", help="internal networks (default RFC 1918, loopback, ULA)")
-    p.add_argument("--trusted-proxy", action="append", default=[], help="CIDRs whose X-Forwarded-For is believed")
-    p.add_argument("--classifications", type=Path, help="TOML of manual decisions ([[consumer]] ip, class, note)")
-    p.add_argument("--record", action="store_true", help="write the consumers seen into --classifications")
-    options.add(p, "config", "admin_url", config=CATALOG_HELP, admin_url=ADMIN_FOR_CATALOG)
-    options.add(p, "json")
-    p.set_defaults(handler=run_audit)
-
-    p = commands.add_parser("redis-latency", help="GET p50/p95/p99/p99.9/max at a fixed rate; exit 1 if p99 >= 10 ms",
-                            description="GET round trips on one dedicated connection, paced, warm-up discarded; "
-                                        "beside them Redis's own timing of the same window (LATENCY HISTOGRAM).")
-    options.add(p, "redis_url")
-    p.add_argument("--samples", type=int, default=2000, help="measured GETs (default 2000)")
-    p.add_argument("--rate", type=float, default=500.0, help="GETs per second (default 500)")
-    p.add_argument("--warmup", type=int, default=100, help="GETs sent first and not counted (default 100)")
-    p.add_argument("--max-p99-ms", type=float, default=redis_latency.THRESHOLD_MS,
-                   help="the bar: exit 1 when p99 is at or above it (default 10, the runbook's)")
-    options.add(p, "json")
-    p.set_defaults(handler=run_redis_latency)
-
-    p = commands.add_parser("preflight", help="the Week-0 exit criteria table; exit 0 only when all pass")
-    options.add(p, "dsn")
-    options.add(p, "redis_url")
-    options.add(p, "admin_url", admin_url="a running proxy's admin listener")
-    p.add_argument("--backup-dir", type=Path)
-    p.add_argument("--logs", nargs="*", default=[], help="logs for the consumer audit")
-    p.add_argument("--internal-cidr", action="append")
-    p.add_argument("--trusted-proxy", action="append", default=[])
-    p.add_argument("--classifications", type=Path)
-    p.add_argument("--min-rows", type=int, default=1000)
-    p.add_argument("--samples", type=int, default=2000, help="Redis GETs measured (default 2000)")
-    p.add_argument("--redis-max-p99-ms", type=float, default=redis_latency.THRESHOLD_MS,
-                   help="the Redis criterion's bar (default 10 ms, the runbook's)")
-    p.add_argument("--budget", type=float, default=300.0)
-    p.add_argument("--table", type=table_name, default="deals", help="[schema.]table (default deals)")
-    options.add(p, "config", config="stage catalog TOML (the built-in one if none)")
-    p.add_argument("--fallback-drill", action="store_true",
-                   help="run the Redis fallback drill (stagectl drill redis-fallback) as the fallback criterion")
-    _drill_options(p)
-    options.add(p, "json", json="one object: ok, verdict and every criterion")
-    p.set_defaults(handler=run_preflight)
-
-    p = commands.add_parser("drill", help="operational drills against a staging proxy")
-    drills = p.add_subparsers(dest="drill", required=True, parser_class=type(p))
-    p = drills.add_parser("redis-fallback", help="Redis goes away: the proxy must switch to last_known and back",
-                          description="Watches a proxy's /_ops/mode while Redis is stopped and started again - by "
-                                      "--break-redis/--restore-redis, or by you when told. Never touches Redis "
-                                      "itself otherwise. Exit 0 the fallback worked, 1 it did not (or the proxy "
-                                      "is unreachable), 2 usage.")
-    options.add(p, "admin_url")
-    _drill_options(p)
-    options.add(p, "json", json="one object: ok and every step")
-    p.set_defaults(handler=run_drill)
-
-
-def _drill_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--break-redis", metavar="CMD", help="shell command that stops Redis (default: you do, when told)")
-    p.add_argument("--restore-redis", metavar="CMD", help="shell command that starts Redis again")
-    p.add_argument("--proxy-log", type=Path, metavar="FILE", help="the proxy's log: its WARN must appear there")
-    p.add_argument("--drill-timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="wait this long for each switch (default 120)")
+DRILL: Final = (
+    opt("--break-redis", "shell command that stops Redis (default: you do, when told)", metavar="CMD"),
+    opt("--restore-redis", "shell command that starts Redis again", metavar="CMD"),
+    opt("--proxy-log", "the proxy's log: its WARN must appear there", type=Path, metavar="FILE"),
+    opt("--drill-timeout", "wait this long for each switch (default 120)", POSITIVE, type=float, default=120.0,
+        metavar="SECONDS"))
 
 
 def _drill(args: argparse.Namespace) -> drill.Drill:
-    if args.drill_timeout <= 0:
-        raise CommandError("--drill-timeout must be positive", EXIT_USAGE)
     url = args.admin_url
     if not url:
         raise CommandError("the drill needs the proxy: pass --admin-url or set STAGE_ADMIN_URL", EXIT_USAGE)
@@ -142,8 +56,6 @@ async def run_drill(args: argparse.Namespace) -> int:
 
 
 async def run_backup(args: argparse.Namespace) -> int:
-    if args.keep is not None and args.keep < 1:
-        raise CommandError("--keep must be at least 1", EXIT_USAGE)
     result = await backup.backup(resolve_dsn(args.dsn), args.out, args.format, args.keep)
     data = {"file": str(result.file), "sha256": result.sha256, "bytes": result.bytes,
             "seconds": round(result.seconds, 3), "removed": result.removed}
@@ -164,10 +76,6 @@ async def run_verify_backup(args: argparse.Namespace) -> int:
 
 
 async def run_test_restore(args: argparse.Namespace) -> int:
-    if args.budget <= 0:
-        raise CommandError("--budget must be positive", EXIT_USAGE)
-    if args.min_rows < 0:
-        raise CommandError("--min-rows must be 0 or more", EXIT_USAGE)
     dsn = resolve_dsn(args.dsn)
     if args.no_verify:
         print(f"stagectl: WARNING: --no-verify: {args.file} is restored without checking its checksum",
@@ -228,8 +136,6 @@ async def run_redis_latency(args: argparse.Namespace) -> int:
     url = args.redis_url
     if not url:
         raise CommandError("no Redis: pass --redis-url or set STAGE_REDIS_URL", EXIT_USAGE)
-    if args.samples < 1 or args.rate <= 0 or args.max_p99_ms <= 0 or args.warmup < 0:
-        raise CommandError("--samples, --rate and --max-p99-ms must be positive, --warmup 0 or more", EXIT_USAGE)
     result = await redis_latency.measure(url, args.samples, args.rate, threshold_ms=args.max_p99_ms,
                                          warmup=args.warmup)
     print(_json(result) if args.json else redis_latency.render(result))
@@ -237,9 +143,6 @@ async def run_redis_latency(args: argparse.Namespace) -> int:
 
 
 async def run_preflight(args: argparse.Namespace) -> int:
-    if args.redis_max_p99_ms <= 0 or args.samples < 1 or args.budget <= 0 or args.min_rows < 0:
-        raise CommandError("--redis-max-p99-ms, --samples and --budget must be positive, --min-rows 0 or more",
-                           EXIT_USAGE)
     request = preflight.PreflightArgs(
         dsn=args.dsn, redis_url=args.redis_url, admin_url=args.admin_url, backup_dir=args.backup_dir, logs=args.logs,
         internal=audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr"),
@@ -250,3 +153,68 @@ async def run_preflight(args: argparse.Namespace) -> int:
     print(_json(preflight.as_json(criteria)) if args.json else preflight.render(criteria))
     return EXIT_OK if all(c.ok for c in criteria) else EXIT_FAILED
 
+
+
+COMMANDS: Final = (
+    Command("backup", "pg_dump to a timestamped file; latest link and SHA256SUMS updated", run_backup, options=(
+        shared("dsn"),
+        opt("--out", "backup directory", required=True, type=Path),
+        opt("--format", choices=["plain", "custom"], default="plain"),
+        opt("--keep", "keep only the newest N dumps", AT_LEAST_1, type=int),
+        shared("json"))),
+    Command("verify-backup", "check SHA256SUMS, completeness and the latest link", run_verify_backup,
+            options=(opt("dir", type=Path), shared("json"))),
+    Command("test-restore", "restore into a scratch database, smoke-test it, drop it", run_test_restore, options=(
+        opt("file", type=Path),
+        shared("dsn", "the server to restore on"),
+        opt("--budget", "seconds; the restore is stopped at the budget", POSITIVE, type=float, default=300.0),
+        opt("--min-rows", "rows the stage table must hold (default 1)", NOT_NEGATIVE, type=int, default=1),
+        opt("--table", "[schema.]table (default deals)", type=table_name, default="deals"),
+        opt("--column", "the stage column (default stage)", type=column_name, default="stage"),
+        opt("--smoke-query", "extra SQL that must succeed (repeatable)", action="append", default=[]),
+        opt("--no-verify", "restore even if the SHA256SUMS beside the file does not list it or disagrees",
+            action="store_true"),
+        shared("json", "a JSON receipt"))),
+    Command("audit-consumers", "who calls the three endpoints; exit 3 external, 4 unclassified", run_audit, options=(
+        opt("logs", "proxy JSON logs or combined access logs; '-' is stdin", nargs="+", metavar="LOG"),
+        opt("--internal-cidr", "internal networks (default RFC 1918, loopback, ULA)", action="append"),
+        opt("--trusted-proxy", "CIDRs whose X-Forwarded-For is believed", action="append", default=[]),
+        opt("--classifications", "TOML of manual decisions ([[consumer]] ip, class, note)", type=Path),
+        opt("--record", "write the consumers seen into --classifications", action="store_true"),
+        shared("config", CATALOG_HELP), shared("admin_url", ADMIN_FOR_CATALOG), shared("json"))),
+    Command("redis-latency", "GET p50/p95/p99/p99.9/max at a fixed rate; exit 1 if p99 >= 10 ms", run_redis_latency,
+            description="GET round trips on one dedicated connection, paced, warm-up discarded; beside them Redis's "
+                        "own timing of the same window (LATENCY HISTOGRAM).", options=(
+        shared("redis_url"),
+        opt("--samples", "measured GETs (default 2000)", POSITIVE, type=int, default=2000),
+        opt("--rate", "GETs per second (default 500)", POSITIVE, type=float, default=500.0),
+        opt("--warmup", "GETs sent first and not counted (default 100)", NOT_NEGATIVE, type=int, default=100),
+        opt("--max-p99-ms", "the bar: exit 1 when p99 is at or above it (default 10, the runbook's)", POSITIVE,
+            type=float, default=redis_latency.THRESHOLD_MS),
+        shared("json"))),
+    Command("preflight", "the Week-0 exit criteria table; exit 0 only when all pass", run_preflight, options=(
+        shared("dsn"), shared("redis_url"), shared("admin_url", "a running proxy's admin listener"),
+        opt("--backup-dir", type=Path),
+        opt("--logs", "logs for the consumer audit", nargs="*", default=[]),
+        opt("--internal-cidr", action="append"),
+        opt("--trusted-proxy", action="append", default=[]),
+        opt("--classifications", type=Path),
+        opt("--min-rows", check=NOT_NEGATIVE, type=int, default=1000),
+        opt("--samples", "Redis GETs measured (default 2000)", POSITIVE, type=int, default=2000),
+        opt("--redis-max-p99-ms", "the Redis criterion's bar (default 10 ms, the runbook's)", POSITIVE, type=float,
+            default=redis_latency.THRESHOLD_MS),
+        opt("--budget", check=POSITIVE, type=float, default=300.0),
+        opt("--table", "[schema.]table (default deals)", type=table_name, default="deals"),
+        shared("config", "stage catalog TOML (the built-in one if none)"),
+        opt("--fallback-drill", "run the Redis fallback drill (stagectl drill redis-fallback) as the fallback "
+                                "criterion", action="store_true"),
+        *DRILL,
+        shared("json", "one object: ok, verdict and every criterion"))),
+    Command("drill", "operational drills against a staging proxy", action_dest="drill", actions=(
+        Command("redis-fallback", "Redis goes away: the proxy must switch to last_known and back", run_drill,
+                description="Watches a proxy's /_ops/mode while Redis is stopped and started again - by "
+                            "--break-redis/--restore-redis, or by you when told. Never touches Redis itself "
+                            "otherwise. Exit 0 the fallback worked, 1 it did not (or the proxy is unreachable), 2 "
+                            "usage.", options=(shared("admin_url"), *DRILL,
+                                               shared("json", "one object: ok and every step"))),)),
+)
