@@ -12,9 +12,19 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from proxy.app.server import Running
+from proxy.catalog.compare import ReloadOutcome, compare
+from proxy.catalog.stages import DEFAULT_CATALOG_TOML, parse_catalog
+from proxy.wire import catalogs as wire_catalogs
+from proxy.wire import leases as wire_leases
 from proxy.wire import modes as wire
-from tests.support.proxies import set_mode
+from tests.support.alerts import block_enforce
+from tests.support.proxies import TOKEN, ProxyFactory, set_mode
 from tests.test_openapi import document
+
+CATALOG = parse_catalog(DEFAULT_CATALOG_TOML)
+NEWER = parse_catalog(DEFAULT_CATALOG_TOML.replace('won = "closed_won"', 'won = "closed_won"\nclosing = "closed_won"')
+                      .replace('lost = "closed_lost"', 'lost = "lead"'))
+HOLD = wire.RolloutHold("stagectl rollout (ci), pid 1 on h", "2026-12-05T10:00:00Z", "2026-12-05T10:03:00Z", 2, 50.0)
 
 STATE = wire.ModeState(
     "redis", True,
@@ -39,6 +49,21 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
     (wire.History, wire.History((wire.HistoryItem("2026-12-05T10:00:00Z", "mode", "alice", "api", "go",
                                                   "create_deal", "warn", "enforce", 10.0),)), "History"),
     (wire.Blocks, wire.Blocks(True, (wire.BlockItem("f1", "Spike", None, "2026-12-05T10:00:00Z", "g"),)), "Blocks"),
+    (wire.BlockCleared, wire.BlockCleared(wire.BlockItem("f1", "Spike", "create_deal", "2026-12-05T10:00:00Z", "g"),
+                                          False), "BlockCleared"),
+    (wire_leases.LeaseTaken, wire_leases.LeaseTaken("create_deal", wire_leases.Lease(HOLD, 0.0),
+                                                    wire_leases.Lease(HOLD, 1234.5)), "LeaseTaken"),
+    (wire_leases.LeaseTaken, wire_leases.LeaseTaken("create_deal", wire_leases.Lease(HOLD)), "LeaseTaken"),
+    (wire_leases.LeaseReleased, wire_leases.LeaseReleased("create_deal", True), "LeaseReleased"),
+    (wire_catalogs.CatalogServed, wire_catalogs.CatalogServed("0123456789ab", "/etc/stagegate/catalog.toml", CATALOG),
+     "Catalog"),
+    (wire_catalogs.CatalogServed, wire_catalogs.CatalogServed("0123456789ab", None, CATALOG), "Catalog"),
+    (wire_catalogs.Reloaded, wire_catalogs.Reloaded.of(ReloadOutcome(True, "bbbbbbbbbbbb", "aaaaaaaaaaaa",
+                                                                     compare(CATALOG, NEWER), (), ("stricter",))),
+     "ReloadOutcome"),
+    (wire_catalogs.Reloaded, wire_catalogs.Reloaded("aaaaaaaaaaaa", "aaaaaaaaaaaa"), "ReloadOutcome"),
+    (wire_catalogs.Changes, wire_catalogs.Changes({"a": "b"}, {}, {"c": ("x", "y")}, ("new",), (), ("e",),
+                                                  (False, True), {"aliases_added": 3}), "CatalogChanges"),
 ])
 def test_the_wire_model_is_the_documented_shape(shape: Any, value: Any, schema: str) -> None:
     """to_json validates against the OpenAPI schema of the same answer; from_json reads it back unchanged."""
@@ -67,3 +92,48 @@ async def test_the_proxy_answers_in_the_wire_model(proxy: Running, http: aiohttp
         async with http.get(proxy.admin_url + path) as response:
             body = await response.json()
         assert shape.from_json(body).to_json() == body, path
+
+
+
+@pytest.mark.parametrize(("shape", "data", "fragment"), [
+    (wire_leases.LeaseTaken, {"endpoint": "e", "rollout": None}, "a lease is not a JSON object"),
+    (wire_leases.LeaseReleased, {"endpoint": "e", "released": "yes"}, "'released' is not true or false"),
+    (wire_catalogs.CatalogServed, {"version": "v", "canonical": "x"}, "canonical"),
+    (wire_catalogs.Reloaded, {"result": "refused", "version": "v"}, "'result' is not 'ok'"),
+    (wire_catalogs.Changes, {"aliases_added": {"a": 1}}, "'aliases_added' is not an object of strings"),
+    (wire_catalogs.Changes, {"case_sensitive_paths": [True]}, "not [before, after]"),
+    (wire.BlockCleared, {"cleared": {"fingerprint": "f"}}, "'alertname' is not a string"),
+])
+def test_the_other_answers_refuse_what_is_not_one(shape: Any, data: object, fragment: str) -> None:
+    with pytest.raises(wire.WireError, match=fragment.replace("[", r"\[").replace("(", r"\(")):
+        shape.from_json(data)
+
+
+async def test_the_lease_catalog_reload_and_clear_answers_are_the_model(
+        make_proxy: ProxyFactory, http: aiohttp.ClientSession, tmp_path: Any) -> None:
+    """A live proxy's lease, release, catalog, reload and block-clear answers read into the model and serialize
+    back identically."""
+    config = tmp_path / "catalog.toml"
+    config.write_text(DEFAULT_CATALOG_TOML)
+    run: Running = await make_proxy(config_path=config, catalog=CATALOG)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    lease = {"lease": "l1", "holder": "stagectl rollout (ci)", "ttl_s": 60, "step": 1, "percent": 10.0,
+             "credited_s": 5.0}
+    answers: list[tuple[Any, Any]] = []
+    async with http.put(f"{run.admin_url}/_ops/rollout/create_deal", json=lease, headers=auth) as response:
+        answers.append((wire_leases.LeaseTaken, await response.json()))
+    async with http.delete(f"{run.admin_url}/_ops/rollout/create_deal", json={"lease": "l1"},
+                           headers=auth) as response:
+        answers.append((wire_leases.LeaseReleased, await response.json()))
+    async with http.get(f"{run.admin_url}/_ops/catalog") as response:
+        answers.append((wire_catalogs.CatalogServed, await response.json()))
+    async with http.post(f"{run.admin_url}/_ops/reload", json={}, headers=auth) as response:
+        answers.append((wire_catalogs.Reloaded, await response.json()))
+    await block_enforce(http, run, "create_deal")
+    async with http.delete(f"{run.admin_url}/_ops/blocks/fp-StageUnknownHighInWarn", json={"reason": "lost"},
+                           headers=auth) as response:
+        answers.append((wire.BlockCleared, await response.json()))
+    for shape, body in answers:
+        assert shape.from_json(body).to_json() == body, shape
+    assert wire_leases.LeaseReleased.from_json(answers[1][1]).released is True
+    assert wire_catalogs.CatalogServed.from_json(answers[2][1]).catalog == CATALOG

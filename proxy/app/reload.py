@@ -23,7 +23,6 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from proxy.app.settings import read_bounded
 from proxy.catalog.compare import (
     LOGGED,
     CatalogChanges,
@@ -36,6 +35,7 @@ from proxy.catalog.compare import (
 from proxy.catalog.stages import Catalog, check_catalog
 from proxy.dataplane.handler import CatalogState, DataPlane
 from proxy.modes.view import ModeView
+from proxy.shared import catalog_files
 from proxy.shared.logs import log_event
 from proxy.shared.metrics import Metrics
 
@@ -115,11 +115,9 @@ class _Checked:
 def _check_file(path: Path, running: Catalog) -> _Checked | tuple[str, ...]:
     """Read and check ``path`` against the running catalog (in a worker thread): the swap's parts, or problems."""
     try:
-        text = read_bounded(path)  # as at start-up: the same bound, the same version
-    except OSError as exc:
-        return (f"cannot read {path}: {exc.strerror or exc}",)
-    except UnicodeDecodeError:
-        return (f"{path} is not UTF-8 text",)
+        text = catalog_files.read_text(path)  # as at start-up: the same bound, the same version
+    except catalog_files.CatalogFileError as exc:
+        return (str(exc),)
     catalog, problems = check_catalog(text)
     if catalog is None:
         return tuple(problems)

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
-from proxy.catalog.stages import DEFAULT_CATALOG_TOML, MAX_CATALOG_CHARS, Catalog, CatalogError, parse_catalog
+from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, parse_catalog
+from proxy.shared import catalog_files
 from proxy.shared.secrets import Secret, mask_url
 
 
@@ -319,27 +320,20 @@ def _raw_values(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[st
     return values
 
 
-def read_bounded(path: Path, limit: int = MAX_CATALOG_CHARS) -> str:
-    """The file's text, at most ``limit`` + 1 characters of it (a longer one is refused by its checker, never read
-    whole: a catalog of a gigabyte costs nothing)."""
-    with path.open(encoding="utf-8") as file:
-        return file.read(limit + 1)
-
-
 def _read_text(path: Path, what: str) -> str:
+    """A small file's text, bounded as a catalog is; SettingsError naming ``what`` when it cannot be read."""
     try:
-        return read_bounded(path)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"{what}: cannot read {str(path)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+        return catalog_files.read_text(path, what)
+    except catalog_files.CatalogFileError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def load_catalog(path: Path | None) -> Catalog:
     """The catalog of ``--config`` (or the built-in one); SettingsError naming the file and the problem."""
-    text = DEFAULT_CATALOG_TOML if path is None else _read_text(path, "--config")
     try:
-        return parse_catalog(text)
-    except CatalogError as exc:
-        raise SettingsError(f"--config {str(path) if path else '(built-in)'}: {exc}") from None
+        return catalog_files.load(path)[0]
+    except catalog_files.CatalogFileError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _token(values: dict[str, Any]) -> tuple[Secret | None, str | None]:

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from proxy.catalog.compare import ReloadOutcome
 from proxy.catalog.stages import MODES, Catalog, Mode
 from proxy.modes.changes import ModeChanges
-from proxy.modes.records import Block, utc_now
+from proxy.modes.records import Block, Lease, utc_now
 from proxy.modes.store import HISTORY_LIMIT, StoreUnavailable
 from proxy.modes.view import ModeView
 from proxy.ops import alerts, leases
@@ -30,6 +30,8 @@ from proxy.shared.logs import log_event, safe_text
 from proxy.shared.metrics import Metrics
 from proxy.shared.problems import problem
 from proxy.shared.secrets import Secret
+from proxy.wire import catalogs as wire_catalogs
+from proxy.wire import leases as wire_leases
 from proxy.wire import modes as wire
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,12 @@ def _live_lease(ctx: OpsContext, endpoint: str) -> wire.RolloutHold | None:
     lease = ctx.view.leases.get(endpoint)
     if lease is None or not lease.live(utc_now()):
         return None
-    return wire.RolloutHold(lease.holder, lease.since, lease.expires, lease.step, lease.percent)
+    return _lease(lease).hold
+
+
+def _lease(lease: Lease) -> wire_leases.Lease:
+    return wire_leases.Lease(wire.RolloutHold(lease.holder, lease.since, lease.expires, lease.step, lease.percent),
+                             lease.credited_s)
 
 
 async def put_rollout(request: web.Request) -> web.Response:
@@ -139,9 +146,8 @@ async def put_rollout(request: web.Request) -> web.Response:
         return problem(409, "rollout-held", "Rollout in progress",
                        f"{held.holder} has driven {endpoint} since {held.since} (lease until {held.expires})",
                        rollout=held.public())
-    previous = None if replaced is None else {**replaced.public(), "credited_s": replaced.credited_s}
-    return _json({"endpoint": endpoint, "rollout": {**held.public(), "credited_s": held.credited_s},
-                  "previous": previous})
+    return _json(wire_leases.LeaseTaken(endpoint, _lease(held),
+                                        None if replaced is None else _lease(replaced)).to_json())
 
 
 async def delete_rollout(request: web.Request) -> web.Response:
@@ -158,7 +164,7 @@ async def delete_rollout(request: web.Request) -> web.Response:
         return problem(400, "bad-request", "Bad Request", str(exc))
     except StoreUnavailable:
         return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
-    return _json({"endpoint": endpoint, "released": released})
+    return _json(wire_leases.LeaseReleased(endpoint, released).to_json())
 
 
 async def get_mode(request: web.Request) -> web.Response:
@@ -298,7 +304,7 @@ async def delete_block(request: web.Request) -> web.Response:
     if cleared is None:
         return problem(404, "no-such-block", "Not Found",
                        f"no enforce block has fingerprint {safe_text(fingerprint, 80)!r}")
-    return _json({"cleared": _block(cleared).to_json(), "enforce_blocked": ctx.view.enforce_blocked})
+    return _json(wire.BlockCleared(_block(cleared), ctx.view.enforce_blocked).to_json())
 
 
 def _reason_and_actor(raw: bytes, *, required: bool = True) -> tuple[str, str]:
@@ -338,15 +344,15 @@ async def post_reload(request: web.Request) -> web.Response:
                        f"the catalog was not reloaded: {outcome.problems[0]}", problems=list(outcome.problems),
                        version=outcome.version)
     ctx.catalogs.reload_all_workers()
-    return _json(outcome.as_json())
+    return _json(wire_catalogs.Reloaded.of(outcome).to_json())
 
 
 async def get_catalog(request: web.Request) -> web.Response:
     """The catalog this process serves: version, file, stages, aliases, endpoints."""
     ctx = request.app[OPS]
-    catalog = ctx.view.catalog
-    return _json({"version": ctx.catalogs.version, "file": str(ctx.catalogs.path) if ctx.catalogs.path else None,
-                  **catalog.as_json()})
+    path = ctx.catalogs.path
+    return _json(wire_catalogs.CatalogServed(ctx.catalogs.version, str(path) if path else None,
+                                             ctx.view.catalog).to_json())
 
 
 async def post_alertmanager(request: web.Request) -> web.Response:

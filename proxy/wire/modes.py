@@ -1,4 +1,5 @@
-"""``GET /_ops/mode`` (and ``PUT`` answers), ``GET /_ops/mode/history`` and ``GET /_ops/blocks``, typed.
+"""``GET /_ops/mode`` (and ``PUT`` answers), ``GET /_ops/mode/history``, ``GET /_ops/blocks`` and a cleared
+block, typed.
 
 ``to_json`` is what the proxy sends; ``from_json`` is how a client reads it, refusing (``WireError``) an answer
 that is not one — a proxy of another version, or something else listening there — with one line saying what.
@@ -6,48 +7,11 @@ that is not one — a proxy of another version, or something else listening ther
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from proxy.catalog.stages import MODES
-
-T = TypeVar("T")
-
-
-class WireError(ValueError):
-    """An answer that is not the shape this version knows."""
-
-
-def _object(data: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(data, dict):
-        raise WireError(f"{what} is not a JSON object")
-    return data
-
-
-def _text(data: Mapping[str, Any], key: str, what: str, *, optional: bool = False) -> Any:
-    value = data.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        raise WireError(f"{what}: {key!r} is not a string")
-    return value
-
-
-def _number(data: Mapping[str, Any], key: str, what: str, *, optional: bool = False) -> Any:
-    value = data.get(key)
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise WireError(f"{what}: {key!r} is not a number")
-    return float(value)
-
-
-def _list(data: Mapping[str, Any], key: str, what: str) -> list[Any]:
-    value = data.get(key, [])
-    if not isinstance(value, list):
-        raise WireError(f"{what}: {key!r} is not a list")
-    return value
+from proxy.wire.fields import WireError, integer, list_of, number, obj_of, text
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +25,9 @@ class BlockRef:
 
     @classmethod
     def from_json(cls, data: object) -> BlockRef:
-        obj = _object(data, "a blocked_by entry")
-        return cls(_text(obj, "alertname", "blocked_by"), _text(obj, "fingerprint", "blocked_by"),
-                   _text(obj, "since", "blocked_by"), obj.get("all_endpoints") is True)
+        obj = obj_of(data, "a blocked_by entry")
+        return cls(text(obj, "alertname", "blocked_by"), text(obj, "fingerprint", "blocked_by"),
+                   text(obj, "since", "blocked_by"), obj.get("all_endpoints") is True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +42,13 @@ class RolloutHold:
 
     @classmethod
     def from_json(cls, data: object) -> RolloutHold:
-        obj = _object(data, "a rollout")
-        step = obj.get("step")
-        return cls(_text(obj, "holder", "rollout"), _text(obj, "since", "rollout"), _text(obj, "expires", "rollout"),
-                   step if isinstance(step, int) and not isinstance(step, bool) else None,
-                   _number(obj, "percent", "rollout", optional=True))
+        obj = obj_of(data, "a rollout")
+        return cls(text(obj, "holder", "rollout"), text(obj, "since", "rollout"), text(obj, "expires", "rollout"),
+                   integer(obj, "step"), number(obj, "percent", "rollout", optional=True))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"holder": self.holder, "since": self.since, "expires": self.expires, "step": self.step,
+                "percent": self.percent}
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,20 +68,18 @@ class EndpointMode:
                 "updated_by": self.updated_by, "reason": self.reason,
                 "blocked_by": [{"alertname": b.alertname, "fingerprint": b.fingerprint, "since": b.since,
                                 "all_endpoints": b.all_endpoints} for b in self.blocked_by],
-                "rollout": None if self.rollout is None else {
-                    "holder": self.rollout.holder, "since": self.rollout.since, "expires": self.rollout.expires,
-                    "step": self.rollout.step, "percent": self.rollout.percent}}
+                "rollout": None if self.rollout is None else self.rollout.to_json()}
 
     @classmethod
     def from_json(cls, data: object, name: str = "an endpoint") -> EndpointMode:
-        obj = _object(data, name)
+        obj = obj_of(data, name)
         mode = obj.get("mode")
         if mode not in MODES:
             raise WireError(f"{name}: mode {mode!r} is not one of {list(MODES)}")
         rollout = obj.get("rollout")
-        return cls(mode, _number(obj, "percent", name), _text(obj, "updated_at", name, optional=True),
-                   _text(obj, "updated_by", name, optional=True), _text(obj, "reason", name, optional=True),
-                   tuple(BlockRef.from_json(b) for b in _list(obj, "blocked_by", name)),
+        return cls(mode, number(obj, "percent", name), text(obj, "updated_at", name, optional=True),
+                   text(obj, "updated_by", name, optional=True), text(obj, "reason", name, optional=True),
+                   tuple(BlockRef.from_json(b) for b in list_of(obj, "blocked_by", name)),
                    None if rollout is None else RolloutHold.from_json(rollout))
 
 
@@ -135,10 +99,10 @@ class PendingWrite:
 
     @classmethod
     def from_json(cls, data: object) -> PendingWrite:
-        obj = _object(data, "a pending write")
-        return cls(_text(obj, "endpoint", "pending_writes"), _text(obj, "mode", "pending_writes"),
-                   _number(obj, "percent", "pending_writes"), _text(obj, "since", "pending_writes", optional=True),
-                   _text(obj, "by", "pending_writes", optional=True))
+        obj = obj_of(data, "a pending write")
+        return cls(text(obj, "endpoint", "pending_writes"), text(obj, "mode", "pending_writes"),
+                   number(obj, "percent", "pending_writes"), text(obj, "since", "pending_writes", optional=True),
+                   text(obj, "by", "pending_writes", optional=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,14 +125,14 @@ class ModeState:
 
     @classmethod
     def from_json(cls, data: object) -> ModeState:
-        obj = _object(data, "the modes")
+        obj = obj_of(data, "the modes")
         endpoints = obj.get("endpoints")
         if not isinstance(endpoints, dict) or not isinstance(obj.get("source"), str):
             raise WireError("the answer has no 'source' and 'endpoints': not a stagegate proxy's /_ops/mode")
         persisted = obj.get("persisted")
         return cls(obj["source"], obj.get("enforce_blocked") is True,
                    {str(name): EndpointMode.from_json(e, f"endpoint {name!r}") for name, e in endpoints.items()},
-                   tuple(PendingWrite.from_json(p) for p in _list(obj, "pending_writes", "the modes")),
+                   tuple(PendingWrite.from_json(p) for p in list_of(obj, "pending_writes", "the modes")),
                    persisted if isinstance(persisted, bool) else None)
 
     def endpoint(self, name: str) -> EndpointMode:
@@ -204,13 +168,13 @@ class HistoryItem:
 
     @classmethod
     def from_json(cls, data: object) -> HistoryItem:
-        obj = _object(data, "a history entry")
+        obj = obj_of(data, "a history entry")
         what = "a history entry"
-        return cls(_text(obj, "at", what), _text(obj, "action", what), _text(obj, "actor", what),
-                   _text(obj, "source", what), _text(obj, "reason", what), _text(obj, "endpoint", what, optional=True),
-                   _text(obj, "from", what, optional=True), _text(obj, "to", what, optional=True),
-                   _number(obj, "percent", what, optional=True), obj.get("forced") is True,
-                   _text(obj, "alertname", what, optional=True), _text(obj, "group_key", what, optional=True))
+        return cls(text(obj, "at", what), text(obj, "action", what), text(obj, "actor", what),
+                   text(obj, "source", what), text(obj, "reason", what), text(obj, "endpoint", what, optional=True),
+                   text(obj, "from", what, optional=True), text(obj, "to", what, optional=True),
+                   number(obj, "percent", what, optional=True), obj.get("forced") is True,
+                   text(obj, "alertname", what, optional=True), text(obj, "group_key", what, optional=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +188,7 @@ class History:
 
     @classmethod
     def from_json(cls, data: object) -> History:
-        return cls(tuple(HistoryItem.from_json(e) for e in _list(_object(data, "the history"), "entries",
+        return cls(tuple(HistoryItem.from_json(e) for e in list_of(obj_of(data, "the history"), "entries",
                                                                   "the history")))
 
 
@@ -244,10 +208,10 @@ class BlockItem:
 
     @classmethod
     def from_json(cls, data: object) -> BlockItem:
-        obj, what = _object(data, "a block"), "a block"
-        return cls(_text(obj, "fingerprint", what), _text(obj, "alertname", what),
-                   _text(obj, "endpoint", what, optional=True), _text(obj, "since", what),
-                   _text(obj, "group_key", what))
+        obj, what = obj_of(data, "a block"), "a block"
+        return cls(text(obj, "fingerprint", what), text(obj, "alertname", what),
+                   text(obj, "endpoint", what, optional=True), text(obj, "since", what),
+                   text(obj, "group_key", what))
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +226,26 @@ class Blocks:
 
     @classmethod
     def from_json(cls, data: object) -> Blocks:
-        obj = _object(data, "the blocks")
+        obj = obj_of(data, "the blocks")
         return cls(obj.get("enforce_blocked") is True,
-                   tuple(BlockItem.from_json(b) for b in _list(obj, "blocks", "the blocks")))
+                   tuple(BlockItem.from_json(b) for b in list_of(obj, "blocks", "the blocks")))
+
+
+@dataclass(frozen=True, slots=True)
+class BlockCleared:
+    """The answer of ``DELETE /_ops/blocks/{fingerprint}``: the block cleared, and whether any is left."""
+
+    cleared: BlockItem
+    enforce_blocked: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cleared": self.cleared.to_json(), "enforce_blocked": self.enforce_blocked}
+
+    @classmethod
+    def from_json(cls, data: object) -> BlockCleared:
+        obj = obj_of(data, "the cleared block")
+        return cls(BlockItem.from_json(obj.get("cleared")), obj.get("enforce_blocked") is True)
+
+
+__all__ = ["BlockCleared", "BlockItem", "BlockRef", "Blocks", "EndpointMode", "History", "HistoryItem",
+           "ModeState", "PendingWrite", "RolloutHold", "WireError"]

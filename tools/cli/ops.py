@@ -13,13 +13,15 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from proxy.catalog.compare import catalog_version, compare, reload_problems
-from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, check_catalog, default_catalog
+from proxy.catalog.stages import check_catalog
+from proxy.shared import catalog_files
+from proxy.wire import catalogs as wire_catalogs
 from proxy.wire import modes as wire
 from tools.cli import actors
 from tools.cli.command import POSITIVE, Command, between, opt
 from tools.cli.options import shared
-from tools.clients import admin_api
-from tools.shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
+from tools.clients import admin_api, catalogs
+from tools.shared.errors import EXIT_OK, EXIT_USAGE, CommandError
 
 MODE_EXITS = ("Exit 0 ok, 1 proxy unreachable, 2 rejected (or not confirmed), 3 token refused, 4 enforce blocked "
               "(--force overrides), 5 the proxy's mode store is unavailable.")
@@ -216,48 +218,37 @@ async def run_blocks(args: argparse.Namespace) -> int:
     base = f"{admin_api.admin_url(args.admin_url)}/_ops/blocks"
     async with admin_api.session(args.timeout_s) as session:
         token = admin_api.ops_token(args.ops_token, "blocks clear")
-        data = await admin_api.call(session, "DELETE", f"{base}/{quote(args.fingerprint, safe='')}",
-                                    {"reason": args.reason, "actor": _actor(args)}, token)
+        answer = _read_wire(wire.BlockCleared, await admin_api.call(
+            session, "DELETE", f"{base}/{quote(args.fingerprint, safe='')}",
+            {"reason": args.reason, "actor": _actor(args)}, token))
     if args.json:
-        print(_dump(data))
+        print(_dump(answer.to_json()))
     else:
-        cleared = data["cleared"]
-        where = cleared.get("endpoint") or "all endpoints"
-        still = "yes" if data.get("enforce_blocked") else "no"
-        print(f"cleared {cleared['fingerprint']}: {cleared['alertname']} on {where}; enforce still blocked "
-              f"somewhere: {still}")
+        cleared = answer.cleared
+        still = "yes" if answer.enforce_blocked else "no"
+        print(f"cleared {cleared.fingerprint}: {cleared.alertname} on {cleared.endpoint or 'all endpoints'}; "
+              f"enforce still blocked somewhere: {still}")
     return EXIT_OK
 
 
-def _read(path: str, what: str) -> str:
+def _text(path: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise CommandError(f"{what} {path!r} is not UTF-8 text", EXIT_USAGE) from None
-    except OSError as exc:
-        raise CommandError(f"cannot read {what} {path!r}: {exc.strerror}", EXIT_USAGE) from None
-
-
-def _checked(path: str, what: str) -> tuple[Catalog, str]:
-    text = _read(path, what)
-    catalog, problems = check_catalog(text)
-    if catalog is None:
-        raise CommandError(f"{what} {path!r} is not a valid catalog: {problems[0]}", EXIT_USAGE)
-    return catalog, text
+        return catalog_files.read_text(Path(path), "catalog")
+    except catalog_files.CatalogFileError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
 
 
 async def run_catalog_check(args: argparse.Namespace) -> int:
-    text = _read(args.file, "catalog")
-    catalog, problems = check_catalog(text)
+    catalog, problems = check_catalog(_text(args.file))
     changes = None
     if catalog is not None and args.against:
-        running, _ = _checked(args.against, "--against")
+        running = catalogs.read_file(args.against, "--against")
         problems = reload_problems(running, catalog)
-        changes = compare(running, catalog)
+        changes = wire_catalogs.Changes.of(compare(running, catalog))
     version = catalog_version(catalog) if catalog is not None else None
     if args.json:
         print(_dump({"file": args.file, "ok": not problems, "version": version, "problems": problems,
-                     "changes": changes.as_json() if changes else None}))
+                     "changes": changes.to_json() if changes else None}))
     elif problems:
         for problem in problems:
             print(f"{args.file}: {problem}")
@@ -266,35 +257,36 @@ async def run_catalog_check(args: argparse.Namespace) -> int:
               f"{len(catalog.aliases) if catalog else 0} aliases, {len(catalog.endpoints) if catalog else 0} "
               "endpoints")
         if changes is not None:
-            print(describe_changes(changes.as_json()))
+            print(describe_changes(changes))
     if problems:
         what = "a reload would refuse it" if args.against and catalog is not None else "the proxy would refuse it"
         raise CommandError(f"{args.file}: {len(problems)} problem(s); {what}", EXIT_USAGE)
     return EXIT_OK
 
 
-def describe_changes(changes: Mapping[str, Any]) -> str:
+def describe_changes(changes: wire_catalogs.Changes) -> str:
     """What a reload would change, one line per fact (``nothing changes`` when the files mean the same)."""
-    lines = [f"  alias added: {k!r} -> {v}" for k, v in changes["aliases_added"].items()]
-    lines += [f"  alias removed: {k!r} (was -> {v})" for k, v in changes["aliases_removed"].items()]
-    lines += [f"  alias retargeted: {k!r} {d['from']} -> {d['to']}" for k, d in changes["aliases_retargeted"].items()]
-    lines += [f"  canonical stage added: {s}" for s in changes["canonical_added"]]
-    lines += [f"  canonical stage removed: {s}" for s in changes["canonical_removed"]]
-    lines += [f"  endpoint changed: {name}" for name in changes["endpoints_changed"]]
-    if changes.get("case_sensitive_paths"):
-        old, new = changes["case_sensitive_paths"]
+    lines = [f"  alias added: {k!r} -> {v}" for k, v in changes.aliases_added.items()]
+    lines += [f"  alias removed: {k!r} (was -> {v})" for k, v in changes.aliases_removed.items()]
+    lines += [f"  alias retargeted: {k!r} {old} -> {new}" for k, (old, new) in changes.aliases_retargeted.items()]
+    lines += [f"  canonical stage added: {s}" for s in changes.canonical_added]
+    lines += [f"  canonical stage removed: {s}" for s in changes.canonical_removed]
+    lines += [f"  endpoint changed: {name}" for name in changes.endpoints_changed]
+    if changes.case_sensitive_paths:
+        old, new = changes.case_sensitive_paths
         lines.append(f"  case_sensitive_paths: {old} -> {new}")
     return "\n".join(["against the running catalog:", *(lines or ["  nothing changes"])])
 
 
-def render_catalog(data: Mapping[str, Any]) -> str:
-    lines = [f"version {data['version']}" + (f" ({data['file']})" if data.get("file") else ""),
-             f"default mode: {data['default_mode']}   case-sensitive paths: {data['case_sensitive_paths']}", "",
-             "canonical stages: " + ", ".join(data["canonical"]), "", f"aliases ({len(data['aliases'])}):"]
-    lines += [f"  {alias!r} -> {target}" for alias, target in sorted(data["aliases"].items())]
+def render_catalog(served: wire_catalogs.CatalogServed) -> str:
+    catalog = served.catalog
+    lines = [f"version {served.version}" + (f" ({served.file})" if served.file else ""),
+             f"default mode: {catalog.default_mode}   case-sensitive paths: {catalog.case_sensitive_paths}", "",
+             "canonical stages: " + ", ".join(catalog.canonical), "", f"aliases ({len(catalog.aliases)}):"]
+    lines += [f"  {alias!r} -> {target}" for alias, target in sorted(catalog.aliases.items())]
     lines += ["", *table([("ENDPOINT", "METHOD", "PATH", "FIELD", "REQUIRED")]
-                         + [(e["name"], ", ".join(e["methods"]), e["path"], e["field"],
-                             "yes" if e["required"] else "no") for e in data["endpoints"]])]
+                         + [(e.name, ", ".join(e.methods), e.path, e.field, "yes" if e.required else "no")
+                            for e in catalog.endpoints])]
     return "\n".join(lines)
 
 
@@ -304,11 +296,11 @@ async def run_catalog_show(args: argparse.Namespace) -> int:
     if args.config and args.admin_url and "admin_url" not in args.from_environment:
         raise CommandError("--config and --admin-url exclude each other: a file, or the running proxy", EXIT_USAGE)
     if args.admin_url and not args.config:
-        data = await _get(args, "/_ops/catalog")
+        served = _read_wire(wire_catalogs.CatalogServed, await _get(args, "/_ops/catalog"))
     else:
-        catalog, text = _checked(args.config, "--config") if args.config else (default_catalog(), DEFAULT_CATALOG_TOML)
-        data = {"version": catalog_version(catalog), "file": args.config, **catalog.as_json()}
-    print(_dump(data) if args.json else render_catalog(data))
+        catalog = catalogs.local(args.config)
+        served = wire_catalogs.CatalogServed(catalog_version(catalog), args.config, catalog)
+    print(_dump(served.to_json()) if args.json else render_catalog(served))
     return EXIT_OK
 
 
@@ -317,18 +309,19 @@ async def run_catalog_reload(args: argparse.Namespace) -> int:
     token = admin_api.ops_token(args.ops_token, "catalog reload")
     async with admin_api.session(args.timeout_s) as session:
         body = {"actor": _actor(args), **({"reason": args.reason} if args.reason else {})}
-        data = await admin_api.call(session, "POST", url, body, token)
+        reloaded = _read_wire(wire_catalogs.Reloaded, await admin_api.call(session, "POST", url, body, token))
     if args.json:
-        print(_dump(data))
+        print(_dump(reloaded.to_json()))
         return EXIT_OK
-    if not data.get("changed"):
-        print(f"reloaded: version {data['version']}, unchanged")
+    if not reloaded.changed:
+        print(f"reloaded: version {reloaded.version}, unchanged")
     else:
-        print(f"reloaded: version {data['previous_version']} -> {data['version']}")
-        print(describe_changes(data["changes"]))
-    for warning in data.get("warnings") or []:
+        print(f"reloaded: version {reloaded.previous_version} -> {reloaded.version}")
+        if reloaded.changes is not None:
+            print(describe_changes(reloaded.changes))
+    for warning in reloaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    return EXIT_OK if data.get("result") == "ok" else EXIT_FAILED
+    return EXIT_OK
 
 
 COMMANDS: Final = (

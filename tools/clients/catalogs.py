@@ -26,16 +26,11 @@ from typing import Any
 import orjson
 
 from proxy.catalog.compare import catalog_version
-from proxy.catalog.stages import (
-    DEFAULT_CATALOG_TOML,
-    MAX_CATALOG_CHARS,
-    Catalog,
-    CatalogError,
-    catalog_from_json,
-    check_catalog,
-    parse_catalog,
-)
+from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, parse_catalog
+from proxy.shared import catalog_files
 from proxy.shared.secrets import mask_url
+from proxy.wire import catalogs as wire
+from proxy.wire.fields import WireError
 from tools.clients import admin_api
 from tools.shared.errors import EXIT_USAGE, CommandError
 
@@ -58,19 +53,12 @@ class ChosenCatalog:
 
 
 def read_file(path: str, what: str = "--config") -> Catalog:
-    """A catalog file, checked; CommandError (exit 2) naming the file and its first problem."""
+    """A catalog file, checked (the proxy's own loader); CommandError (exit 2) naming the file and its first
+    problem."""
     try:
-        with Path(path).open(encoding="utf-8") as file:
-            text = file.read(MAX_CATALOG_CHARS + 1)  # a longer one is refused by the checker, never read whole
-    except OSError as exc:
-        raise CommandError(f"{what}: cannot read {path!r}: {exc.strerror or exc}", EXIT_USAGE) from None
-    except UnicodeDecodeError:
-        raise CommandError(f"{what}: {path!r} is not UTF-8 text", EXIT_USAGE) from None
-    catalog, problems = check_catalog(text)
-    if catalog is None:
-        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise CommandError(f"{what} {path}: {problems[0]}{more}", EXIT_USAGE)
-    return catalog
+        return catalog_files.load(Path(path), what)[0]
+    except catalog_files.CatalogFileError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
 
 
 def local(config: str | None) -> Catalog:
@@ -84,10 +72,10 @@ async def served_by(url: str, timeout_s: float = 5.0) -> tuple[Catalog, str]:
     async with admin_api.session(timeout_s) as http:
         data = await admin_api.call(http, "GET", f"{url}/_ops/catalog")
     try:
-        catalog = catalog_from_json(data)
-    except CatalogError as exc:
+        served = wire.CatalogServed.from_json(data)
+    except WireError as exc:
         raise CommandError(f"the catalog {mask_url(url)} serves is not one this stagectl reads: {exc}") from None
-    reported = str(data.get("version"))
+    catalog, reported = served.catalog, served.version
     if catalog_version(catalog) != reported:
         raise CommandError(f"{mask_url(url)} reports catalog version {reported}, but what it serves is version "
                            f"{catalog_version(catalog)} to this stagectl: upgrade one of them so both agree")

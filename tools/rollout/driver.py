@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from proxy.wire import leases as wire_leases
 from proxy.wire import modes as wire
 from tools.clients import admin_api, prom
 from tools.clients.prom import Prometheus
@@ -236,10 +237,13 @@ class Driver:
                 raise CommandError(f"{self._options.endpoint} is being driven by another rollout: {exc}; nothing "
                                    "was changed", EXIT_HELD) from None
             raise
-        previous = answer.get("previous") or {}
-        if index is not None and step is not None and previous.get("step") == index + 1 and math.isclose(
-                float(previous.get("percent") or -1), step.percent):
-            return float(previous.get("credited_s") or 0.0)
+        try:
+            previous = wire_leases.LeaseTaken.from_json(answer).previous
+        except wire.WireError as exc:
+            raise CommandError(f"the proxy's lease answer is not what this stagectl reads: {exc}") from None
+        if index is not None and step is not None and previous is not None and previous.hold.step == index + 1 \
+                and math.isclose(previous.hold.percent if previous.hold.percent is not None else -1, step.percent):
+            return previous.credited_s
         return 0.0
 
     def _lease_body(self, index: int, percent: float | None, credited: float) -> dict[str, Any]:
