@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
-from proxy.app.settings import OPTIONS, Option, SettingsError, load_settings, markdown_table
+from proxy.app.server import running
+from proxy.app.settings import OPTIONS, EmbeddedUpstream, Option, SettingsError, load_settings, markdown_table
 from proxy.shared.secrets import Secret
 from tests.support.ports import free_port
 from tests.support.proxies import REPO
@@ -143,6 +145,18 @@ def test_token_file_wins_and_demo_switch_reads_its_variable(tmp_path: Path) -> N
     assert settings.ops_token_shell == f"$(cat {token})"
     with pytest.raises(SettingsError, match="STAGE_DEMO: expected true or false"):
         load_settings([], {"STAGE_DEMO": "maybe"})
+
+
+async def test_the_demo_upstream_is_a_choice_not_a_missing_value() -> None:
+    """--demo without --upstream is the embedded upstream in the settings themselves (never None filled in later):
+    running() starts it, reports its address beside the settings it was given, and requests reach it."""
+    settings = load_settings(["--demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], {})
+    assert isinstance(settings.upstream_url, EmbeddedUpstream)
+    assert load_settings(["--demo", "--upstream", "http://up:1"], {}).upstream_url == "http://up:1"
+    async with running(settings) as run, aiohttp.ClientSession() as http:
+        assert run.settings is settings and run.upstream_url.startswith("http://127.0.0.1:")
+        async with http.post(f"{run.url}/api/v1/deals", json={"name": "Acme", "stage": "won"}) as response:
+            assert response.status == 201, await response.text()
 
 
 @pytest.mark.parametrize(("argv", "environ", "secret"), [

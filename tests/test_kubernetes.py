@@ -238,7 +238,7 @@ def test_the_proxy_loads_its_arguments(build: Build, tmp_path: Path) -> None:
 
 def test_the_legacy_service_listens_on_loopback_only(build: Build, tmp_path: Path) -> None:
     settings = load_proxy_settings(build, tmp_path)
-    upstream = urlsplit(settings.upstream_url or "")
+    upstream = urlsplit(str(settings.upstream_url))
     env = {entry["name"]: entry.get("value") for entry in build.legacy.get("env", [])}
     assert env["HOST"] == "127.0.0.1" and upstream.hostname == "127.0.0.1"
     assert env["PORT"] == str(upstream.port)

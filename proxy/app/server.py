@@ -28,7 +28,7 @@ from aiohttp import web
 from proxy.app import quiet
 from proxy.app.connections import Guards, Limits
 from proxy.app.demo import create_demo_app
-from proxy.app.settings import HostPort, Settings
+from proxy.app.settings import EmbeddedUpstream, HostPort, Settings
 from proxy.app.wiring import PARTS, create_app
 from proxy.ops.admin import create_admin_app
 from proxy.shared.logs import log_event
@@ -53,6 +53,7 @@ class Running:
     main: HostPort
     admin: HostPort
     app: web.Application
+    upstream_url: str  # --upstream, or where the embedded demo upstream listens
 
     @property
     def url(self) -> str:
@@ -146,13 +147,14 @@ async def running(settings: Settings, *, force: asyncio.Event | None = None) -> 
     Setting ``force`` during the drain closes the remaining connections at once.
     """
     async with AsyncExitStack() as stack:
-        if settings.demo and settings.upstream_url is None:
+        upstream_url = settings.upstream_url
+        if isinstance(upstream_url, EmbeddedUpstream):
             demo_runner = web.AppRunner(create_demo_app(), access_log=None, shutdown_timeout=1.0)
             demo_sockets, demo = await _bind(demo_runner, None, HostPort("127.0.0.1", 0), "demo upstream", False)
             stack.push_async_callback(demo_runner.cleanup)
             stack.callback(demo_sockets.close)
-            settings = dataclasses.replace(settings, upstream_url=f"http://{demo}")
-        app = create_app(settings)
+            upstream_url = f"http://{demo}"
+        app = create_app(settings, upstream_url)
         stack.callback(quiet.uninstall, quiet.install(app[PARTS].dataplane.flood))
         # The app's cleanup (upstream pool, modes) is pushed first so it runs after the listeners drained.
         app.freeze()
@@ -160,7 +162,7 @@ async def running(settings: Settings, *, force: asyncio.Event | None = None) -> 
         stack.push_async_callback(app.cleanup)
         shared = settings.workers > 1  # every worker binds the same ports (SO_REUSEPORT)
         listeners = await _listeners(stack, app, settings, shared, force)
-        yield Running(settings, listeners[0], listeners[1], app)
+        yield Running(settings, listeners[0], listeners[1], app, upstream_url)
 
 
 async def _listeners(stack: AsyncExitStack, app: web.Application, settings: Settings, shared: bool,
@@ -196,7 +198,7 @@ def banner(run: Running) -> str:
     bearer = run.settings.ops_token_shell or "<token>"
     url, admin = run.url.replace("0.0.0.0", "127.0.0.1"), run.admin_url
     return f"""
-stagegate demo: proxy {url} -> embedded legacy service {run.settings.upstream_url}; admin {admin}
+stagegate demo: proxy {url} -> embedded legacy service {run.upstream_url}; admin {admin}
 ops token: {token}
 
   curl -si {url}/api/v1/deals -H 'Content-Type: application/json' -d '{{"name":"Acme","stage":"Closed Won"}}'

@@ -15,7 +15,6 @@ their password masked.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import resource
 import shlex
@@ -44,10 +43,19 @@ class HostPort:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbeddedUpstream:
+    """``--demo`` without ``--upstream``: the bundled legacy service, started with the proxy on a free loopback
+    port (its URL is :attr:`proxy.app.server.Running.upstream_url`)."""
+
+    def __str__(self) -> str:
+        return "the embedded demo upstream"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the proxy needs to start; validated, with units in names."""
 
-    upstream_url: str | None
+    upstream_url: str | EmbeddedUpstream
     listen: HostPort = HostPort("0.0.0.0", 8080)
     admin_listen: HostPort = HostPort("127.0.0.1", 9901)
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
@@ -349,8 +357,6 @@ def _token(values: dict[str, Any]) -> tuple[Secret | None, str | None]:
 
 
 def _check(settings: Settings) -> Settings:
-    if settings.upstream_url is None and not settings.demo:
-        raise SettingsError("--upstream URL (or STAGE_UPSTREAM_URL) is required unless --demo")
     if settings.workers > 1 and settings.redis_url is None:
         raise SettingsError("--workers > 1 needs --redis-url: the embedded in-memory mode store cannot share modes "
                             "between processes")
@@ -364,5 +370,8 @@ def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] 
     ops_token, token_shell = _token(values)
     catalog = load_catalog(values["config_path"])
     given = {name: value for name, value in values.items() if value is not None}
-    return _check(dataclasses.replace(Settings(upstream_url=None), **given, ops_token=ops_token,
-                                      ops_token_shell=token_shell, catalog=catalog))
+    upstream = given.pop("upstream_url", None)
+    if upstream is None and not given.get("demo"):
+        raise SettingsError("--upstream URL (or STAGE_UPSTREAM_URL) is required unless --demo")
+    return _check(Settings(upstream_url=upstream or EmbeddedUpstream(), **given, ops_token=ops_token,
+                           ops_token_shell=token_shell, catalog=catalog))

@@ -1,4 +1,4 @@
-"""Application factory: ``create_app(settings)`` builds every part in order, without I/O.
+"""Application factory: ``create_app(settings, upstream_url)`` builds every part in order, without I/O.
 
 Order: metrics → mode store → mode view, refresher and changes → upstream pool
 (connects lazily) → data plane → ops context. Nothing is set later through an
@@ -66,10 +66,8 @@ def make_store(settings: Settings, metrics: Metrics) -> ModeStore:
     return RedisModeStore(settings.redis_url, settings.redis_prefix, settings.redis_timeout_ms, metrics.observe_store)
 
 
-def build_parts(settings: Settings) -> Parts:
-    """Every part, in dependency order; no I/O."""
-    if settings.upstream_url is None:
-        raise ValueError("upstream_url is unset: start the demo upstream first (proxy.app.server.running)")
+def build_parts(settings: Settings, upstream_url: str) -> Parts:
+    """Every part, in dependency order; no I/O. ``upstream_url``: --upstream, or the embedded demo's address."""
     catalog = settings.catalog
     metrics = Metrics(catalog.endpoint_names, multiprocess=settings.metrics_dir is not None)
     store = make_store(settings, metrics)
@@ -79,7 +77,7 @@ def build_parts(settings: Settings) -> Parts:
     pending = PendingWrites(Path(settings.metrics_dir) if settings.metrics_dir else None)
     refresher = Refresher(view, store, state_file, refresh_ms=settings.refresh_ms, pending=pending)
     changes = ModeChanges(view, store, refresher, state_file, pending)
-    upstream = Upstream(settings.upstream_url, timeout_s=settings.upstream_timeout_s,
+    upstream = Upstream(upstream_url, timeout_s=settings.upstream_timeout_s,
                         connect_timeout_s=settings.upstream_connect_timeout_s)
     dataplane = DataPlane(catalog, view, metrics, upstream, id_header=settings.request_id_header,
                           max_body_bytes=settings.max_body_bytes, warn_log_per_s=settings.warn_log_per_s,
@@ -123,9 +121,9 @@ async def flood_ctx(app: web.Application) -> AsyncIterator[None]:
     dataplane.inspect_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, upstream_url: str) -> web.Application:
     """The proxy's lifecycle application (its PARTS are shared with the admin app); no routes of its own."""
     app = web.Application()
-    app[PARTS] = build_parts(settings)
+    app[PARTS] = build_parts(settings, upstream_url)
     app.cleanup_ctx.extend([modes_ctx, upstream_ctx, flood_ctx])
     return app

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 ProxyFactory = Callable[..., Awaitable[Running]]
 
 
-def make_settings(upstream_url: str | None, **overrides: Any) -> Settings:
+def make_settings(upstream_url: str, **overrides: Any) -> Settings:
     base = Settings(
         upstream_url=upstream_url,
         listen=HostPort("127.0.0.1", 0),
