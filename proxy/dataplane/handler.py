@@ -75,6 +75,22 @@ def _error_value(value: object) -> object:
     return f"<{bodies.type_name(value)}>"
 
 
+@dataclass(slots=True)
+class Call:
+    """One request on its way through the data plane: the request, its id (accepted or made here), the catalog
+    state it was routed with (a reload never changes one in flight), and the endpoint its duration counts for."""
+
+    request: web.BaseRequest
+    request_id: str
+    id_header: str
+    state: CatalogState
+    label: str = PASSTHROUGH
+
+    def echo(self, **more: str) -> dict[str, str]:
+        """Headers every answer to this request carries: its id (and ``more``)."""
+        return {self.id_header: self.request_id, **more}
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogState:
     """Everything the request path derives from one catalog; swapped whole on a reload."""
@@ -124,54 +140,58 @@ class DataPlane:
             task.add_done_callback(self.in_flight.discard)
         started = time.perf_counter()
         request_id = accept_request_id(request.headers.get(self.id_header)) or new_request_id()
-        refused = await self._refuse_early(request, request_id)
+        call = Call(request, request_id, self.id_header, self.state)
+        refused = await self._refuse_early(call)  # answered here, never timed: no endpoint, no upstream
         if refused is not None:
             return refused
         path, query = split_target(request.raw_path)
         if is_ops(path):
             return problem(404, "not-found", "Not Found", "/_ops is served on the admin listener only",
-                           request_id=request_id, headers={self.id_header: request_id})
-        state = self.state
-        route = state.router.route(request, path, query)
-        label = PASSTHROUGH
+                           request_id=request_id, headers=call.echo())
         try:
-            preread = None
-            if route.body_may_override:
-                route, preread = await self._body_override(request, path, query, state.router, route)
-            if route.endpoint is None:
-                return await self._pass_through(request, request_id, route, preread)
-            label = route.endpoint.name
-            return await self._validated(request, request_id, route, route.endpoint, state, preread)
+            return await self._route(call, path, query)
         except UpstreamError as exc:
-            return self._upstream_problem(request, request_id, exc)
+            return self._upstream_problem(call, exc)
         except ClientGone as exc:
             log_event(log, logging.INFO, "client_disconnected", request_id=request_id, error=str(exc))
             return web.Response(status=400)
         except BodyTimeout as exc:
-            return await self._body_timeout(request, request_id, label, str(exc))
+            return await self._body_timeout(call, str(exc))
         finally:
-            self.metrics.request_children[label].observe(time.perf_counter() - started)
+            self.metrics.request_children[call.label].observe(time.perf_counter() - started)
 
-    async def _refuse_early(self, request: web.BaseRequest, request_id: str) -> web.StreamResponse | None:
+    async def _route(self, call: Call, path: str, query: str) -> web.StreamResponse:
+        """Pass-through or validated, by the route (and a body's ``_method`` where it may override)."""
+        route = call.state.router.route(call.request, path, query)
+        preread = None
+        if route.body_may_override:
+            route, preread = await self._body_override(call, path, query, route)
+        if route.endpoint is None:
+            return await self._pass_through(call, route, preread)
+        call.label = route.endpoint.name
+        return await self._validated(call, route, route.endpoint, preread)
+
+    async def _refuse_early(self, call: Call) -> web.StreamResponse | None:
         """CONNECT (never forwarded: a tunnel has no framing the upstream would agree on) and Expect."""
+        request = call.request
         if request.method == "CONNECT":
             response = problem(405, "method-not-allowed", "Method Not Allowed", "CONNECT is never forwarded",
-                               request_id=request_id, headers={self.id_header: request_id, "Allow": ALLOW})
+                               request_id=call.request_id, headers=call.echo(Allow=ALLOW))
             response.force_close()  # what follows on this connection is not a request we could frame
             return response
         expect = request.headers.get("Expect")
         if expect is not None:  # what aiohttp's router would do; the low-level server leaves it to us
             if expect.lower() != "100-continue":
                 return problem(417, "expectation-failed", "Expectation Failed", "only 100-continue is supported",
-                               request_id=request_id, headers={self.id_header: request_id})
+                               request_id=call.request_id, headers=call.echo())
             if request.version >= HttpVersion11:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return None
 
-    async def _body_override(self, request: web.BaseRequest, path: str, query: str, router: Router,
-                             route: Route) -> tuple[Route, Preread | None]:
+    async def _body_override(self, call: Call, path: str, query: str, route: Route) -> tuple[Route, Preread | None]:
         """A POST that ``_method`` in its body could route elsewhere: read the body (up to the limit), then route
         by what it names; a body that cannot be read for it is ``ambiguous_method``."""
+        request, router = call.request, call.state.router
         if not request.body_exists:
             return route, None
         raw, too_large = await read_limited(request, self.max_body_bytes, self.body_timeout_s)
@@ -182,25 +202,26 @@ class DataPlane:
             route = router.route(request, path, query, also=found)
         return route, (raw, too_large)
 
-    async def _pass_through(self, request: web.BaseRequest, request_id: str, route: Route,
-                            preread: Preread | None = None) -> web.StreamResponse:
+    async def _pass_through(self, call: Call, route: Route, preread: Preread | None = None) -> web.StreamResponse:
+        request = call.request
         data: Body
         if preread is None:
             data = stream_body(request, self.body_timeout_s) if request.body_exists else None
         else:
             data = stream_body(request, self.body_timeout_s, preread[0]) if preread[1] else preread[0]
         buffered = preread is not None and not preread[1]
-        headers = request_headers(request, self.id_header, request_id, buffered=buffered)
-        return await self.upstream.forward(request, route.target, headers, data, {self.id_header: request_id})
+        headers = request_headers(request, self.id_header, call.request_id, buffered=buffered)
+        return await self.upstream.forward(request, route.target, headers, data, call.echo())
 
-    async def _validated(self, request: web.BaseRequest, request_id: str, route: Route, endpoint: Endpoint,
-                         state: CatalogState, preread: Preread | None = None) -> web.StreamResponse:
-        verdict = await self._decide(request, request_id, endpoint, route.unreadable, state, preread)
-        self._account(request, request_id, verdict)
+    async def _validated(self, call: Call, route: Route, endpoint: Endpoint,
+                         preread: Preread | None = None) -> web.StreamResponse:
+        request = call.request
+        verdict = await self._decide(call, endpoint, route.unreadable, preread)
+        self._account(call, verdict)
         result = verdict.inspection.result
-        extra = {self.id_header: request_id, "X-Stage-Validation": f"mode={verdict.mode}; result={result}"}
+        extra = call.echo(**{"X-Stage-Validation": f"mode={verdict.mode}; result={result}"})
         if verdict.rejected:
-            return self._reject(request_id, verdict, extra, state.catalog.canonical)
+            return self._reject(call, verdict, extra)
         data: Body
         if verdict.rest_pending:
             data = stream_body(request, self.body_timeout_s, verdict.raw)
@@ -209,7 +230,7 @@ class DataPlane:
                                                  verdict.inspection)
         else:
             data = verdict.raw
-        headers = request_headers(request, self.id_header, request_id, buffered=not verdict.rest_pending)
+        headers = request_headers(request, self.id_header, call.request_id, buffered=not verdict.rest_pending)
         return await self.upstream.forward(request, route.target, headers, data, extra)
 
     async def _off_loop_if_large(self, raw: bytes, work: Callable[..., T], *args: Any) -> T:
@@ -226,10 +247,11 @@ class DataPlane:
             return mode
         return "enforce" if is_enforced(canary_key or request_id, percent) else "warn"
 
-    async def _decide(self, request: web.BaseRequest, request_id: str, endpoint: Endpoint,
-                      route_problem: str | None, state: CatalogState, preread: Preread | None) -> Verdict:
+    async def _decide(self, call: Call, endpoint: Endpoint, route_problem: str | None,
+                      preread: Preread | None) -> Verdict:
+        request = call.request
         key = request.headers.get(self.canary_key_header) if self.canary_key_header else None
-        mode = self.effective_mode(endpoint.name, request_id, key)
+        mode = self.effective_mode(endpoint.name, call.request_id, key)
         reason = route_problem or bodies.media_problem(request.headers.get("Content-Type"),
                                                        request.headers.get("Content-Encoding"))
         if reason is not None and mode == "enforce":
@@ -244,11 +266,11 @@ class DataPlane:
         elif reason is not None:
             inspection = bodies.unreadable(reason)
         else:
-            inspection = await self._off_loop_if_large(raw, state.inspectors[endpoint.name].inspect, raw)
+            inspection = await self._off_loop_if_large(raw, call.state.inspectors[endpoint.name].inspect, raw)
         self.metrics.validator_children[endpoint.name].observe(time.perf_counter() - started)
         return Verdict(endpoint, mode, inspection, raw, too_large)
 
-    def _account(self, request: web.BaseRequest, request_id: str, verdict: Verdict) -> None:
+    def _account(self, call: Call, verdict: Verdict) -> None:
         name, mode, inspection = verdict.endpoint.name, verdict.mode, verdict.inspection
         self.metrics.validation_children[(name, mode, inspection.result)].inc()
         if verdict.rejected:
@@ -257,15 +279,15 @@ class DataPlane:
         if mode == "off" or inspection.result in ("canonical", "absent"):
             return
         if self.flood.allow((name, inspection.result)):
-            self._log_verdict(request, request_id, verdict)
+            self._log_verdict(call, verdict)
 
-    def _log_verdict(self, request: web.BaseRequest, request_id: str, verdict: Verdict) -> None:
-        inspection = verdict.inspection
+    def _log_verdict(self, call: Call, verdict: Verdict) -> None:
+        request, inspection = call.request, verdict.inspection
         worst = next((f for f in inspection.findings if f.result == inspection.result), None)
         action = "rejected" if verdict.rejected else "normalized" if verdict.mode == "enforce" else "forwarded"
         log_event(
             log, logging.WARNING, "stage_validation",
-            request_id=request_id, endpoint=verdict.endpoint.name, mode=verdict.mode, result=inspection.result,
+            request_id=call.request_id, endpoint=verdict.endpoint.name, mode=verdict.mode, result=inspection.result,
             action=action, reason=inspection.reason, pointer=worst.pointer if worst else None,
             value=safe_text(worst.value) if worst and worst.leaf else None,
             normalized=worst.normalized if worst else None,
@@ -273,8 +295,7 @@ class DataPlane:
             client_ip=request.remote, user_agent=safe_text(request.headers.get("User-Agent", "")),
         )
 
-    def _reject(self, request_id: str, verdict: Verdict, headers: dict[str, str],
-                allowed: tuple[str, ...]) -> web.Response:
+    def _reject(self, call: Call, verdict: Verdict, headers: dict[str, str]) -> web.Response:
         inspection = verdict.inspection
         status = inspection.status
         bad = [f for f in inspection.findings if f.result in ("unknown", "invalid")]
@@ -284,29 +305,29 @@ class DataPlane:
             detail = f"{len(bad)} value(s) at {verdict.endpoint.field!r} are not canonical stages"
         else:
             detail = f"the body could not be validated: {inspection.reason}"
-        extra: dict[str, object] = {"endpoint": verdict.endpoint.name, "allowed": list(allowed),
+        extra: dict[str, object] = {"endpoint": verdict.endpoint.name, "allowed": list(call.state.catalog.canonical),
                                     "errors": errors}
         if len(bad) > MAX_ERRORS:
             extra["errors_truncated"] = len(bad) - MAX_ERRORS
         if inspection.reason:
             extra["reason"] = inspection.reason
         slug = "stage-not-allowed" if status == 422 else (inspection.reason or "unreadable").replace("_", "-")
-        return problem(status, slug, _TITLES[status], detail, request_id=request_id, headers=headers, **extra)
+        return problem(status, slug, _TITLES[status], detail, request_id=call.request_id, headers=headers, **extra)
 
-    async def _body_timeout(self, request: web.BaseRequest, request_id: str, label: str,
-                            detail: str) -> web.StreamResponse:
+    async def _body_timeout(self, call: Call, detail: str) -> web.StreamResponse:
         """408, then close at once: the client stopped sending its body (Slowloris-style).
 
         The answer is written here and the connection closed after it, so that
         aiohttp does not linger another 10 s reading the rest of a body that
         is not coming. The upstream got nothing whole (its connection aborted).
         """
+        request = call.request
         self.metrics.dropped_children[("main", "body_timeout")].inc()
         if self.flood.allow(("-", "body_timeout")):
-            log_event(log, logging.WARNING, "client_body_timeout", request_id=request_id, endpoint=label,
+            log_event(log, logging.WARNING, "client_body_timeout", request_id=call.request_id, endpoint=call.label,
                       detail=detail)
-        response = problem(408, "request-timeout", "Request Timeout", detail, request_id=request_id,
-                           headers={self.id_header: request_id})
+        response = problem(408, "request-timeout", "Request Timeout", detail, request_id=call.request_id,
+                           headers=call.echo())
         response.force_close()
         with contextlib.suppress(ConnectionError):
             await response.prepare(request)
@@ -315,8 +336,8 @@ class DataPlane:
             request.transport.close()  # flushes the 408, then closes
         return response
 
-    def _upstream_problem(self, request: web.BaseRequest, request_id: str, exc: UpstreamError) -> web.Response:
-        transport = request.transport
+    def _upstream_problem(self, call: Call, exc: UpstreamError) -> web.Response:
+        request_id, transport = call.request_id, call.request.transport
         if transport is None or transport.is_closing():
             # The client went away mid-upload and took the upstream request with it: not an upstream fault.
             log_event(log, logging.INFO, "client_disconnected", request_id=request_id, error=exc.detail)
@@ -326,4 +347,4 @@ class DataPlane:
                       detail=exc.detail)
         title = "Bad Gateway" if exc.status == 502 else "Gateway Timeout"
         return problem(exc.status, f"upstream-{exc.reason}", title, exc.detail, request_id=request_id,
-                       headers={self.id_header: request_id})
+                       headers=call.echo())
