@@ -9,8 +9,12 @@ upstreams"). A chunked body's trailer section is dropped: httptools reports its
 fields through the same callback as the head's, and relaying them as header
 fields would let an upstream add ``Set-Cookie`` or ``Location`` after the head
 was checked. Interim (1xx) answers do not reset the read timeout: an upstream
-that only ever sends ``100 Continue`` gets a 504, not an endless wait. The pool
-and the request side are in proxy/dataplane/upstream_http.py.
+that only ever sends ``100 Continue`` gets a 504, not an endless wait.
+
+One exchange is driven from here, start to end: :meth:`Connection.exchange_with`
+sends the request and waits for the answer's head, :meth:`Connection.read_chunk`
+hands over its body. The pool (proxy/dataplane/upstream_http.py) only chooses the
+connection, frames the request head and retries a replayable request once.
 """
 
 from __future__ import annotations
@@ -19,11 +23,15 @@ import asyncio
 import collections
 import select
 import socket
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Final, cast
 
 import httptools
 from multidict import CIMultiDict
 
+StreamBody = AsyncIterable[bytes]
+
+_SMALL_WRITE: Final = 64 * 1024  # head + body joined into one write below this size
 _HIGH_WATER: Final = 256 * 1024  # body bytes buffered before we stop reading from the upstream
 _LOW_WATER: Final = 64 * 1024
 # Response heads are bounded like request heads (nginx answers 502 "upstream sent too big header" likewise).
@@ -85,6 +93,13 @@ class Exchange:
     def keeps_connection(self) -> bool:
         """The answer (head arrived) lets the connection live on (httptools forgets it once the message ends)."""
         return self.keep_alive if self.complete else bool(self.parser.should_keep_alive())
+
+
+def _frame(chunk: bytes, chunked: bool) -> bytes:
+    """A body piece as sent: itself, or a chunk of the chunked coding (empty pieces send nothing)."""
+    if not chunked or not chunk:
+        return chunk
+    return b"%x\r\n%b\r\n" % (len(chunk), chunk)
 
 
 class Connection(asyncio.Protocol):
@@ -221,14 +236,61 @@ class Connection(asyncio.Protocol):
 
     # -- request side -----------------------------------------------------------
 
-    def begin(self, head_only: bool, timeout_s: float) -> Exchange:
-        """Start a new exchange; its ``head`` future completes when the response head arrived."""
+    async def exchange_with(self, head: bytes, body: bytes | StreamBody | None, chunked: bool, *, head_only: bool,
+                            timeout_s: float) -> Exchange:
+        """One whole request on this connection, until the response head arrived: the head and body sent (with
+        back-pressure), an early answer (a 413 before the body was read) relayed, the connection dropped on any
+        failure. The body is then read with :meth:`read_chunk`."""
         now = self.loop.time()
-        self.x = Exchange(self, self.loop.create_future(), head_only, timeout_s, now)
+        x = self.x = Exchange(self, self.loop.create_future(), head_only, timeout_s, now)
         self._timer = self.loop.call_at(now + timeout_s, self._check_timeout)
-        return self.x
+        try:
+            try:
+                await self._send(head, body, chunked)
+            except (UpstreamClosed, UpstreamReadTimeout):
+                if not x.status:
+                    raise
+                x.reusable = False  # answered before it read everything (e.g. 413): relay that answer
+            await x.head
+        except BaseException:
+            self.abort()
+            raise
+        return x
 
-    async def write(self, data: bytes) -> None:
+    async def _send(self, head: bytes, body: bytes | StreamBody | None, chunked: bool) -> None:
+        if isinstance(body, bytes) and len(body) + len(head) <= _SMALL_WRITE:
+            await self._write(head + body)
+        elif isinstance(body, bytes):
+            await self._write(head)
+            await self._write(body)
+        elif body is not None:
+            await self._send_stream(head, aiter(body), chunked)
+        else:
+            await self._write(head)
+
+    async def _send_stream(self, head: bytes, body: AsyncIterator[bytes], chunked: bool) -> None:
+        """The head with the body's first piece (one write: the common small body already came with its head),
+        then the rest as it arrives."""
+        first = _frame(await anext(body, b""), chunked)
+        if len(head) + len(first) <= _SMALL_WRITE:
+            await self._write(head + first)
+        else:
+            await self._write(head)
+            await self._write(first)
+        x = self.exchange
+        async for chunk in body:
+            await self._read_pending()
+            # Answered early and closing (a 413, say): stop sending, never reuse (RFC 9112 §9.5). An early answer
+            # that keeps the connection (nginx's `return 200` does not wait for the body) gets the rest of the
+            # body, so that both sides still agree where the next request starts.
+            if x.status and not x.keeps_connection():
+                x.reusable = False
+                return
+            await self._write(_frame(chunk, chunked))
+        if chunked:
+            await self._write(b"0\r\n\r\n")
+
+    async def _write(self, data: bytes) -> None:
         """Write with back-pressure; raises the connection's error (or UpstreamClosed) if it is gone.
 
         Sending counts as activity for the read timeout: a slow upload is not upstream silence.
@@ -266,7 +328,7 @@ class Connection(asyncio.Protocol):
             await self._body_waiter
             self._body_waiter = None
 
-    async def read_pending(self) -> None:
+    async def _read_pending(self) -> None:
         """Let bytes the upstream already sent be read before writing more.
 
         An upstream that answers early (413) and closes makes the next write

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Final
 
 from multidict import CIMultiDict
@@ -37,17 +37,14 @@ from yarl import URL
 
 from proxy.dataplane.upstream_conn import (
     Connection,
+    StreamBody,
     UpstreamClosed,
     UpstreamConnectError,
     UpstreamConnectTimeout,
-    UpstreamReadTimeout,
 )
 
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 _NO_BODY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE", "CONNECT"})
-_SMALL_WRITE: Final = 64 * 1024  # head + body joined into one write below this size
-
-StreamBody = AsyncIterable[bytes]
 
 
 class UpstreamResponse:
@@ -100,13 +97,6 @@ def _encode_head(method: str, target: str, headers: CIMultiDict[str], extra: str
     lines.append(extra)
     lines.append("\r\n")
     return "".join(lines).encode("utf-8", "surrogateescape")
-
-
-def _frame(chunk: bytes, chunked: bool) -> bytes:
-    """A body piece as sent: itself, or a chunk of the chunked coding (empty pieces send nothing)."""
-    if not chunked or not chunk:
-        return chunk
-    return b"%x\r\n%b\r\n" % (len(chunk), chunk)
 
 
 class UpstreamPool:
@@ -168,20 +158,25 @@ class UpstreamPool:
         """Send one request (``target`` is the raw path and query); the response head when it arrives."""
         replayable = ((method in IDEMPOTENT or "Idempotency-Key" in headers)
                       and (body is None or isinstance(body, bytes)))
+        head, chunked = self._head(method, target, headers, body)
         conn = self._take_idle()
         reused = conn is not None
         if conn is None:
             conn = await self._connect()
         try:
-            return await self._exchange(conn, method, target, headers, body)
+            await conn.exchange_with(head, body, chunked, head_only=method == "HEAD", timeout_s=self.read_timeout_s)
+            return UpstreamResponse(conn, self)
         except UpstreamClosed:
             if not (reused and replayable and not conn.exchange.received_any):
                 raise
         conn = await self._connect()  # the idle connection had been closed by the upstream: once more
-        return await self._exchange(conn, method, target, headers, body)
+        await conn.exchange_with(head, body, chunked, head_only=method == "HEAD", timeout_s=self.read_timeout_s)
+        return UpstreamResponse(conn, self)
 
-    async def _exchange(self, conn: Connection, method: str, target: str, headers: CIMultiDict[str],
-                        body: bytes | StreamBody | None) -> UpstreamResponse:
+    def _head(self, method: str, target: str, headers: CIMultiDict[str],
+              body: bytes | StreamBody | None) -> tuple[bytes, bool]:
+        """The request head as sent, and whether the body goes chunked: ``Host`` and the framing headers the
+        body needs (its length when in memory; the caller's ``Content-Length``, or chunked, when streamed)."""
         extra = "" if "Host" in headers else f"Host: {self.host_header}\r\n"
         chunked = False
         if isinstance(body, bytes):
@@ -193,54 +188,7 @@ class UpstreamPool:
             chunked = True
         elif method not in _NO_BODY_METHODS:
             extra += "Content-Length: 0\r\n"
-        exchange = conn.begin(method == "HEAD", self.read_timeout_s)
-        try:
-            try:
-                await self._send(conn, _encode_head(method, self.base_path + target, headers, extra), body, chunked)
-            except (UpstreamClosed, UpstreamReadTimeout):
-                if not exchange.status:
-                    raise
-                exchange.reusable = False  # answered before it read everything (e.g. 413): relay that answer
-            await exchange.head
-        except BaseException:
-            conn.abort()
-            raise
-        return UpstreamResponse(conn, self)
-
-    async def _send(self, conn: Connection, head: bytes, body: bytes | StreamBody | None, chunked: bool) -> None:
-        if isinstance(body, bytes) and len(body) + len(head) <= _SMALL_WRITE:
-            await conn.write(head + body)
-            return
-        if isinstance(body, bytes):
-            await conn.write(head)
-            await conn.write(body)
-        elif body is not None:
-            await self._send_stream(conn, head, aiter(body), chunked)
-        else:
-            await conn.write(head)
-
-    async def _send_stream(self, conn: Connection, head: bytes, body: AsyncIterator[bytes], chunked: bool) -> None:
-        """The head with the body's first piece (one write: the common small body already came with its head),
-        then the rest as it arrives."""
-        first = await anext(body, b"")
-        framed = _frame(first, chunked)
-        if len(head) + len(framed) <= _SMALL_WRITE:
-            await conn.write(head + framed)
-        else:
-            await conn.write(head)
-            await conn.write(framed)
-        exchange = conn.exchange
-        async for chunk in body:
-            await conn.read_pending()
-            # Answered early and closing (a 413, say): stop sending, never reuse (RFC 9112 §9.5). An early answer
-            # that keeps the connection (nginx's `return 200` does not wait for the body) gets the rest of the
-            # body, so that both sides still agree where the next request starts.
-            if exchange.status and not exchange.keeps_connection():
-                exchange.reusable = False
-                return
-            await conn.write(_frame(chunk, chunked))
-        if chunked:
-            await conn.write(b"0\r\n\r\n")
+        return _encode_head(method, self.base_path + target, headers, extra), chunked
 
     async def close(self) -> None:
         self._closed = True
