@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -13,6 +12,7 @@ from proxy.app.server import Running
 from tests.support.alerts import AUTH, alert, payload, post_webhook
 from tests.support.proxies import ProxyFactory, set_mode
 from tests.support.servers import RedisServer
+from tests.support.waiting import until
 
 post = post_webhook
 
@@ -156,10 +156,7 @@ async def test_history_and_blocks_shared_through_redis(make_proxy: ProxyFactory,
     async def blocked_on_two() -> bool:
         return bool((await modes(http, two))["enforce_blocked"])
 
-    for _ in range(50):
-        if await blocked_on_two():
-            break
-        await asyncio.sleep(0.05)
+    await until(blocked_on_two, what="the block to reach the second replica")
     async with http.put(f"{two.admin_url}/_ops/mode", headers=AUTH,
                         json={"endpoint": "create_deal", "mode": "enforce", "reason": "x"}) as response:
         assert response.status == 409

@@ -22,6 +22,7 @@ import pytest
 from proxy.app.server import Running
 from tests.support.ports import free_port, wait_for_port
 from tests.support.proxies import REPO, TOKEN, set_mode
+from tests.support.waiting import until
 
 CONFIG = REPO / "observability" / "alertmanager" / "alertmanager.yml"
 
@@ -80,13 +81,6 @@ async def history(http: aiohttp.ClientSession, run: Running) -> list[dict[str, A
         return entries
 
 
-async def eventually(check: Any, timeout_s: float = 15) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
-
-
 def notifications(caplog: pytest.LogCaptureFixture) -> int:
     return sum(1 for r in caplog.records if getattr(r, "event", None) == "alertmanager_notification")
 
@@ -104,7 +98,7 @@ async def test_error_spike_downgrades_to_warn(proxy: Running, alertmanager: str,
     async def downgraded() -> bool:
         return bool((await mode_view(http, proxy))["endpoints"]["create_deal"]["mode"] == "warn")
 
-    await eventually(downgraded)
+    await until(downgraded, timeout_s=15, what="the alert to downgrade create_deal")
     view = await mode_view(http, proxy)
     assert view["endpoints"]["update_deal"]["mode"] == "enforce"  # only the endpoint the alert names
     async with http.post(f"{proxy.url}/api/v1/deals", json={"stage": "nope"}) as response:
@@ -121,7 +115,7 @@ async def test_error_spike_downgrades_to_warn(proxy: Running, alertmanager: str,
     async def resent() -> bool:
         return notifications(caplog) > first
 
-    await eventually(resent)  # repeat_interval re-sends the same notification
+    await until(resent, timeout_s=15, what="repeat_interval to re-send the same notification")
     assert [e for e in await history(http, proxy) if e["source"] == "alertmanager"] == entries  # nothing new
 
 
@@ -136,7 +130,7 @@ async def test_block_enforce_fires_then_resolves(proxy: Running, alertmanager: s
     async def blocked() -> bool:
         return bool((await mode_view(http, proxy))["enforce_blocked"])
 
-    await eventually(blocked)
+    await until(blocked, timeout_s=15, what="the alert to block enforce")
     put = {"endpoint": "import_deals", "mode": "enforce", "reason": "try"}
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with http.put(f"{proxy.admin_url}/_ops/mode", json=put, headers=auth) as response:
@@ -147,7 +141,7 @@ async def test_block_enforce_fires_then_resolves(proxy: Running, alertmanager: s
     async def unblocked() -> bool:
         return not (await mode_view(http, proxy))["enforce_blocked"]
 
-    await eventually(unblocked)
+    await until(unblocked, timeout_s=15, what="the resolved alert to lift the block")
     assert (await mode_view(http, proxy))["endpoints"]["import_deals"]["mode"] == "warn"  # not re-upgraded
     actions = [e["action"] for e in await history(http, proxy) if e["source"] == "alertmanager"]
     assert actions == ["unblock_enforce", "block_enforce"]  # newest first

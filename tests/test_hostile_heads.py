@@ -157,7 +157,7 @@ async def test_an_upstream_sending_only_interim_answers_gets_504(make_proxy: Pro
         for _ in range(200):
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await writer.drain()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # a deliberately slow upstream: an interim answer every 0.2 s, never a final one
 
     async with scripted(script) as (url, _):
         run = await make_proxy(upstream_url=url, upstream_timeout_s=1.0)
@@ -173,7 +173,7 @@ async def test_one_interim_answer_then_the_final_one_is_relayed(make_proxy: Prox
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_head(reader)
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # a deliberately slow upstream: the final answer comes 0.3 s after the interim one
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
 

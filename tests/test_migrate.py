@@ -19,6 +19,7 @@ from proxy.catalog.stages import default_catalog
 from tests.support.ports import free_port
 from tests.support.proxies import REPO
 from tests.support.servers import PostgresServer
+from tests.support.waiting import output_line, until
 
 CATALOG = default_catalog()
 CHECKSUM = "SELECT md5(string_agg(d::text, '|' ORDER BY d.id)) FROM deals d"
@@ -116,6 +117,13 @@ async def test_apply_matches_reference_and_is_idempotent(database: str, db: asyn
     assert verify.returncode == 1 and report["alias"] == {} and report["unknown"]  # unknowns remain, by design
 
 
+async def batch_reached(db: asyncpg.Connection, batch: int) -> bool:
+    """True once a run has committed batch number ``batch`` (its control row says so)."""
+    if not await db.fetchval("SELECT to_regclass('stage_migration_control') IS NOT NULL"):
+        return False
+    return bool(await db.fetchval("SELECT count(*) FROM stage_migration_control WHERE batch_no >= $1", batch))
+
+
 async def _unfinished_apply(db: asyncpg.Connection) -> bool:
     if not await db.fetchval("SELECT to_regclass('stage_migration_control') IS NOT NULL"):
         return False
@@ -138,7 +146,8 @@ async def test_sigkill_at_random_points_then_resume(database: str, db: asyncpg.C
         proc = subprocess.Popen(command(database, *args), cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         if kills < 10:
-            await asyncio.sleep(rng.uniform(0.3, 1.1))  # from before connecting to deep into the batches
+            # a random moment on purpose, from before connecting to deep into the batches: where it lands is the test
+            await asyncio.sleep(rng.uniform(0.3, 1.1))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
@@ -167,13 +176,11 @@ async def test_concurrent_application_write_wins(database: str, db: asyncpg.Conn
                                     "--lock-timeout-ms", "20000"), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):  # until the migration waits on the application's row lock
-            waiting = await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                                        "AND query LIKE '%stage_normalization_log%'")
-            if waiting:
-                break
-            await asyncio.sleep(0.05)
-        assert waiting, "the migration never blocked on the application's lock"
+        async def blocked() -> bool:
+            return bool(await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                          "AND query LIKE '%stage_normalization_log%'"))
+
+        await until(blocked, what="the migration to block on the application's row lock")
         await transaction.commit()
         out, _ = await asyncio.to_thread(proc.communicate, timeout=60)
     finally:
@@ -239,12 +246,22 @@ async def test_transactional_killed_leaves_nothing(database: str, db: asyncpg.Co
     await seeded(database, 60_000)
     before = await db.fetchval(CHECKSUM)
     proc = subprocess.Popen(command(database, "migrate", "--apply", "--transactional", "--batch-size", "300",
-                                    "--sleep-ms", "20"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    await asyncio.sleep(1.5)
-    assert proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    await asyncio.sleep(0.2)
+                                    "--sleep-ms", "20", "--progress-interval-s", "0"), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        await output_line(proc.stderr, lambda line: line.startswith(b'{"progress"') and
+                          orjson.loads(line)["batch"] >= 5, what="the run's fifth batch (a progress line per batch)")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+
+    async def session_gone() -> bool:  # PostgreSQL has noticed the dead client and rolled its transaction back
+        return not await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                     "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
+
+    await until(session_gone, what="the killed run's session to end")
     assert await db.fetchval(CHECKSUM) == before
     assert await db.fetchval("SELECT count(*) FROM stage_migration_control") == 0
     assert await db.fetchval("SELECT count(*) FROM stage_normalization_log") == 0
@@ -265,7 +282,7 @@ async def test_sigint_finishes_the_batch_and_marks_aborted(database: str, db: as
     expected = await reference(db)
     proc = subprocess.Popen(command(database, "migrate", "--apply", "--batch-size", "300", "--sleep-ms", "20"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    await asyncio.sleep(1.2)
+    await until(lambda: batch_reached(db, 5), timeout_s=60, what="the run's fifth committed batch")
     proc.send_signal(signal.SIGINT)
     await asyncio.to_thread(proc.communicate, timeout=60)
     assert proc.returncode == 130
@@ -477,11 +494,7 @@ async def test_control_row_deleted_mid_run_rolls_the_batch_back(database: str, d
     proc = subprocess.Popen(command(database, "migrate", "--apply", "--batch-size", "300", "--sleep-ms", "20"),
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(200):
-            if await db.fetchval("SELECT to_regclass('stage_migration_control') IS NOT NULL") and await db.fetchval(
-                    "SELECT count(*) FROM stage_migration_control WHERE batch_no > 2"):
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: batch_reached(db, 3), timeout_s=60, what="the run's third committed batch")
         # Waits for the batch in flight to commit, then removes the row as that batch left it.
         last_batch = await db.fetchval("DELETE FROM stage_migration_control RETURNING batch_no")
         _, err = await asyncio.to_thread(proc.communicate, timeout=60)

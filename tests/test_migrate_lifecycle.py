@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -14,6 +13,7 @@ import orjson
 import pytest
 
 from tests.support.proxies import REPO
+from tests.support.waiting import until
 from tests.test_migrate import command, one_line_error, reference, seeded, stagectl, table
 
 ROWS = 20_000
@@ -38,29 +38,33 @@ async def start_slow_run(dsn: str, db: asyncpg.Connection, *extra: str,
     """A run with small batches and pauses, returned once it has committed a few batches."""
     proc = subprocess.Popen(command(dsn, "migrate", "--apply", "--batch-size", "200", "--sleep-ms", "40", *extra),
                             cwd=REPO, stdout=output, stderr=output)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    async def going() -> bool:
         if await db.fetchval("SELECT to_regclass('stage_migration_control') IS NOT NULL"):
             batches = await db.fetchval("SELECT max(batch_no) FROM stage_migration_control WHERE status = 'running'")
             if (batches or 0) >= 3:
-                return proc
+                return True
         assert proc.poll() is None, "the run ended before it could be observed"
-        await asyncio.sleep(0.05)
-    proc.kill()
-    raise AssertionError("the run never got going")
+        return False
+
+    try:
+        await until(going, timeout_s=60, what="the run to commit three batches")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 async def kill_9(proc: subprocess.Popen[bytes], dsn: str) -> dict[str, object]:
     """SIGKILL, then the run as status reports it once PostgreSQL has noticed the session is gone."""
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        run = (await status(dsn))[0]
-        if run["status"] != "running":
-            return run
-        await asyncio.sleep(0.1)
-    raise AssertionError("the killed run still shows as running")
+
+    async def not_running() -> bool:
+        return (await status(dsn))[0]["status"] != "running"
+
+    await until(not_running, timeout_s=20, interval_s=0.1, what="the killed run to stop showing as running")
+    return (await status(dsn))[0]
 
 
 async def test_a_live_run_shows_its_lock_holder_and_a_killed_one_is_interrupted(database: str,

@@ -18,20 +18,25 @@ from proxy.modes.statefile import StateFile, read_state_file, write_state_file
 from proxy.modes.store import MemoryModeStore, StoreUnavailable
 from proxy.modes.view import ModeView
 from proxy.shared.metrics import Metrics
+from tests.support.waiting import event, until
 
 CATALOG = default_catalog()
 
 
 class GatedStore(MemoryModeStore):
-    """The embedded store, but a load can be held after taking its snapshot (to replay a race)."""
+    """The embedded store, but a load can be held after taking its snapshot (to replay a race); ``held`` is set
+    once a load has its snapshot and waits at the closed gate."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gate = asyncio.Event()
         self.gate.set()
+        self.held = asyncio.Event()
 
     async def load(self) -> StoreState:
         snapshot = await super().load()
+        if not self.gate.is_set():
+            self.held.set()
         await self.gate.wait()
         return snapshot
 
@@ -92,8 +97,9 @@ async def test_slow_load_cannot_undo_a_change() -> None:
     await modes.changes.change(["create_deal"], "warn", 0.0, "t", "before")
     store.gate.clear()
     slow = asyncio.create_task(modes.refresher.refresh())
-    await asyncio.sleep(0.01)  # the load has its (old) snapshot and waits
+    await event(store.held, what="the load to have its (old) snapshot and wait at the gate")
     await modes.changes.change(["create_deal"], "enforce", 10.0, "t", "race")
+    assert not slow.done()  # the change landed while the load was held: the race is replayed
     store.gate.set()
     await slow
     assert modes.view.lookup("create_deal") == ("enforce", 10.0)
@@ -191,7 +197,9 @@ async def test_a_newer_stored_change_wins_over_a_pending_one() -> None:
     await modes.changes.change(["create_deal"], "enforce", 100.0, "t", "go")
     store.down = True
     assert await modes.changes.change(["create_deal"], "warn", 0.0, "ops", "rollback") is False
-    await asyncio.sleep(0.01)
+    ours = modes.pending.records["create_deal"].updated_at
+    assert ours is not None
+    await until(lambda: utc_now() > ours, what="the clock to pass our downgrade's time (ms resolution)")
     later = ModeRecord("off", 0.0, utc_now(), "other replica", "later")
     await MemoryModeStore.save(store, {"create_deal": later}, [])  # written elsewhere after our downgrade
     store.down = False

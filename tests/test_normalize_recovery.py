@@ -10,7 +10,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from proxy.catalog.stages import default_catalog
 from tests.support.proxies import REPO
+from tests.support.waiting import until
 
 CATALOG = default_catalog()
 
@@ -44,11 +44,14 @@ async def aliases_left(db: asyncpg.Connection) -> int:
 
 async def interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], Awaitable[bool]]) -> tuple[int, str]:
     """SIGINT once ``ready()`` holds; (exit code, stdout)."""
-    deadline = time.monotonic() + 120
-    while not await ready():
+
+    async def started() -> bool:
+        if await ready():
+            return True
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "the step never started"
-        await asyncio.sleep(0.02)
+        return False
+
+    await until(started, timeout_s=120, what="the step to start")
     proc.send_signal(signal.SIGINT)
     out, _ = await asyncio.to_thread(proc.communicate, timeout=120)
     return proc.returncode, out
@@ -130,12 +133,11 @@ async def test_ctrl_c_in_the_restore_test_drops_the_scratch_database(database: s
 
     code, out = await interrupt_when(proc, restoring)
     assert code == 130 and "normalize interrupted in test-restore" in out, out
-    for _ in range(100):
-        if not await db.fetchval("SELECT count(*) FROM pg_database WHERE datname LIKE 'stagegate_restore_%'"):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the scratch database was left behind")
+
+    async def dropped() -> bool:
+        return not await db.fetchval("SELECT count(*) FROM pg_database WHERE datname LIKE 'stagegate_restore_%'")
+
+    await until(dropped, interval_s=0.1, what="the scratch database to be dropped (not left behind)")
     assert await db.fetchval("SELECT to_regclass('stage_migration_control')") is None
 
 

@@ -7,7 +7,6 @@ replica takes it from there. A change away from safety still answers 503.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -16,6 +15,7 @@ from proxy.app.server import Running
 from tests.support.alerts import alert, payload, post_webhook
 from tests.support.proxies import TOKEN, ProxyFactory, set_mode
 from tests.support.servers import RedisServer
+from tests.support.waiting import until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -39,13 +39,6 @@ async def metric(http: aiohttp.ClientSession, run: Running, name: str) -> float:
     raise AssertionError(f"{name} not exposed")
 
 
-async def until(check: Any, timeout_s: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "not reached in time"
-        await asyncio.sleep(0.1)
-
-
 async def test_a_downgrade_during_a_redis_outage_reaches_every_replica(make_proxy: ProxyFactory, own_redis: RedisServer,
                                                                       prefix: str,
                                                                       http: aiohttp.ClientSession) -> None:
@@ -54,9 +47,9 @@ async def test_a_downgrade_during_a_redis_outage_reaches_every_replica(make_prox
     a = await make_proxy(redis_url=own_redis.url, redis_prefix=prefix)
     b = await make_proxy(redis_url=own_redis.url, redis_prefix=prefix)
     await set_mode(http, a, "*", "enforce", 100)
-    await until(lambda: _mode_is(http, b, "create_deal", "enforce"))
+    await until(lambda: _mode_is(http, b, "create_deal", "enforce"), timeout_s=15, what="B to take enforce")
     own_redis.kill()
-    await until(lambda: _source_is(http, a, "last_known"))
+    await until(lambda: _source_is(http, a, "last_known"), timeout_s=15, what="A to notice the outage")
     status, body = await put(http, a, {"endpoint": "create_deal", "mode": "warn", "reason": "rollback", "actor": "op"})
     assert status == 202 and body["persisted"] is False
     assert body["endpoints"]["create_deal"]["mode"] == "warn"
@@ -69,7 +62,7 @@ async def test_a_downgrade_during_a_redis_outage_reaches_every_replica(make_prox
     assert (await view(http, b))["endpoints"]["create_deal"]["mode"] == "enforce"  # B cannot know yet
 
     own_redis.start()
-    await until(lambda: _mode_is(http, b, "create_deal", "warn"))
+    await until(lambda: _mode_is(http, b, "create_deal", "warn"), timeout_s=15, what="B to take the downgrade")
     assert (await view(http, a))["pending_writes"] == [] and await metric(http, a, "stage_mode_pending_writes") == 0
     async with http.get(f"{b.admin_url}/_ops/mode/history?endpoint=create_deal") as response:
         entries = (await response.json())["entries"]
@@ -82,14 +75,14 @@ async def test_the_webhook_downgrades_during_an_outage(make_proxy: ProxyFactory,
     run = await make_proxy(redis_url=own_redis.url, redis_prefix=prefix)
     await set_mode(http, run, "import_deals", "enforce", 50)
     own_redis.kill()
-    await until(lambda: _source_is(http, run, "last_known"))
+    await until(lambda: _source_is(http, run, "last_known"), timeout_s=15, what="the outage to be noticed")
     status, answer = await post_webhook(http, run, payload(alert({"alertname": "StageEnforceErrorSpike",
                                                                   "stage_action": "downgrade",
                                                                   "endpoint": "import_deals"})))
     assert status == 202 and answer["persisted"] is False and answer["downgraded"] == ["import_deals"]
     assert (await view(http, run))["endpoints"]["import_deals"]["mode"] == "warn"
     own_redis.start()
-    await until(lambda: _pending_empty(http, run))
+    await until(lambda: _pending_empty(http, run), timeout_s=15, what="the pending downgrade to be written")
 
 
 async def _mode_is(http: aiohttp.ClientSession, run: Running, endpoint: str, mode: str) -> bool:

@@ -74,7 +74,7 @@ async def test_slowed_redis_is_reported(own_redis: RedisServer) -> None:
         try:
             while not stop.is_set():
                 await client.execute_command("DEBUG", "SLEEP", "0.03")  # type: ignore[no-untyped-call]
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the staller's pace: 30 ms stalls with gaps for the GETs between them
         finally:
             await client.aclose()
 

@@ -21,6 +21,7 @@ from tests.support.ports import free_port
 from tests.support.proxies import TOKEN, ProxyFactory, set_mode, spawn_proxy
 from tests.support.servers import RedisServer
 from tests.support.upstreams import Upstream
+from tests.support.waiting import until, wait_until
 
 
 async def get_mode(http: aiohttp.ClientSession, admin_url: str) -> dict[str, Any]:
@@ -29,14 +30,12 @@ async def get_mode(http: aiohttp.ClientSession, admin_url: str) -> dict[str, Any
         return data
 
 
-async def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.02) -> float:
-    """Poll an async predicate; return the seconds it took, fail after timeout_s."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if await predicate():
-            return time.monotonic() - started
-        await asyncio.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s}s")
+async def store_loads(http: aiohttp.ClientSession, run: Running) -> float:
+    """How many times the proxy has tried to load the modes from the store, failed attempts included."""
+    async with http.get(f"{run.admin_url}/metrics") as response:
+        text = await response.text()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('stage_mode_store_seconds_count{op="load"} '))
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
@@ -74,14 +73,17 @@ async def test_redis_killed_under_traffic(make_proxy: ProxyFactory, own_redis: R
                 assert response.headers["X-Stage-Validation"] == "mode=enforce; result=alias"
 
     workers = [asyncio.create_task(traffic()) for _ in range(4)]
-    await asyncio.sleep(0.5)
+    await until(lambda: len(statuses) >= 40, what="traffic flowing before Redis dies")
     own_redis.kill()
-    await wait_until(lambda: _source_is(http, run, "last_known"), 3)
-    await asyncio.sleep(1.0)  # several failed refreshes: still one WARN
+    await until(lambda: _source_is(http, run, "last_known"), timeout_s=3, what="the source to become last_known")
+    failed_from = await store_loads(http, run)
+    await until(lambda: _loads_since(http, run, failed_from, 8), what="eight more failed refreshes (still one WARN)")
     assert (await get_mode(http, run.admin_url))["endpoints"]["create_deal"]["mode"] == "enforce"
     own_redis.start()
-    await wait_until(lambda: _source_is(http, run, "redis"), 10)  # refresh_ms=100: generous for a loaded machine
-    await asyncio.sleep(0.3)
+    # refresh_ms=100: generous for a loaded machine
+    await until(lambda: _source_is(http, run, "redis"), timeout_s=10, what="the source to be redis again")
+    recovered_at = len(statuses)
+    await until(lambda: len(statuses) >= recovered_at + 40, what="traffic answered after the recovery")
     stop.set()
     await asyncio.gather(*workers)
     assert statuses and set(statuses) == {200}, set(statuses)
@@ -94,15 +96,19 @@ async def _source_is(http: aiohttp.ClientSession, run: Running, source: str) -> 
     return bool((await get_mode(http, run.admin_url))["source"] == source)
 
 
+async def _loads_since(http: aiohttp.ClientSession, run: Running, before: float, count: int) -> bool:
+    return await store_loads(http, run) >= before + count
+
+
 async def test_empty_redis_after_restart_is_reseeded(make_proxy: ProxyFactory, own_redis: RedisServer, prefix: str,
                                                      http: aiohttp.ClientSession) -> None:
     """A Redis restarted without its data gets the last-known modes back instead of silently reverting to off."""
     run = await make_proxy(redis_url=own_redis.url, redis_prefix=prefix, refresh_ms=100)
     await set_mode(http, run, "import_deals", "enforce", 50)
     own_redis.kill()
-    await wait_until(lambda: _source_is(http, run, "last_known"), 3)
+    await until(lambda: _source_is(http, run, "last_known"), timeout_s=3, what="the source to become last_known")
     own_redis.start()
-    await wait_until(lambda: _source_is(http, run, "redis"), 3)
+    await until(lambda: _source_is(http, run, "redis"), timeout_s=3, what="the source to be redis again")
     assert (await get_mode(http, run.admin_url))["endpoints"]["import_deals"]["percent"] == 50.0
     client = aioredis.Redis.from_url(own_redis.url)
     assert orjson.loads(await client.hget(f"{prefix}modes", "import_deals") or b"null")["mode"] == "enforce"
@@ -123,16 +129,16 @@ async def test_put_while_redis_down_is_503(make_proxy: ProxyFactory, own_redis: 
 def _wait_healthy(admin_port: int, proc: subprocess.Popen[bytes], timeout_s: float = 10) -> float:
     import urllib.request
 
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"proxy exited: {proc.stderr.read().decode() if proc.stderr else ''}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/_ops/healthz", timeout=0.5):
-                return time.monotonic() - started
+                return True
         except OSError:
-            time.sleep(0.02)
-    raise AssertionError("proxy did not become healthy")
+            return False
+
+    return wait_until(healthy, timeout_s=timeout_s, interval_s=0.02, what="the proxy to answer /_ops/healthz")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> str:
@@ -189,7 +195,16 @@ async def test_two_processes_converge(upstream: Upstream, redis_server: RedisSer
     try:
         _wait_healthy(admin_a, first)
         _wait_healthy(admin_b, second)
-        await asyncio.sleep(0.3)  # let both subscribe
+        client = aioredis.Redis.from_url(redis_server.url)
+
+        async def both_subscribed() -> bool:
+            [(_, subscribers)] = await client.pubsub_numsub(f"{prefix}events")
+            return bool(subscribers == 2)
+
+        try:
+            await until(both_subscribed, what="both proxies to subscribe to the events channel")
+        finally:
+            await client.aclose()
         for mode in ("warn", "enforce", "off"):
             async with http.put(f"http://127.0.0.1:{admin_a}/_ops/mode",
                                 json={"endpoint": "create_deal", "mode": mode, "reason": "converge"},
@@ -200,7 +215,8 @@ async def test_two_processes_converge(upstream: Upstream, redis_server: RedisSer
                 body = await get_mode(http, f"http://127.0.0.1:{admin_b}")
                 return bool(body["endpoints"]["create_deal"]["mode"] == expected)
 
-            await wait_until(applied, 10.0, interval_s=0.01)  # with a 10 min poll, only pub/sub can explain this
+            # with a 10 min poll, only pub/sub can explain this
+            await until(applied, timeout_s=10.0, what=f"the second proxy to apply {mode}")
         async with http.post(f"http://127.0.0.1:{main_b}/api/v1/deals", json={"stage": "zz"}) as response:
             assert response.headers["X-Stage-Validation"] == "mode=off; result=unknown"
     finally:

@@ -23,9 +23,10 @@ from proxy.app.server import Running
 from proxy.catalog.compare import catalog_version
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, parse_catalog
 from tests.support.ports import wait_for_port
-from tests.support.proxies import REPO, TOKEN, ProxyFactory, spawn_proxy
+from tests.support.proxies import REPO, TOKEN, ProxyFactory, children, mode_on_every_worker, spawn_proxy
 from tests.support.servers import RedisServer
 from tests.support.upstreams import Upstream
+from tests.support.waiting import until
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WITH_SIGNED = DEFAULT_CATALOG_TOML.replace('won = "closed_won"', 'won = "closed_won"\nsigned = "closed_won"')
@@ -110,13 +111,6 @@ async def create(url: str, stage: str, http: aiohttp.ClientSession | None = None
             return response.status
 
 
-async def wait_for(check: Callable[[], Any], timeout_s: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
-
-
 async def test_reload_adds_an_alias_enforce_uses_at_once(upstream: Upstream, tmp_path: Path,
                                                          http: aiohttp.ClientSession) -> None:
     """A new alias, POST /_ops/reload: the next request is normalized; version, counter and log say so."""
@@ -193,7 +187,7 @@ async def test_a_huge_catalog_reloads_without_stalling_requests(upstream: Upstre
             async with http.get(f"{run.main_url}/ping") as response:
                 assert response.status == 200
             worst = max(worst, loop.time() - started)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the probes' pace while the reload runs, not a wait for it
         status, body = await reloading
         assert status == 200 and body["changes"]["aliases_added"]["variant 7"] == "lead", str(body)[:300]
         assert worst < 1.0, worst  # generous: the check is a thread's work, the loop keeps its turns
@@ -212,7 +206,7 @@ async def test_sighup_with_a_bad_file_is_not_fatal_and_a_good_one_applies(upstre
 
         async def refused() -> bool:
             return sample(await metrics_text(http, run.admin_url), 'stage_config_reload_total{result="refused"}') == 1
-        await wait_for(refused)
+        await until(refused, what="the refused reload to be counted")
         assert run.proc.poll() is None
         async with http.get(f"{run.admin_url}/_ops/healthz") as response:
             assert response.status == 200
@@ -222,7 +216,7 @@ async def test_sighup_with_a_bad_file_is_not_fatal_and_a_good_one_applies(upstre
 
         async def signed() -> bool:
             return await create(run.main_url, "signed") == 200
-        await wait_for(signed)
+        await until(signed, what="the SIGHUP to apply the new alias")
         assert orjson.loads(upstream.last.body) == {"stage": "closed_won"}
 
 
@@ -234,9 +228,9 @@ async def test_every_worker_reloads(upstream: Upstream, tmp_path: Path, redis_se
     config.write_text(DEFAULT_CATALOG_TOML)
     async with proxy_process(upstream, config, "--workers", "2", "--redis-url", redis_server.url,
                              "--redis-prefix", prefix) as run:
-        await asyncio.sleep(0.5)  # both workers bound
+        await until(lambda: len(children(run.proc.pid)) == 2, what="the supervisor to start two workers")
         await enforce(http, run.admin_url)
-        await asyncio.sleep(0.5)  # the mode reaches both workers through Redis
+        await mode_on_every_worker(run.admin, children(run.proc.pid), "create_deal", "enforce")  # through Redis
         config.write_text(WITH_SIGNED)
         status, body = await reload(http, run.admin_url)
         assert status == 200, body
@@ -245,13 +239,13 @@ async def test_every_worker_reloads(upstream: Upstream, tmp_path: Path, redis_se
             text = await metrics_text(http, run.admin_url)
             return sample(text, f'stage_catalog_info{{version="{SIGNED_VERSION}"}}') == 1 and \
                 sample(text, f'stage_catalog_info{{version="{DEFAULT_VERSION}"}}') == 0
-        await wait_for(both)
-        children = subprocess.run(["pgrep", "-P", str(run.proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 2
+        await until(both, what="every worker to serve the new catalog")
+        pids = children(run.proc.pid)
+        assert len(pids) == 2
         statuses = await asyncio.gather(*(create(run.main_url, "signed") for _ in range(40)))
         assert statuses == [200] * 40
         assert all(orjson.loads(seen.body) == {"stage": "closed_won"} for seen in upstream.seen[-40:])
-        assert run.proc.poll() is None and all(os.path.exists(f"/proc/{pid}") for pid in children)
+        assert run.proc.poll() is None and all(os.path.exists(f"/proc/{pid}") for pid in pids)
 
 
 async def test_reloads_under_load_lose_no_request(make_proxy: ProxyFactory, upstream: Upstream, tmp_path: Path,
@@ -273,13 +267,16 @@ async def test_reloads_under_load_lose_no_request(make_proxy: ProxyFactory, upst
                     statuses.append(response.status)
         return statuses
 
+    def served(count: int) -> Callable[[], bool]:
+        return lambda: len(upstream.seen) >= count
+
     before = len(upstream.seen)
     senders = [asyncio.create_task(traffic()) for _ in range(4)]
     for i in range(20):
         config.write_text(WITH_SIGNED if i % 2 == 0 else DEFAULT_CATALOG_TOML)
         status, body = await reload(http, run.admin_url)
         assert status == 200 and body["changed"], body
-        await asyncio.sleep(0.02)
+        await until(served(len(upstream.seen) + 4), what=f"requests served after reload {i + 1}")
     done.set()
     results = [status for statuses in await asyncio.gather(*senders) for status in statuses]
     assert len(results) > 40 and set(results) == {200}
@@ -386,22 +383,27 @@ async def test_a_sighup_while_starting_is_held_not_fatal(workers: int, upstream:
     proc, main, admin = spawn_proxy(upstream.url, "--config", str(config), *extra)
     try:
         for delay in (0.05, 0.15):
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # the moment is the point: while the processes are still importing
             proc.send_signal(signal.SIGHUP)
         config.write_text(WITH_SIGNED)  # the held SIGHUP may run before or after this: check the last reload below
         await asyncio.to_thread(wait_for_port, main)
         await asyncio.to_thread(wait_for_port, admin)
-        await asyncio.sleep(0.5)
+
+        async def held_ones_reloaded() -> bool:  # each process reloads once for the SIGHUPs held while starting
+            assert proc.poll() is None, "a SIGHUP while starting was fatal"
+            text = await metrics_text(http, f"http://127.0.0.1:{admin}")
+            return sample(text, 'stage_config_reload_total{result="ok"}') + \
+                sample(text, 'stage_config_reload_total{result="refused"}') >= workers
+        await until(held_ones_reloaded, what="the SIGHUPs held while starting to reload every worker")
         assert proc.poll() is None
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == (2 if workers > 1 else 0)
+        assert len(children(proc.pid)) == (2 if workers > 1 else 0)
         proc.send_signal(signal.SIGHUP)  # after start-up: applies the edit everywhere
 
         async def applied() -> bool:
             text = await metrics_text(http, f"http://127.0.0.1:{admin}")
             return sample(text, f'stage_catalog_info{{version="{SIGNED_VERSION}"}}') == 1 and \
                 sample(text, f'stage_catalog_info{{version="{DEFAULT_VERSION}"}}') == 0  # max
-        await wait_for(applied)
+        await until(applied, what="the SIGHUP to apply the edit everywhere")
     finally:
         proc.terminate()
         await asyncio.to_thread(proc.communicate, timeout=15)

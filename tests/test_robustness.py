@@ -16,9 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.app.server import Running, running
+from proxy.app.wiring import PARTS
 from tests.support.loops import ThreadedLoop
 from tests.support.proxies import TOKEN, make_settings, set_mode
 from tests.support.upstreams import Upstream, recording_upstream
+from tests.support.waiting import until
 
 JSON = "application/json"
 
@@ -27,14 +29,15 @@ async def test_client_disconnects_mid_body(proxy: Running, upstream: Upstream, h
                                            caplog: pytest.LogCaptureFixture) -> None:
     """A client vanishing halfway through its body is dropped quietly; the proxy keeps serving."""
     await set_mode(http, proxy, "*", "enforce")
+    in_flight = proxy.app[PARTS].dataplane.in_flight  # the requests the data plane is handling
     for path in (b"/api/v1/deals", b"/elsewhere"):
         reader, writer = await asyncio.open_connection(proxy.main.host, proxy.main.port)
         writer.write(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1000\r\n\r\n" + b'{"stage": "lead", "pad": "' + b"x" * 100)
         await writer.drain()
-        await asyncio.sleep(0.1)
+        await until(lambda: len(in_flight) == 1, what=f"the proxy to be reading the body of {path!r}")
         writer.close()
-        await asyncio.sleep(0.1)
+        await until(lambda: not in_flight, what=f"the proxy to be done with the cut request to {path!r}")
     async with http.post(f"{proxy.url}/api/v1/deals", json={"stage": "lead"}) as response:
         assert response.status == 200
     # The test upstream (same process) sees the cut connection; the proxy itself must log no error.

@@ -20,6 +20,7 @@ import pytest
 from proxy.app.server import Running
 from tests.support.prometheus import PrometheusServer
 from tests.support.proxies import REPO, TOKEN, ProxyFactory, set_mode
+from tests.support.waiting import until
 
 FAST = ("--interval", "1s", "--min-requests", "20", "--json")
 
@@ -35,15 +36,18 @@ class Live:
             record: dict[str, Any] = (await response.json())["endpoints"]["create_deal"]
             return record
 
+    async def query(self, promql: str) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.prometheus.url}/api/v1/query", params={"query": promql}) as response:
+            result: list[dict[str, Any]] = (await response.json())["data"]["result"]
+            return result
+
     async def scraped(self) -> None:
         """Wait until Prometheus holds the proxy's mode (its first scrapes)."""
-        for _ in range(100):
-            async with self.http.get(f"{self.prometheus.url}/api/v1/query",
-                                     params={"query": 'stage_mode{endpoint="create_deal",mode="warn"} == 1'}) as r:
-                if (await r.json())["data"]["result"]:
-                    return
-            await asyncio.sleep(0.1)
-        raise AssertionError("Prometheus never scraped the proxy")
+
+        async def holds_mode() -> bool:
+            return bool(await self.query('stage_mode{endpoint="create_deal",mode="warn"} == 1'))
+
+        await until(holds_mode, interval_s=0.1, what="Prometheus to scrape the proxy")
 
     async def history(self) -> list[dict[str, Any]]:
         async with self.http.get(f"{self.run.admin_url}/_ops/mode/history?limit=100") as response:
@@ -75,7 +79,7 @@ async def traffic(live: Live, unknown_every: int = 0) -> AsyncIterator[None]:
             stage = "zzz-unknown" if unknown_every and n % unknown_every == 0 else "lead"
             async with live.http.post(f"{live.run.url}/api/v1/deals", json={"stage": stage}) as response:
                 await response.read()
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # the traffic's pace (leaves the loop to the proxy), not a wait for anything
 
     senders = [asyncio.create_task(send()) for _ in range(2)]
     try:

@@ -20,6 +20,7 @@ from proxy.catalog.stages import DEFAULT_CATALOG_TOML, parse_catalog
 from tests.support.prometheus import PrometheusServer
 from tests.support.proxies import REPO, TOKEN, ProxyFactory, set_mode
 from tests.support.servers import RedisServer
+from tests.support.waiting import until
 from tests.test_rollout import ACTOR, Live, finish, live, next_event, rollout, traffic
 
 __all__ = ["live"]  # the fixture, shared with tests/test_rollout.py
@@ -132,7 +133,11 @@ async def test_a_killed_driver_lapses_and_the_next_continues_its_watched_time(li
         refused = await rollout(live, "--steps", "10:60s,100", *FAST)
         code, _, err = await finish(refused)
         assert code == 2, err  # within three intervals: still held
-        await asyncio.sleep(3.5)
+
+        async def lapsed() -> bool:
+            return (await live.mode())["rollout"] is None
+
+        await until(lapsed, what="the killed driver's lease to lapse")
         second = await rollout(live, "--steps", "10:60s,100", *FAST)
         resumed = await next_event(second, "resume")
         second.send_signal(signal.SIGTERM)
@@ -182,13 +187,12 @@ async def test_replicas_on_two_catalogs_stop_gate_and_rollout(make_proxy: ProxyF
     try:
         here = Live(a, prometheus, http)
         await here.scraped()
-        for _ in range(100):  # both targets scraped
-            async with http.get(f"{prometheus.url}/api/v1/query", params={"query": "count(stage_catalog_info == 1)"}
-                                ) as response:
-                result = (await response.json())["data"]["result"]
-            if result and result[0]["value"][1] == "2":
-                break
-            await asyncio.sleep(0.1)
+
+        async def both_scraped() -> bool:
+            result = await here.query("count(stage_catalog_info == 1)")
+            return bool(result and result[0]["value"][1] == "2")
+
+        await until(both_scraped, interval_s=0.1, what="Prometheus to scrape both replicas")
         gate = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tools.stagectl", "gate", "--prometheus", prometheus.url, "--json", cwd=REPO,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -12,6 +12,7 @@ import pytest
 from tests.support.ports import wait_for_port
 from tests.support.proxies import spawn_proxy
 from tests.support.upstreams import Upstream
+from tests.support.waiting import output_line, until
 
 
 async def test_sigterm_drains_in_flight_requests(upstream: Upstream, http: aiohttp.ClientSession) -> None:
@@ -21,7 +22,7 @@ async def test_sigterm_drains_in_flight_requests(upstream: Upstream, http: aioht
         await asyncio.to_thread(wait_for_port, admin)
         upstream.delay_s = 1.0
         pending = asyncio.create_task(http.post(f"http://127.0.0.1:{main}/api/v1/deals", json={"stage": "lead"}))
-        await asyncio.sleep(0.3)
+        await until(lambda: len(upstream.seen) == 1, what="the request to reach the (slow) upstream")
         proc.send_signal(signal.SIGTERM)
         response = await pending
         assert response.status == 200
@@ -73,10 +74,14 @@ async def test_a_second_signal_forces_the_exit(upstream: Upstream, http: aiohttp
         await asyncio.to_thread(wait_for_port, admin)
         upstream.delay_s = 60.0
         pending = asyncio.create_task(http.post(f"http://127.0.0.1:{main}/api/v1/deals", json={"stage": "lead"}))
-        await asyncio.sleep(0.5)
+        await until(lambda: len(upstream.seen) == 1, what="the request to reach the (slow) upstream")
         proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(1.0)
-        assert proc.poll() is None  # still draining: the request has 60 s to finish
+        assert proc.stdout is not None
+        early = await output_line(proc.stdout, lambda line: b'"shutdown_stopped_accepting"' in line,
+                                  what="the drain to begin")
+        draining = orjson.loads(early[-1])
+        assert draining["connections"]["main"] == 1 and draining["drain_s"] == 60  # the request has 60 s to finish
+        assert proc.poll() is None and not pending.done()  # still draining
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 15)
         with pytest.raises(aiohttp.ClientError):
@@ -85,6 +90,7 @@ async def test_a_second_signal_forces_the_exit(upstream: Upstream, http: aiohttp
         if proc.poll() is None:
             proc.kill()
         out, _ = proc.communicate()
+    out = b"".join(early) + out
     assert code == 1
     events = _events(out)
     assert events.count("shutdown_force_requested") == 1 and events.count("shutdown_forced") == 1

@@ -26,7 +26,7 @@ async def test_stops_a_task_that_swallows_the_first_cancellation() -> None:
                 raise
 
     task = asyncio.create_task(loop_forever())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the task starts and waits in its (long, cancelled) sleep
     assert await stop_task(task, grace_s=30.0, retry_s=0.05) is True
     assert task.cancelled() and swallowed == 2  # cancelled a second time: the first cancel alone never stops it
 

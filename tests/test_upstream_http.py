@@ -23,6 +23,7 @@ from aiohttp import web
 
 from tests.support.proxies import ProxyFactory
 from tests.support.scripted import read_head, read_request, scripted
+from tests.support.waiting import until
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 
@@ -123,7 +124,7 @@ async def test_stall_after_headers_truncates_and_stall_before_is_504(make_proxy:
         if b"/mid" in head:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 70_000)
             await writer.drain()
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # a stalled upstream, on purpose: silent far past the proxy's 0.5 s timeout
 
     async with scripted(script) as (url, _):
         run = await make_proxy(upstream_url=url, upstream_timeout_s=0.5)
@@ -144,12 +145,12 @@ async def test_early_answer_to_a_streamed_upload_is_relayed(make_proxy: ProxyFac
         await read_head(reader)
         writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
         await writer.drain()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # on purpose: lingers without reading the body (as such servers do), then closes
 
     async def body() -> AsyncIterator[bytes]:
         for _ in range(64):
             yield b"y" * 65536
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # a deliberately slow upload: still streaming when the answer comes
 
     async with scripted(script) as (url, _):
         run = await make_proxy(upstream_url=url)
@@ -163,9 +164,11 @@ async def test_large_response_is_streamed_with_back_pressure(make_proxy: ProxyFa
     proxy's and the sockets' buffers are full), then everything arrives intact when the client reads again."""
     block = os.urandom(1 << 20)
     written = 0
+    handling: list[web.Request] = []
 
     async def big(request: web.Request) -> web.StreamResponse:
         nonlocal written
+        handling.append(request)
         response = web.StreamResponse()
         await response.prepare(request)
         for _ in range(20):
@@ -184,14 +187,27 @@ async def test_large_response_is_streamed_with_back_pressure(make_proxy: ProxyFa
         run = await make_proxy(upstream_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
         digest = hashlib.sha256()
         size = 0
+
+        async def blocked_throughout(round_trips: int) -> bool:
+            """The upstream's write waits (its transport paused) and ``written`` stays put while the proxy answers
+            ``round_trips`` admin requests: turns of the loop this upstream and the proxy share."""
+            before = written
+            for _ in range(round_trips):
+                async with http.get(f"{run.admin_url}/_ops/healthz") as answer:
+                    await answer.read()
+                if written != before or not handling[0].protocol.writing_paused:
+                    return False
+            return True
+
         async with http.get(f"{run.url}/big") as response:
             first = await response.content.readexactly(1 << 20)
             digest.update(first)
             size += len(first)
-            await asyncio.sleep(1.0)  # the client stops reading
+            # the client stops reading: once the buffers on the way are full the upstream's writes block
+            await until(lambda: blocked_throughout(5), what="the upstream's writes to block")
             paused_at = written
-            await asyncio.sleep(1.0)
-            assert written == paused_at, "the upstream kept writing while nobody read"
+            assert await blocked_throughout(50), "the upstream kept writing while nobody read"
+            assert written == paused_at
             assert written < 16 << 20, written  # held back, far from all 20 MB (loopback buffers are a few MB)
             async for chunk in response.content.iter_chunked(256 * 1024):
                 digest.update(chunk)

@@ -14,9 +14,10 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.ports import wait_for_port
-from tests.support.proxies import TOKEN, spawn_proxy
+from tests.support.proxies import TOKEN, children, listeners, mode_on_every_worker, spawn_proxy
 from tests.support.servers import RedisServer
 from tests.support.upstreams import Upstream
+from tests.support.waiting import until, wait_until
 from tests.test_cli import assert_one_line_error, run_cli
 
 
@@ -52,6 +53,13 @@ async def _metric_sum(http: aiohttp.ClientSession, admin: int, series: str) -> f
     return sum(float(m) for m in re.findall(rf"^{re.escape(series)} ([0-9.e+]+)$", text, flags=re.M))
 
 
+async def both_workers_bound(supervisor: int, *ports: int) -> list[int]:
+    """The two workers' pids, once both run and each of ``ports`` has two listening sockets (one per worker)."""
+    await until(lambda: len(children(supervisor)) == 2 and all(listeners(port) == 2 for port in ports),
+                what=f"two workers listening on {ports}")
+    return children(supervisor)
+
+
 async def test_two_workers_share_ports_modes_and_metrics(upstream: Upstream, redis_server: RedisServer, prefix: str,
                                                          http: aiohttp.ClientSession) -> None:
     """Two workers: requests spread over both pids, one PUT reaches both, /metrics counts every request once."""
@@ -60,11 +68,11 @@ async def test_two_workers_share_ports_modes_and_metrics(upstream: Upstream, red
     try:
         await asyncio.to_thread(wait_for_port, main)
         await asyncio.to_thread(wait_for_port, admin)
-        await asyncio.sleep(0.5)  # both workers bound
+        workers = await both_workers_bound(proc.pid, main, admin)
         async with http.put(f"http://127.0.0.1:{admin}/_ops/mode", headers={"Authorization": f"Bearer {TOKEN}"},
                             json={"endpoint": "create_deal", "mode": "enforce", "reason": "workers"}) as response:
             assert response.status == 200
-        await asyncio.sleep(0.3)
+        await mode_on_every_worker(admin, workers, "create_deal", "enforce")
         for _ in range(60):  # a new connection each time: the kernel spreads them over the workers
             async with aiohttp.ClientSession() as fresh:
                 async with fresh.post(f"http://127.0.0.1:{main}/api/v1/deals", json={"stage": "nope"}) as response:
@@ -73,17 +81,17 @@ async def test_two_workers_share_ports_modes_and_metrics(upstream: Upstream, red
                     assert response.status == 200
         series = 'stage_validation_total{endpoint="create_deal",mode="enforce",result="unknown"}'
         assert await _metric_sum(http, admin, series) == 60.0  # summed over workers, each request once
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        serving = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         upstream_port = int(upstream.url.rsplit(":", 1)[1])
-        assert len(children) == 2
-        assert all(upstream_connections(int(pid), upstream_port) for pid in children)  # both served traffic
+        assert len(serving) == 2
+        assert all(upstream_connections(int(pid), upstream_port) for pid in serving)  # both served traffic
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
             code: int | None = await asyncio.to_thread(proc.wait, 25)  # the supervisor's own backstop is 15 s
         except subprocess.TimeoutExpired:
-            for pid in _children(proc.pid):
-                os.kill(int(pid), signal.SIGKILL)
+            for pid in children(proc.pid):
+                os.kill(pid, signal.SIGKILL)
             proc.kill()
             code = None
         out, err = proc.communicate()
@@ -99,10 +107,8 @@ async def test_worker_crash_takes_the_supervisor_down(upstream: Upstream, redis_
                                 "--redis-prefix", prefix)
     try:
         await asyncio.to_thread(wait_for_port, main)
-        await asyncio.sleep(0.5)
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 2
-        subprocess.run(["kill", "-9", children[0]], check=True)
+        workers = await both_workers_bound(proc.pid, main)
+        subprocess.run(["kill", "-9", str(workers[0])], check=True)
         code = await asyncio.to_thread(proc.wait, 15)
     finally:
         if proc.poll() is None:
@@ -127,12 +133,9 @@ def test_supervisor_kills_a_worker_that_ignores_sigterm() -> None:
     proc = subprocess.Popen([sys.executable, "-c", SUPERVISE, STUBBORN_WORKER], cwd=Path(__file__).parent.parent,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 10
-        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = _children(proc.pid)
-        assert len(workers) == 2
-        time.sleep(0.3)  # both have installed SIG_IGN
+        wait_until(lambda: len(children(proc.pid)) == 2, what="the supervisor to start two workers")
+        workers = children(proc.pid)
+        wait_until(lambda: all(_ignores_sigterm(pid) for pid in workers), what="both workers to ignore SIGTERM")
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(10)
@@ -148,5 +151,9 @@ def test_supervisor_kills_a_worker_that_ignores_sigterm() -> None:
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
 
 
-def _children(pid: int) -> list[str]:
-    return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+def _ignores_sigterm(pid: int) -> bool:
+    """True once ``pid`` has set SIGTERM to SIG_IGN (its SigIgn mask in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False

@@ -12,13 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 HERE = Path(__file__).resolve().parent.parent / "frameworks"
 JARS = ("tomcat10-embed-core", "jackson-databind", "jackson-core", "jackson-annotations", "jakarta-annotation-api")
@@ -124,18 +124,22 @@ def start(framework: Framework, build: Path) -> Started:
 
 def wait_ready(started: Started) -> None:
     """Until ``GET /`` answers 200; FrameworkError with its stderr if it exits or takes over READY_S."""
-    deadline = time.monotonic() + READY_S
-    while time.monotonic() < deadline:
+
+    def answers() -> bool:
         if started.process.poll() is not None:
             output = started.log.read_text(errors="replace")[-2000:]
             raise FrameworkError(f"{started.framework.name} exited: {output}")
         try:
             with urllib.request.urlopen(started.url + "/", timeout=2) as answer:
-                if answer.status == 200:
-                    return
+                return bool(answer.status == 200)
         except OSError:
-            time.sleep(0.2)
-    raise FrameworkError(f"{started.framework.name} did not answer on {started.url} within {READY_S:g} s")
+            return False
+
+    try:
+        wait_until(answers, timeout_s=READY_S, interval_s=0.2, what=f"{started.framework.name} to answer GET /")
+    except AssertionError:
+        raise FrameworkError(f"{started.framework.name} did not answer on {started.url} within {READY_S:g} s") \
+            from None
 
 
 def stop(started: Started) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-import time
+
+from tests.support.waiting import wait_until
 
 
 def free_port() -> int:
@@ -13,12 +14,14 @@ def free_port() -> int:
         return port
 
 
+def accepts(port: int) -> bool:
+    """True if something on 127.0.0.1 accepts a connection on ``port`` now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on {port} after {timeout_s}s")
+    wait_until(lambda: accepts(port), timeout_s=timeout_s, interval_s=0.02, what=f"a listener on port {port}")

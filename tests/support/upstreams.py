@@ -42,7 +42,7 @@ def _upstream_app(state: Upstream) -> web.Application:
         state.seen.append(Seen(request.method, request.raw_path, request.headers, body,
                                tuple(peer[:2]) if peer else None))
         if state.delay_s:
-            await asyncio.sleep(state.delay_s)
+            await asyncio.sleep(state.delay_s)  # a slow upstream, when a test asks for one
         if request.path == "/stream":
             response = web.StreamResponse(headers={"X-Upstream": "yes"})
             await response.prepare(request)
