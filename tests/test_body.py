@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from proxy.catalog.stages import Endpoint, default_catalog
@@ -217,7 +217,10 @@ def test_fast_splice_agrees_with_the_scanner(deals: list[tuple[str, dict[str, An
     if escape:
         raw = raw.replace(b'"stage"', b'"st\\u0061ge"')
     inspection = inspect(raw, CATALOG, IMPORT)
-    assert inspection.literal_keys and any(f.result == "alias" for f in inspection.findings)
+    assert any(f.result == "alias" for f in inspection.findings)
+    # The proof is conservative: a value spelling a path key in any case ("DEALS") counts as a spelling, and the
+    # splice then takes the scanner's spans (test_core_model.py::test_literal_proof says when it must hold).
+    assume(inspection.literal_keys)
     fast = rewrite(raw, IMPORT, inspection)
     slow = rewrite(raw, IMPORT, dataclasses.replace(inspection, literal_keys=False))  # spans from the Scanner
     assert fast == slow
