@@ -62,7 +62,8 @@ def test_classification_and_exit_code(log: Path) -> None:
     assert consumers["v6-client"]["class"] == "external" and consumers["v6-client"]["ip"] == "2001:db8::7"
     assert consumers["ula-client"]["class"] == "internal"
     assert consumers["cgnat-client"]["class"] == "ambiguous"
-    assert consumers["spoofer"]["ip"] == "198.51.100.4"  # untrusted peer: its X-Forwarded-For is ignored
+    assert consumers["spoofer"]["ip"] == "198.51.100.4"  # untrusted peer: its X-Forwarded-For is ignored...
+    assert report["forwarded_for_ignored"] == [{"peer": "198.51.100.4", "requests": 1, "example": "10.9.9.9"}]
     assert consumers["via-lb"]["ip"] == "192.0.2.50"  # rightmost hop outside the trusted range
     assert "reader" not in consumers
     assert report["skipped_lines"] == 4  # GET, garbage, empty... and binary
@@ -74,9 +75,13 @@ def test_classifications_file_decides_and_reruns_show_known(log: Path, tmp_path:
     decisions.write_text('[[consumer]]\nip = "100.64.1.1"\nuser_agent = "cgnat-client"\nclass = "internal"\n'
                          'note = "office NAT"\n')
     code, _ = audit(log, "--classifications", str(decisions), "--record", "--trusted-proxy", "10.0.0.0/24")
-    assert code == 3  # external consumers remain
+    assert code == 4  # a peer whose X-Forwarded-For was ignored: not recorded, someone decides it
     text = decisions.read_text()
-    assert 'note = "office NAT"' in text and "partner-bot/1.0" in text
+    assert 'note = "office NAT"' in text and "partner-bot/1.0" in text and "198.51.100.4" not in text
+    text += '[[consumer]]\nip = "198.51.100.4"\nclass = "external"\nnote = "not a balancer: a client"\n'
+    decisions.write_text(text)
+    code, _ = audit(log, "--classifications", str(decisions), "--trusted-proxy", "10.0.0.0/24")
+    assert code == 3  # decided: external consumers remain
     decisions.write_text(text.replace('class = "external"', 'class = "mitigated"'))
     code, report = audit(log, "--classifications", str(decisions), "--trusted-proxy", "10.0.0.0/24")
     assert code == 0
@@ -118,6 +123,8 @@ def test_human_output_has_a_header_new_consumers_first_and_a_verdict(log: Path, 
     assert lines[1].split()[:5] == ["CLASS", "SEEN", "IP", "REQUESTS", "UNKNOWN"]
     seen = [line.split()[1] for line in lines[2:] if line.startswith("  ")]
     assert "known" in seen and seen == sorted(seen, key=lambda mark: mark == "known")  # NEW ones first
-    assert lines[-1] == "verdict: unclassified consumers left (ambiguous addresses): decide them in " \
-                        "--classifications (exit 4)"
+    assert lines[-1] == "verdict: unclassified consumers left (ambiguous addresses, or forwarded addresses " \
+                        "ignored): decide them in --classifications, or pass --trusted-proxy (exit 4)"
+    hint = next(line for line in lines if line.startswith("X-Forwarded-For from peers"))
+    assert "198.51.100.4 (1 request(s), e.g. X-Forwarded-For '10.9.9.9')" in hint and "--trusted-proxy" in hint
     assert result.returncode == 4

@@ -120,7 +120,8 @@ SAMPLES: dict[str, tuple[str, str]] = {
     "admin_listen": ("127.0.0.1:3", "127.0.0.1:4"), "redis_url": ("redis://env:1/0", "redis://flag:2/0"),
     "state_file": ("/tmp/env.json", "/tmp/flag.json"), "upstream_health_path": ("/env", "/flag"),
     "log_level": ("debug", "ERROR"), "workers": ("2", "3"), "request_id_header": ("X-Env", "X-Flag"),
-    "redis_prefix": ("env:", "flag:")}
+    "redis_prefix": ("env:", "flag:"), "trusted_proxies": ("10.0.0.0/8", "192.0.2.0/24,::1"),
+    "consumer_header": ("X-Env", "X-Flag")}
 
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o.flag and not o.switch and o.name not in FILE_OPTIONS],
@@ -129,7 +130,8 @@ def test_every_option_has_its_variable_and_the_flag_wins(option: Option) -> None
     """Each option is read from its variable, and the flag beats the variable, with the same parser."""
     env_value, flag_value = SAMPLES.get(option.name, ("7", "9"))
     assert option.env is not None and option.flag is not None
-    base = {"STAGE_UPSTREAM_URL": "http://up:1", "STAGE_REDIS_URL": "redis://r:1/0"}
+    base = {"STAGE_UPSTREAM_URL": "http://up:1", "STAGE_REDIS_URL": "redis://r:1/0",
+            "STAGE_TRUSTED_PROXIES": "127.0.0.1"}  # --consumer-header needs it
     from_env = load_settings([], {**base, option.env: env_value})
     from_flag = load_settings([option.flag, flag_value], {**base, option.env: env_value})
     assert getattr(from_env, option.name) == option.parse(env_value) != option.parse(flag_value)

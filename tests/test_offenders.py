@@ -397,3 +397,38 @@ def test_a_stage_with_a_prefix_or_suffix_is_not_a_typo() -> None:
     assert _nearest("qualifieds", targets) == (1, "qualified", "qualified")
     assert _nearest("closed_wonn", targets) == (1, "closed_won", "closed_won")
     assert _nearest("qualifed", targets) == (1, "qualified", "qualified")
+
+
+def test_ranks_by_consumer_across_pods_from_kubectl_prefix_lines() -> None:
+    """``kubectl logs -l app=… --prefix | stagectl offenders -``: each line behind ``[pod/NAME/CONTAINER]``; a
+    consumer the gateway named is one row over all its addresses, lines without one rank by address."""
+    def named(consumer: str | None, ip: str, pod: str) -> bytes:
+        line = orjson.loads(event("create_deal", "maybe", "unknown", ip, "sdk/1", "2026-12-01T10:00:00Z"))
+        return f"[pod/{pod}/proxy] ".encode() + orjson.dumps({**line, "consumer": consumer} if consumer else line)
+
+    lines = [named("partner-a", "203.0.113.7", "stagegate-5f7-abcde"),
+             named("partner-a", "203.0.113.8", "stagegate-5f7-fghij"),  # the same consumer, another pod and address
+             named("partner-a", "198.51.100.2", "stagegate-5f7-fghij"),
+             named(None, "10.0.0.5", "stagegate-5f7-abcde"), named(None, "10.0.0.5", "stagegate-5f7-abcde"),
+             b"[pod/stagegate-5f7-abcde/proxy] not json", b"[not a prefix] " + event("create_deal", "x", "unknown",
+                                                                                   "1.1.1.1", "u", "t")]
+    result = stagectl("offenders", "-", "--json", stdin=b"\n".join(lines) + b"\n")
+    assert result.returncode == 0, result.stderr
+    report = orjson.loads(result.stdout)
+    assert (report["matched"], report["skipped"]) == (5, 2)
+    consumers = report["endpoints"]["create_deal"]["consumers"]
+    assert [(row.get("consumer"), row.get("client_ip"), row["count"]) for row in consumers] == [
+        ("partner-a", None, 3), (None, "10.0.0.5", 2)]
+    text = stagectl("offenders", "-", stdin=b"\n".join(lines) + b"\n").stdout.decode()
+    assert "CONSUMER OR CLIENT IP" in text and "consumer partner-a" in text
+
+
+@pytest.mark.parametrize(("line", "stripped"), [
+    (b'[pod/a-1/proxy] {"x":1}', b'{"x":1}'),
+    (b'[pod/a-1/proxy] [1]', b"[1]"),
+    (b'[pod/a b/proxy] {"x":1}', b'[pod/a b/proxy] {"x":1}'),  # a space inside: not kubectl's
+    (b'[' + b"p" * 600 + b'] {"x":1}', b'[' + b"p" * 600 + b'] {"x":1}'),  # too long to be a pod name
+    (b'{"x":"[pod/a/b] "}', b'{"x":"[pod/a/b] "}'),
+])
+def test_kubectl_prefix(line: bytes, stripped: bytes) -> None:
+    assert offenders.unprefixed(line) == stripped

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, Catalog, parse_catalog
 from proxy.shared import catalog_files
+from proxy.shared.clients import Network, NetworkError, parse_networks
 from proxy.shared.secrets import Secret, mask_url
 
 
@@ -83,6 +84,8 @@ class Settings:
     max_connections: int = field(default_factory=lambda: default_max_connections())
     admin_max_body_bytes: int = 8 * 1024 * 1024
     canary_key_header: str | None = None
+    trusted_proxies: tuple[Network, ...] = ()
+    consumer_header: str | None = None
     workers: int = 1
     worker: bool = False  # this process is one of --workers N (set by the supervisor)
     metrics_dir: str | None = None  # prometheus multiprocess directory (set by the supervisor)
@@ -176,6 +179,20 @@ def _state_file(text: str) -> Path:
     return path
 
 
+def _networks(text: str) -> tuple[Network, ...]:
+    try:
+        return parse_networks([text])
+    except NetworkError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _header_name(text: str) -> str:
+    name = _text(text)
+    if not all(char.isascii() and (char.isalnum() or char in "!#$%&'*+-.^_`|~") for char in name):
+        raise ValueError("expected an HTTP header name")
+    return name
+
+
 def _health_path(text: str) -> str:
     if not text.startswith("/"):
         raise ValueError("must start with '/'")
@@ -259,6 +276,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
     Option("canary_key_header", "--canary-key-header", "STAGE_CANARY_KEY_HEADER", _text,
            "header whose value places a request in the canary instead of its request ID (e.g. a consumer ID), "
            "so one consumer sees one behaviour", "unset: the request ID", "NAME"),
+    Option("trusted_proxies", "--trusted-proxies", "STAGE_TRUSTED_PROXIES", _networks,
+           "peers (load balancers, gateways) whose `X-Forwarded-For` is believed: the client is then the rightmost "
+           "hop not itself trusted; logged as `client_ip`, never a metric label", "none: the peer is the client",
+           "CIDR,…"),
+    Option("consumer_header", "--consumer-header", "STAGE_CONSUMER_HEADER", _header_name,
+           "header a gateway sets to name the consumer (e.g. `X-Consumer-ID`; the gateway must overwrite it), "
+           "believed from `--trusted-proxies` peers only; logged as `consumer`, matched by exemptions", "unset",
+           "NAME"),
     Option("workers", "--workers", "STAGE_WORKERS", _number(int, 1, 64, low_inclusive=True),
            "processes sharing both ports (SO_REUSEPORT), metrics aggregated; more than 1 needs `--redis-url`",
            "1", "N"),
@@ -357,6 +382,9 @@ def _token(values: dict[str, Any]) -> tuple[Secret | None, str | None]:
 
 
 def _check(settings: Settings) -> Settings:
+    if settings.consumer_header is not None and not settings.trusted_proxies:
+        raise SettingsError("--consumer-header needs --trusted-proxies: the header is believed only from the "
+                            "gateways that set it (any client could send it)")
     if settings.workers > 1 and settings.redis_url is None:
         raise SettingsError("--workers > 1 needs --redis-url: the embedded in-memory mode store cannot share modes "
                             "between processes")

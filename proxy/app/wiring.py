@@ -32,6 +32,7 @@ from proxy.modes.statefile import StateFile
 from proxy.modes.store import MemoryModeStore, ModeStore
 from proxy.modes.view import ModeView
 from proxy.ops.admin import OpsContext
+from proxy.shared.clients import ClientResolver
 from proxy.shared.logs import log_event
 from proxy.shared.metrics import Metrics
 from proxy.shared.tasks import stop_task
@@ -81,7 +82,8 @@ def build_parts(settings: Settings, upstream_url: str) -> Parts:
                         connect_timeout_s=settings.upstream_connect_timeout_s)
     dataplane = DataPlane(catalog, view, metrics, upstream, id_header=settings.request_id_header,
                           max_body_bytes=settings.max_body_bytes, warn_log_per_s=settings.warn_log_per_s,
-                          body_timeout_s=settings.body_timeout_s, canary_key_header=settings.canary_key_header)
+                          body_timeout_s=settings.body_timeout_s, canary_key_header=settings.canary_key_header,
+                          clients=ClientResolver(settings.trusted_proxies), consumer_header=settings.consumer_header)
     health = functools.partial(upstream.health, settings.upstream_health_path, 2.0)
     reloader = Reloader(settings.config_path, settings.catalog, dataplane, view, metrics,
                         worker=settings.worker)

@@ -27,6 +27,7 @@ from proxy.dataplane.reading import BodyTimeout, ClientGone, read_limited, strea
 from proxy.dataplane.requestid import accept_request_id, new_request_id
 from proxy.dataplane.routing import Route, Router, body_overrides, is_ops, split_target
 from proxy.modes.view import ModeView
+from proxy.shared.clients import ClientResolver
 from proxy.shared.logs import FloodGuard, log_event, safe_text
 from proxy.shared.metrics import PASSTHROUGH, Metrics
 from proxy.shared.problems import problem
@@ -34,6 +35,8 @@ from proxy.shared.problems import problem
 log = logging.getLogger("stagegate.requests")
 
 MAX_ERRORS: Final = 100
+MAX_CONSUMER: Final = 128  # characters of a consumer name in a log line
+MAX_FORWARDED: Final = 256  # characters of an ignored X-Forwarded-For in a log line
 OFF_LOOP_BYTES: Final = 64 * 1024  # bodies from this size are inspected and rewritten in a worker thread
 T = TypeVar("T")
 Preread = tuple[bytes, bool]  # a body read before routing: (bytes, True if larger than --max-body-bytes)
@@ -109,7 +112,8 @@ class DataPlane:
 
     def __init__(self, catalog: Catalog, modes: ModeView, metrics: Metrics, upstream: Upstream, *, id_header: str,
                  max_body_bytes: int, warn_log_per_s: int, body_timeout_s: float = 30.0,
-                 canary_key_header: str | None = None) -> None:
+                 canary_key_header: str | None = None, clients: ClientResolver | None = None,
+                 consumer_header: str | None = None) -> None:
         self.state = CatalogState.of(catalog)  # read once per request: a reload never changes one in flight
         self.modes = modes
         self.metrics = metrics
@@ -118,6 +122,8 @@ class DataPlane:
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.canary_key_header = canary_key_header  # buckets by this header's value when present (docs/canary.md)
+        self.clients = clients or ClientResolver()  # who sent a request (--trusted-proxies); resolved when needed
+        self.consumer_header = consumer_header
         self.flood = FloodGuard(log, warn_log_per_s)
         self.in_flight: set[asyncio.Task[Any]] = set()  # requests being handled: a forced shutdown cancels them
         # Large bodies are inspected here, one at a time: with one busy thread the event loop waits at most one
@@ -292,8 +298,21 @@ class DataPlane:
             value=safe_text(worst.value) if worst and worst.leaf else None,
             normalized=worst.normalized if worst else None,
             offending=sum(1 for f in inspection.findings if f.result == inspection.result) or None,
-            client_ip=request.remote, user_agent=safe_text(request.headers.get("User-Agent", "")),
+            **self.identity(request), user_agent=safe_text(request.headers.get("User-Agent", "")),
         )
+
+    def identity(self, request: web.BaseRequest) -> dict[str, str | None]:
+        """Who sent ``request``, as log lines carry it: ``client_ip`` (behind trusted proxies, the forwarded
+        client), ``consumer`` (the gateway's header, from a trusted peer only) and, when the request carried
+        ``X-Forwarded-For`` that was not believed, ``forwarded_for`` (so the consumer audit can say so)."""
+        headers = request.headers
+        forwarded = ",".join(headers.getall("X-Forwarded-For")) if "X-Forwarded-For" in headers else None
+        client = self.clients.resolve(request.remote, forwarded)
+        consumer = headers.get(self.consumer_header) if self.consumer_header else None
+        if consumer is not None and not self.clients.trusts(request.remote):
+            consumer = None  # any client could send it: only the gateway's word counts
+        return {"client_ip": client.ip, "consumer": safe_text(consumer, MAX_CONSUMER) if consumer else None,
+                "forwarded_for": safe_text(forwarded, MAX_FORWARDED) if client.forwarded_ignored else None}
 
     def _reject(self, call: Call, verdict: Verdict, headers: dict[str, str]) -> web.Response:
         inspection = verdict.inspection

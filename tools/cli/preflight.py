@@ -26,7 +26,8 @@ from tools.shared.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CommandError
 
 AUDIT_VERDICTS = {0: "clear: every consumer is internal, mitigated or ignored",
                   3: "external consumers present: mitigate them or record a decision (--classifications)",
-                  4: "unclassified consumers left (ambiguous addresses): decide them in --classifications"}
+                  4: "unclassified consumers left (ambiguous addresses, or forwarded addresses ignored): decide "
+                     "them in --classifications, or pass --trusted-proxy"}
 
 
 def _json(data: object) -> str:
@@ -97,37 +98,43 @@ async def run_test_restore(args: argparse.Namespace) -> int:
 
 
 async def run_audit(args: argparse.Namespace) -> int:
-    internal = audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr")
+    internal = audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr",
+                              allow_everyone=True)
     trusted = audit.networks(args.trusted_proxy, "--trusted-proxy")
     decisions = audit.load_classifications(args.classifications)
     try:
         chosen = await load_catalog(args)
-        consumers, skipped = audit.audit(read_lines(args.logs, sys.stdin.buffer), chosen.catalog,
+        result = audit.audit(read_lines(args.logs, sys.stdin.buffer), chosen.catalog,
                                          internal=internal, trusted=trusted, decisions=decisions)
     except OSError as exc:
         raise CommandError(f"cannot read {exc.filename!r}: {exc.strerror}", EXIT_USAGE) from None
     if args.record:
         if args.classifications is None:
             raise CommandError("--record needs --classifications FILE", EXIT_USAGE)
-        audit.record(args.classifications, consumers.values())
+        audit.record(args.classifications, result)
     catalogs.say(chosen)
-    code = audit.verdict(consumers.values())
+    code = audit.verdict(result)
     # what needs a decision first: new (undecided) consumers, then by traffic
-    rows = sorted(consumers.values(), key=lambda c: (c.known, -c.requests, c.ip))
+    rows = sorted(result.consumers.values(), key=lambda c: (c.known, -c.requests, c.ip))
     if args.json:
-        print(_json({"exit": code, "verdict": AUDIT_VERDICTS[code], "skipped_lines": skipped, "consumers": [
+        print(_json({"exit": code, "verdict": AUDIT_VERDICTS[code], "skipped_lines": result.skipped, "consumers": [
             {"ip": c.ip, "user_agent": c.user_agent, "class": c.cls, "known": c.known, "note": c.note,
-             "requests": c.requests, "unknown_stages": c.unknown_stages, "endpoints": sorted(c.endpoints),
-             "first_seen": c.first, "last_seen": c.last} for c in rows]}))
+             "consumers": sorted(c.names), "requests": c.requests, "unknown_stages": c.unknown_stages,
+             "endpoints": sorted(c.endpoints), "first_seen": c.first, "last_seen": c.last} for c in rows],
+            "forwarded_for_ignored": [{"peer": seen.peer, "requests": seen.requests, "example": seen.example}
+                                      for seen in result.ignored.values()]}))
     else:
-        print(f"{len(rows)} consumer(s) of the validated endpoints; {skipped} other line(s) skipped")
+        print(f"{len(rows)} consumer(s) of the validated endpoints; {result.skipped} other line(s) skipped")
         if rows:
             print(f"  {'CLASS':<10} {'SEEN':<5} {'IP':<39} {'REQUESTS':>8} {'UNKNOWN':>7}  {'ENDPOINTS':<30} "
                   "FIRST .. LAST  USER AGENT")
         for c in rows:
             mark = "known" if c.known else "NEW"
+            names = f"  consumer {', '.join(sorted(c.names))}" if c.names else ""
             print(f"  {c.cls:<10} {mark:<5} {c.ip:<39} {c.requests:>8} {c.unknown_stages:>7}  "
-                  f"{','.join(sorted(c.endpoints)):<30} {c.first} .. {c.last}  {c.user_agent!r}")
+                  f"{','.join(sorted(c.endpoints)):<30} {c.first} .. {c.last}  {c.user_agent!r}{names}")
+        if result.undecided_ignored:
+            print(f"\n{audit.ignored_hint(result)}")
         print(f"\nverdict: {AUDIT_VERDICTS[code]} (exit {code})")
     return code
 
@@ -145,7 +152,8 @@ async def run_redis_latency(args: argparse.Namespace) -> int:
 async def run_preflight(args: argparse.Namespace) -> int:
     request = preflight.PreflightArgs(
         dsn=args.dsn, redis_url=args.redis_url, admin_url=args.admin_url, backup_dir=args.backup_dir, logs=args.logs,
-        internal=audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr"),
+        internal=audit.networks(args.internal_cidr or list(audit.DEFAULT_INTERNAL), "--internal-cidr",
+                                allow_everyone=True),
         trusted=audit.networks(args.trusted_proxy, "--trusted-proxy"), classifications=args.classifications,
         min_rows=args.min_rows, samples=args.samples, budget_s=args.budget, table=args.table,
         redis_max_p99_ms=args.redis_max_p99_ms, fallback_drill=_drill(args) if args.fallback_drill else None)

@@ -2,9 +2,12 @@
 
 Reads the proxy's JSON logs and nginx/Apache combined access logs (detected per
 line), keeps requests to the catalog's endpoints, and groups them by client IP
-and user agent. ``X-Forwarded-For`` is believed only when the peer is a
-``--trusted-proxy``; the client is then the rightmost address not itself
-trusted. Classes: internal (``--internal-cidr``; default RFC 1918, loopback,
+and user agent (and the consumer the proxy's lines name). ``X-Forwarded-For``
+is believed only when the peer is a ``--trusted-proxy``; the client is then the
+rightmost address not itself trusted (proxy.shared.clients: the proxy's own
+rule). Forwarded addresses from peers that are not trusted are counted per
+peer, and while there are any the verdict is not clear: behind a load balancer
+every request seems to come from it. Classes: internal (``--internal-cidr``; default RFC 1918, loopback,
 IPv6 ULA), external, and ambiguous (carrier-grade NAT 100.64/10: could be
 either). Manual classifications in a TOML file win and mark a consumer known.
 """
@@ -24,9 +27,9 @@ import orjson
 
 from proxy.catalog.paths import RouteTable
 from proxy.catalog.stages import Catalog
+from proxy.shared.clients import ClientResolver, Network, NetworkError, parse_address, parse_networks
 from tools.shared.errors import EXIT_USAGE, CommandError
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_INTERNAL = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "::1/128", "fc00::/7")
 AMBIGUOUS = (ipaddress.ip_network("100.64.0.0/10"),)
 CLASSES = ("internal", "external", "mitigated", "ignored")
@@ -42,6 +45,7 @@ class Hit:
     endpoint: str
     ts: str
     unknown: bool
+    consumer: str = ""
 
 
 @dataclass
@@ -56,20 +60,47 @@ class Consumer:
     endpoints: set[str] = field(default_factory=set)
     first: str = ""
     last: str = ""
+    names: set[str] = field(default_factory=set)  # consumer names the proxy's lines gave (--consumer-header)
 
 
-def networks(values: Sequence[str], what: str) -> list[Network]:
+@dataclass
+class Ignored:
+    """Requests whose ``X-Forwarded-For`` was not believed, from one peer."""
+
+    peer: str
+    requests: int = 0
+    example: str = ""  # one forwarded-for value, as logged
+
+
+@dataclass
+class Audit:
+    consumers: dict[tuple[str, str], Consumer]
+    skipped: int  # lines that are not requests to the validated endpoints
+    ignored: dict[str, Ignored]  # by peer
+
+    @property
+    def undecided_ignored(self) -> list[Ignored]:
+        """Peers whose forwarded addresses were ignored and that no classification decides (a load balancer to
+        trust, or a client forging the header to record by hand), most requests first."""
+        decided = {c.ip for c in self.consumers.values() if c.known}
+        return sorted((seen for seen in self.ignored.values() if seen.peer not in decided),
+                      key=lambda seen: (-seen.requests, seen.peer))
+
+
+def networks(values: Sequence[str], what: str, *, allow_everyone: bool = False) -> tuple[Network, ...]:
     try:
-        return [ipaddress.ip_network(value, strict=False) for value in values]
-    except ValueError as exc:
-        raise CommandError(f"{what}: {exc}", EXIT_USAGE) from None
+        return parse_networks(values, what=f"{what}: ", allow_everyone=allow_everyone)
+    except NetworkError as exc:
+        raise CommandError(str(exc), EXIT_USAGE) from None
 
 
 def _proxy_line(event: dict[str, Any]) -> Hit | None:
     if event.get("event") != "stage_validation" or not isinstance(event.get("client_ip"), str):
         return None
-    return Hit(event["client_ip"], None, str(event.get("user_agent") or ""), str(event.get("endpoint") or ""),
-               str(event.get("ts") or ""), event.get("result") in ("unknown", "invalid"))
+    forwarded = event.get("forwarded_for")  # logged only when the proxy did not believe it
+    return Hit(event["client_ip"], forwarded if isinstance(forwarded, str) else None,
+               str(event.get("user_agent") or ""), str(event.get("endpoint") or ""), str(event.get("ts") or ""),
+               event.get("result") in ("unknown", "invalid"), str(event.get("consumer") or ""))
 
 
 def _combined_line(line: str, routes: RouteTable) -> Hit | None:
@@ -100,25 +131,7 @@ def parse_line(raw: bytes, routes: RouteTable) -> Hit | None:
     return _combined_line(text, routes)
 
 
-def client_of(hit: Hit, trusted: list[Network]) -> str | None:
-    """The client address: the peer, or (behind trusted proxies only) the rightmost untrusted XFF hop."""
-    try:
-        peer = ipaddress.ip_address(hit.peer)
-    except ValueError:
-        return None
-    if hit.xff is None or not any(peer in net for net in trusted):
-        return str(peer)
-    for hop in reversed([h.strip() for h in hit.xff.split(",")]):
-        try:
-            address = ipaddress.ip_address(hop)
-        except ValueError:
-            return str(peer)  # a garbled chain is not believed
-        if not any(address in net for net in trusted):
-            return str(address)
-    return str(peer)
-
-
-def classify(ip: str, internal: list[Network]) -> str:
+def classify(ip: str, internal: tuple[Network, ...]) -> str:
     address = ipaddress.ip_address(ip)
     if any(address in net for net in AMBIGUOUS):
         return "ambiguous"
@@ -143,18 +156,25 @@ def load_classifications(path: Path | None) -> dict[tuple[str, str], dict[str, s
     return decisions
 
 
-def audit(lines: Iterable[bytes], catalog: Catalog, *, internal: list[Network], trusted: list[Network],
-          decisions: dict[tuple[str, str], dict[str, str]]) -> tuple[dict[tuple[str, str], Consumer], int]:
-    """Consumers by (client IP, user agent), and how many lines were not requests to our endpoints."""
+def audit(lines: Iterable[bytes], catalog: Catalog, *, internal: tuple[Network, ...], trusted: tuple[Network, ...],
+          decisions: dict[tuple[str, str], dict[str, str]]) -> Audit:
+    """Consumers by (client IP, user agent), the lines that were not requests to our endpoints, and the peers
+    whose forwarded addresses were not believed."""
     routes = RouteTable(catalog.endpoints, case_sensitive=catalog.case_sensitive_paths)
+    resolver = ClientResolver(trusted)
     consumers: dict[tuple[str, str], Consumer] = {}
+    ignored: dict[str, Ignored] = {}
     skipped = 0
     for raw in lines:
         hit = parse_line(raw, routes) if raw.strip() else None
-        ip = client_of(hit, trusted) if hit is not None else None
-        if hit is None or ip is None:
+        if hit is None or parse_address(hit.peer) is None:
             skipped += 1
             continue
+        client = resolver.resolve(hit.peer, hit.xff)
+        ip = client.ip
+        if client.forwarded_ignored:
+            seen = ignored.setdefault(ip, Ignored(ip, example=hit.xff or ""))
+            seen.requests += 1
         key = (ip, hit.user_agent)
         consumer = consumers.get(key)
         if consumer is None:
@@ -164,25 +184,42 @@ def audit(lines: Iterable[bytes], catalog: Catalog, *, internal: list[Network], 
                                                  decision["note"] if decision else "")
         consumer.requests += 1
         consumer.unknown_stages += hit.unknown
+        if hit.consumer:
+            consumer.names.add(hit.consumer)
         consumer.endpoints.add(hit.endpoint)
         consumer.first = min(consumer.first or hit.ts, hit.ts)
         consumer.last = max(consumer.last, hit.ts)
-    return consumers, skipped
+    return Audit(consumers, skipped, ignored)
 
 
-def verdict(consumers: Iterable[Consumer]) -> int:
-    """0 clear; 4 while any consumer is unclassified (ambiguous, no decision); else 3 if any is external."""
-    classes = {c.cls for c in consumers}
-    if "ambiguous" in classes:
+def verdict(result: Audit) -> int:
+    """0 clear; 4 while any consumer is unclassified (ambiguous, no decision) or forwarded addresses were ignored
+    (the real clients are unknown); else 3 if any is external."""
+    classes = {c.cls for c in result.consumers.values()}
+    if "ambiguous" in classes or result.undecided_ignored:
         return 4
     return 3 if "external" in classes else 0
 
 
-def record(path: Path, consumers: Iterable[Consumer]) -> None:
+def ignored_hint(result: Audit) -> str:
+    """One line naming the peers whose X-Forwarded-For was ignored, and the flag to pass."""
+    peers = result.undecided_ignored
+    named = ", ".join(f"{seen.peer} ({seen.requests} request(s), e.g. X-Forwarded-For {seen.example[:60]!r})"
+                      for seen in peers[:3])
+    more = f" and {len(peers) - 3} more" if len(peers) > 3 else ""
+    return (f"X-Forwarded-For from peers that are not trusted was ignored: {named}{more}; if they are your load "
+            f"balancers, pass --trusted-proxy CIDR (e.g. --trusted-proxy {peers[0].peer}); if not, decide them in "
+            "--classifications")
+
+
+def record(path: Path, result: Audit) -> None:
     """Write consumers and their class into the classifications file (existing decisions kept).
 
-    Ambiguous consumers are left out: someone has to decide them (add them by hand).
+    Ambiguous consumers are left out: someone has to decide them (add them by hand); so are undecided peers
+    whose forwarded addresses were ignored: a load balancer's address is not a consumer.
     """
+    undecided = {seen.peer for seen in result.undecided_ignored}
+    consumers = [c for c in result.consumers.values() if c.ip not in undecided]
     decisions = load_classifications(path)
     lines = ["# stagectl audit-consumers classifications: edit 'class' (internal, external, mitigated, ignored)", ""]
     for c in sorted(consumers, key=lambda c: (c.ip, c.user_agent)):

@@ -68,7 +68,9 @@ class Seen:
 
 @dataclass
 class EndpointReport:
-    consumers: dict[tuple[str, str], Seen] = field(default_factory=dict)
+    # (consumer, client IP, user agent): by the consumer the gateway named when the line has one (all its
+    # addresses together), else by address and user agent
+    consumers: dict[tuple[str, str, str], Seen] = field(default_factory=dict)
     aliases: dict[tuple[str, str], Seen] = field(default_factory=dict)  # (value, canonical)
     unknowns: dict[str, Seen] = field(default_factory=dict)  # value
     others: dict[tuple[str, str, str], Seen] = field(default_factory=dict)  # (result, value, reason)
@@ -198,7 +200,9 @@ def feed(report: Report, line: bytes) -> None:
         return
     report.matched += 1
     one.logged[result] = one.logged.get(result, 0) + 1
-    _bump(one.consumers, (_text(event.get("client_ip")), _text(event.get("user_agent"))), ts, (OTHER, ""))
+    consumer = _text(event.get("consumer"))
+    who = (consumer, "", "") if consumer else ("", _text(event.get("client_ip")), _text(event.get("user_agent")))
+    _bump(one.consumers, who, ts, ("", OTHER, ""))
     value = _text(event.get("value"))
     if result == "alias":
         _bump(one.aliases, (value, _text(event.get("normalized"))), ts, (OTHER, ""))
@@ -208,14 +212,26 @@ def feed(report: Report, line: bytes) -> None:
         _bump(one.others, (result, value, _text(event.get("reason"))), ts, (result, OTHER, ""))
 
 
+KUBECTL_PREFIX: Final = re.compile(rb"\[[^\]\s]{1,512}\] (?=[{\[])")
+
+
+def unprefixed(line: bytes) -> bytes:
+    """A line without the ``[pod/NAME/CONTAINER] `` that ``kubectl logs --prefix`` puts before each line."""
+    if line.startswith(b"["):
+        found = KUBECTL_PREFIX.match(line)
+        if found is not None:
+            return line[found.end():]
+    return line
+
+
 def read_lines(paths: Iterable[str], stdin: IO[bytes]) -> Iterator[bytes]:
-    """Lines of every LOG (``-`` is standard input), streamed."""
+    """Lines of every LOG (``-`` is standard input), streamed; kubectl's ``--prefix`` taken off."""
     for path in paths:
         if path == "-":
-            yield from stdin
+            yield from map(unprefixed, stdin)
             continue
         with Path(path).open("rb") as handle:
-            yield from handle
+            yield from map(unprefixed, handle)
 
 
 def build(paths: Iterable[str], stdin: IO[bytes] | None = None, filters: Filters | None = None) -> Report:
@@ -372,7 +388,8 @@ def as_json(report: Report, top: int, suggestions: list[Suggestion] | None = Non
             "logged": logged,
             "suppressed": dict(sorted(one.suppressed.items())),
             "lower_bound": suppressed > 0,
-            "consumers": [{"client_ip": ip, "user_agent": ua, **_seen(s)} for (ip, ua), s in _top(one.consumers, top)],
+            "consumers": [{"consumer": who, **_seen(s)} if who else {"client_ip": ip, "user_agent": ua, **_seen(s)}
+                          for (who, ip, ua), s in _top(one.consumers, top)],
             **{key: _table_json(one, key, top) for key, _, _ in TABLES},
         }
     filters = report.filters
@@ -418,9 +435,10 @@ def as_text(report: Report, top: int) -> str:
     for name, one in sorted(report.endpoints.items()):
         logged, suppressed = one.counts()
         out += ["", f"== {name}: {sample_note(logged, suppressed)}", "", "top consumers:",
-                f"  {'COUNT':>7}  {'CLIENT IP':<39}  {'USER AGENT':<40}  FIRST SEEN .. LAST SEEN"]
-        for (ip, ua), s in _top(one.consumers, top):
-            out.append(f"  {s.count:>7}  {_clip(ip, 39):<39}  {_clip(ua, 40):<40}  {s.first} .. {s.last}")
+                f"  {'COUNT':>7}  {'CONSUMER OR CLIENT IP':<39}  {'USER AGENT':<40}  FIRST SEEN .. LAST SEEN"]
+        for (who, ip, ua), s in _top(one.consumers, top):
+            name = f"consumer {who}" if who else ip
+            out.append(f"  {s.count:>7}  {_clip(name, 39):<39}  {_clip(ua or '-', 40):<40}  {s.first} .. {s.last}")
         for key, title, _ in TABLES:
             if key != "others" or any(one.counts(key)):
                 out += _table_text(one, key, title, top)

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from proxy.catalog.stages import Catalog
+from proxy.shared.clients import Network
 from tools.backups import backup
 from tools.backups.restore import run_restore_test
 from tools.clients.db import connect, quote_ident
@@ -41,8 +42,8 @@ class PreflightArgs:
     admin_url: str | None
     backup_dir: Path | None
     logs: list[str]
-    internal: list[audit.Network]
-    trusted: list[audit.Network]
+    internal: tuple[Network, ...]
+    trusted: tuple[Network, ...]
     classifications: Path | None
     min_rows: int
     samples: int
@@ -64,13 +65,16 @@ async def consumers(args: PreflightArgs, catalog: Catalog) -> Criterion:
     if not args.logs:
         return Criterion(name, "no logs given (--logs)", threshold, False)
     try:
-        found, _ = audit.audit(read_lines(args.logs, sys.stdin.buffer), catalog, internal=args.internal,
+        result = audit.audit(read_lines(args.logs, sys.stdin.buffer), catalog, internal=args.internal,
                                trusted=args.trusted, decisions=audit.load_classifications(args.classifications))
     except OSError as exc:
         return Criterion(name, f"cannot read {exc.filename}: {exc.strerror}", threshold, False)
+    found = result.consumers
     classes = [c.cls for c in found.values()]
     counts = ", ".join(f"{classes.count(cls)} {cls}" for cls in sorted(set(classes))) or "no consumers"
-    ok = audit.verdict(found.values()) == 0
+    ok = audit.verdict(result) == 0
+    if result.undecided_ignored:
+        return Criterion(name, f"{counts}; {audit.ignored_hint(result)}", threshold, False)
     blocking = sorted((c for c in found.values() if c.cls in ("external", "ambiguous")), key=lambda c: -c.requests)
     named = ", ".join(f"{c.ip} ({c.user_agent or 'no user agent'}, {c.cls})" for c in blocking[:3])
     more = f" and {len(blocking) - 3} more" if len(blocking) > 3 else ""
