@@ -78,6 +78,14 @@ def _error_value(value: object) -> object:
     return f"<{bodies.type_name(value)}>"
 
 
+def _rightmost(chain: str | None, limit: int) -> str | None:
+    """An X-Forwarded-For chain for a log line: its right end (the hops the audit walks first), at most ``limit``
+    characters after an ellipsis."""
+    if chain is None:
+        return None
+    return safe_text(chain if len(chain) <= limit else "…" + chain[-limit:], limit + 1)
+
+
 @dataclass(slots=True)
 class Call:
     """One request on its way through the data plane: the request, its id (accepted or made here), the catalog
@@ -312,7 +320,7 @@ class DataPlane:
         if consumer is not None and not self.clients.trusts(request.remote):
             consumer = None  # any client could send it: only the gateway's word counts
         return {"client_ip": client.ip, "consumer": safe_text(consumer, MAX_CONSUMER) if consumer else None,
-                "forwarded_for": safe_text(forwarded, MAX_FORWARDED) if client.forwarded_ignored else None}
+                "forwarded_for": _rightmost(forwarded, MAX_FORWARDED) if client.forwarded_ignored else None}
 
     def _reject(self, call: Call, verdict: Verdict, headers: dict[str, str]) -> web.Response:
         inspection = verdict.inspection
