@@ -14,7 +14,7 @@ from proxy.modes.changes import ModeChanges
 from proxy.modes.pending import PendingWrites
 from proxy.modes.records import Block, HistoryEntry, ModeRecord, StoreState, utc_now
 from proxy.modes.refresher import Refresher
-from proxy.modes.statefile import StateFile, read_state_file, write_state_file
+from proxy.modes.statefile import Saved, StateFile, read_state_file, write_state_file
 from proxy.modes.store import MemoryModeStore, StoreUnavailable
 from proxy.modes.view import ModeView
 from proxy.shared.metrics import Metrics
@@ -113,7 +113,7 @@ async def test_state_file_round_trip(tmp_path: Path) -> None:
     await first.refresher.start()
     await first.changes.change(["import_deals"], "warn", 0.0, "t", "persist")
     saved = read_state_file(path)
-    assert saved is not None and saved["import_deals"].mode == "warn"
+    assert saved is not None and saved.records["import_deals"].mode == "warn"
     store = SwitchableStore()
     store.down = True
     reborn = Modes(store, path)
@@ -137,7 +137,7 @@ async def test_corrupt_state_file_is_reported_and_ignored(tmp_path: Path, caplog
     assert fields["path"] == str(path) and "unexpected character" in fields["error"]
     assert modes.view.source == "default" and modes.view.records["create_deal"].mode == "off"
     write_state_file(path, {"create_deal": ModeRecord("warn")})
-    assert read_state_file(path) == {"create_deal": ModeRecord("warn")}
+    assert read_state_file(path) == Saved({"create_deal": ModeRecord("warn")})
 
 
 async def test_store_down_degrades_once_and_recovers_once(caplog: pytest.LogCaptureFixture) -> None:

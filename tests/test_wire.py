@@ -3,6 +3,7 @@ stagectl reads back is what was sent; answers that are not one are refused with 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ from proxy.app.server import Running
 from proxy.catalog.compare import ReloadOutcome, compare
 from proxy.catalog.stages import DEFAULT_CATALOG_TOML, parse_catalog
 from proxy.wire import catalogs as wire_catalogs
+from proxy.wire import exemptions as wire_exemptions
 from proxy.wire import leases as wire_leases
 from proxy.wire import modes as wire
 from tests.support.alerts import block_enforce
@@ -24,6 +26,8 @@ from tests.test_openapi import document
 CATALOG = parse_catalog(DEFAULT_CATALOG_TOML)
 NEWER = parse_catalog(DEFAULT_CATALOG_TOML.replace('won = "closed_won"', 'won = "closed_won"\nclosing = "closed_won"')
                       .replace('lost = "closed_lost"', 'lost = "lead"'))
+EXEMPTION = wire_exemptions.Exemption("ex-0123456789ab", "*", None, "203.0.113.0/24", "2026-12-19T00:00:00.000+00:00",
+                                     "partner fix due", "2026-12-05T10:00:00.000+00:00", "ana")
 HOLD = wire.RolloutHold("stagectl rollout (ci), pid 1 on h", "2026-12-05T10:00:00Z", "2026-12-05T10:03:00Z", 2, 50.0)
 
 STATE = wire.ModeState(
@@ -55,6 +59,10 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
                                                     wire_leases.Lease(HOLD, 1234.5)), "LeaseTaken"),
     (wire_leases.LeaseTaken, wire_leases.LeaseTaken("create_deal", wire_leases.Lease(HOLD)), "LeaseTaken"),
     (wire_leases.LeaseReleased, wire_leases.LeaseReleased("create_deal", True), "LeaseReleased"),
+    (wire_exemptions.Exemption, EXEMPTION, "Exemption"),
+    (wire_exemptions.Exemptions, wire_exemptions.Exemptions((EXEMPTION, wire_exemptions.Exemption(
+        "ex-2", "create_deal", "partner-a", None, "2026-12-06T00:00:00.000+00:00", "r", "t", "api"))), "Exemptions"),
+    (wire_exemptions.ExemptionRemoved, wire_exemptions.ExemptionRemoved(EXEMPTION), "ExemptionRemoved"),
     (wire_catalogs.CatalogServed, wire_catalogs.CatalogServed("0123456789ab", "/etc/stagegate/catalog.toml", CATALOG),
      "Catalog"),
     (wire_catalogs.CatalogServed, wire_catalogs.CatalogServed("0123456789ab", None, CATALOG), "Catalog"),
@@ -103,6 +111,8 @@ async def test_the_proxy_answers_in_the_wire_model(proxy: Running, http: aiohttp
     (wire_catalogs.Changes, {"aliases_added": {"a": 1}}, "'aliases_added' is not an object of strings"),
     (wire_catalogs.Changes, {"case_sensitive_paths": [True]}, "not [before, after]"),
     (wire.BlockCleared, {"cleared": {"fingerprint": "f"}}, "'alertname' is not a string"),
+    (wire_exemptions.Exemption, {**EXEMPTION.to_json(), "consumer": "p"}, "neither or both"),
+    (wire_exemptions.Exemptions, {"exemptions": [{"id": 1, "consumer": "p"}]}, "'id' is not a string"),
 ])
 def test_the_other_answers_refuse_what_is_not_one(shape: Any, data: object, fragment: str) -> None:
     with pytest.raises(wire.WireError, match=fragment.replace("[", r"\[").replace("(", r"\(")):
@@ -133,6 +143,15 @@ async def test_the_lease_catalog_reload_and_clear_answers_are_the_model(
     async with http.delete(f"{run.admin_url}/_ops/blocks/fp-StageUnknownHighInWarn", json={"reason": "lost"},
                            headers=auth) as response:
         answers.append((wire.BlockCleared, await response.json()))
+    until = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+    exemption = {"client_cidr": "192.0.2.0/24", "endpoint": "*", "until": until, "reason": "r"}
+    async with http.put(f"{run.admin_url}/_ops/exemptions", headers=auth, json=exemption) as response:
+        answers.append((wire_exemptions.Exemption, await response.json()))
+    async with http.get(f"{run.admin_url}/_ops/exemptions") as response:
+        answers.append((wire_exemptions.Exemptions, await response.json()))
+    async with http.delete(f"{run.admin_url}/_ops/exemptions/{answers[-2][1]['id']}", json={"reason": "done"},
+                           headers=auth) as response:
+        answers.append((wire_exemptions.ExemptionRemoved, await response.json()))
     for shape, body in answers:
         assert shape.from_json(body).to_json() == body, shape
     assert wire_leases.LeaseReleased.from_json(answers[1][1]).released is True

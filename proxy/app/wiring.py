@@ -87,7 +87,7 @@ def build_parts(settings: Settings, upstream_url: str) -> Parts:
     health = functools.partial(upstream.health, settings.upstream_health_path, 2.0)
     reloader = Reloader(settings.config_path, settings.catalog, dataplane, view, metrics,
                         worker=settings.worker)
-    ops = OpsContext(view, changes, metrics, settings.ops_token, health, reloader)
+    ops = OpsContext(view, changes, metrics, settings.ops_token, health, reloader, settings.consumer_header)
     return Parts(settings, metrics, store, view, refresher, changes, state_file, upstream, dataplane, ops, reloader)
 
 
@@ -104,7 +104,7 @@ async def modes_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await stop_task(task)
     await parts.store.close()
-    parts.state_file.save(parts.view.records)
+    parts.state_file.save(parts.view.records, parts.view.exemptions)
     log_event(log, logging.INFO, "shutdown_modes_flushed", state_file=str(parts.state_file.path or "") or None)
 
 

@@ -26,8 +26,8 @@ from proxy.dataplane.forwarding import Body, Upstream, UpstreamError, request_he
 from proxy.dataplane.reading import BodyTimeout, ClientGone, read_limited, stream_body
 from proxy.dataplane.requestid import accept_request_id, new_request_id
 from proxy.dataplane.routing import Route, Router, body_overrides, is_ops, split_target
-from proxy.modes.view import ModeView
-from proxy.shared.clients import ClientResolver
+from proxy.modes.view import ExemptionRule, ModeView
+from proxy.shared.clients import Client, ClientResolver, parse_address
 from proxy.shared.logs import FloodGuard, log_event, safe_text
 from proxy.shared.metrics import PASSTHROUGH, Metrics
 from proxy.shared.problems import problem
@@ -58,6 +58,7 @@ class Verdict:
     inspection: bodies.Inspection
     raw: bytes
     rest_pending: bool  # the body was over the limit and its rest is still unread
+    exemption: str | None = None  # the exemption that turned enforce into warn for this request
 
     @property
     def rejected(self) -> bool:
@@ -86,6 +87,16 @@ def _rightmost(chain: str | None, limit: int) -> str | None:
     return safe_text(chain if len(chain) <= limit else "…" + chain[-limit:], limit + 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Who:
+    """Who sent a request (proxy.shared.clients): the client, the consumer a trusted gateway named, and the raw
+    ``X-Forwarded-For`` (logged when it was not believed)."""
+
+    client: Client
+    consumer: str | None
+    forwarded: str | None
+
+
 @dataclass(slots=True)
 class Call:
     """One request on its way through the data plane: the request, its id (accepted or made here), the catalog
@@ -96,6 +107,7 @@ class Call:
     id_header: str
     state: CatalogState
     label: str = PASSTHROUGH
+    who: Who | None = None  # who sent it, once asked (DataPlane.who)
 
     def echo(self, **more: str) -> dict[str, str]:
         """Headers every answer to this request carries: its id (and ``more``)."""
@@ -233,7 +245,8 @@ class DataPlane:
         verdict = await self._decide(call, endpoint, route.unreadable, preread)
         self._account(call, verdict)
         result = verdict.inspection.result
-        extra = call.echo(**{"X-Stage-Validation": f"mode={verdict.mode}; result={result}"})
+        exempt = "; exempt" if verdict.exemption is not None else ""
+        extra = call.echo(**{"X-Stage-Validation": f"mode={verdict.mode}; result={result}{exempt}"})
         if verdict.rejected:
             return self._reject(call, verdict, extra)
         data: Body
@@ -266,6 +279,11 @@ class DataPlane:
         request = call.request
         key = request.headers.get(self.canary_key_header) if self.canary_key_header else None
         mode = self.effective_mode(endpoint.name, call.request_id, key)
+        exemption = None
+        if mode == "enforce" and (rules := self.modes.exempt.get(endpoint.name)):
+            exemption = self._exemption(call, rules)
+            if exemption is not None:
+                mode = "warn"  # this consumer has more time: forwarded unchanged, logged, counted
         reason = route_problem or bodies.media_problem(request.headers.get("Content-Type"),
                                                        request.headers.get("Content-Encoding"))
         if reason is not None and mode == "enforce":
@@ -282,7 +300,21 @@ class DataPlane:
         else:
             inspection = await self._off_loop_if_large(raw, call.state.inspectors[endpoint.name].inspect, raw)
         self.metrics.validator_children[endpoint.name].observe(time.perf_counter() - started)
-        return Verdict(endpoint, mode, inspection, raw, too_large)
+        return Verdict(endpoint, mode, inspection, raw, too_large, exemption)
+
+    def _exemption(self, call: Call, rules: tuple[ExemptionRule, ...]) -> str | None:
+        """The id of the first live exemption that names this request's consumer or holds its client address."""
+        who = self.who(call)
+        address = parse_address(who.client.ip) if any(rule.network is not None for rule in rules) else None
+        now = time.time()
+        for rule in rules:
+            if rule.until_s <= now:
+                continue  # ended by itself; the next refresh drops it
+            if rule.consumer is not None and rule.consumer == who.consumer:
+                return rule.id
+            if rule.network is not None and address is not None and address in rule.network:
+                return rule.id
+        return None
 
     def _account(self, call: Call, verdict: Verdict) -> None:
         name, mode, inspection = verdict.endpoint.name, verdict.mode, verdict.inspection
@@ -290,6 +322,8 @@ class DataPlane:
         if verdict.rejected:
             reason = inspection.reason or inspection.result
             self.metrics.rejection_children[(name, reason)].inc()
+        if verdict.exemption is not None:
+            self.metrics.exempted_children[name].inc()
         if mode == "off" or inspection.result in ("canonical", "absent"):
             return
         if self.flood.allow((name, inspection.result)):
@@ -306,21 +340,29 @@ class DataPlane:
             value=safe_text(worst.value) if worst and worst.leaf else None,
             normalized=worst.normalized if worst else None,
             offending=sum(1 for f in inspection.findings if f.result == inspection.result) or None,
-            **self.identity(request), user_agent=safe_text(request.headers.get("User-Agent", "")),
+            **self.identity(call), user_agent=safe_text(request.headers.get("User-Agent", "")),
+            exemption=verdict.exemption,
         )
 
-    def identity(self, request: web.BaseRequest) -> dict[str, str | None]:
-        """Who sent ``request``, as log lines carry it: ``client_ip`` (behind trusted proxies, the forwarded
+    def who(self, call: Call) -> Who:
+        """Who sent the request (worked out once per request, and only when asked: a log line, an exemption)."""
+        if call.who is None:
+            request = call.request
+            headers = request.headers
+            forwarded = ",".join(headers.getall("X-Forwarded-For")) if "X-Forwarded-For" in headers else None
+            consumer = headers.get(self.consumer_header) if self.consumer_header else None
+            if consumer is not None and not self.clients.trusts(request.remote):
+                consumer = None  # any client could send it: only the gateway's word counts
+            call.who = Who(self.clients.resolve(request.remote, forwarded), consumer, forwarded)
+        return call.who
+
+    def identity(self, call: Call) -> dict[str, str | None]:
+        """Who sent the request, as log lines carry it: ``client_ip`` (behind trusted proxies, the forwarded
         client), ``consumer`` (the gateway's header, from a trusted peer only) and, when the request carried
         ``X-Forwarded-For`` that was not believed, ``forwarded_for`` (so the consumer audit can say so)."""
-        headers = request.headers
-        forwarded = ",".join(headers.getall("X-Forwarded-For")) if "X-Forwarded-For" in headers else None
-        client = self.clients.resolve(request.remote, forwarded)
-        consumer = headers.get(self.consumer_header) if self.consumer_header else None
-        if consumer is not None and not self.clients.trusts(request.remote):
-            consumer = None  # any client could send it: only the gateway's word counts
-        return {"client_ip": client.ip, "consumer": safe_text(consumer, MAX_CONSUMER) if consumer else None,
-                "forwarded_for": _rightmost(forwarded, MAX_FORWARDED) if client.forwarded_ignored else None}
+        who = self.who(call)
+        return {"client_ip": who.client.ip, "consumer": safe_text(who.consumer, MAX_CONSUMER) if who.consumer else None,
+                "forwarded_for": _rightmost(who.forwarded, MAX_FORWARDED) if who.client.forwarded_ignored else None}
 
     def _reject(self, call: Call, verdict: Verdict, headers: dict[str, str]) -> web.Response:
         inspection = verdict.inspection

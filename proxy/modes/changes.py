@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from proxy.catalog.stages import Mode
 from proxy.modes.pending import PendingWrites, towards_safety
-from proxy.modes.records import Block, HistoryEntry, Lease, ModeRecord, utc_now
+from proxy.modes.records import Block, Exemption, HistoryEntry, Lease, ModeRecord, utc_now
 from proxy.modes.refresher import Refresher
 from proxy.modes.statefile import StateFile
 from proxy.modes.store import ModeStore, StoreUnavailable
@@ -61,7 +62,7 @@ class ModeChanges:
         view.generation += 1
         view.known = True
         view.apply({**view.records, **changes})
-        self._state_file.save(view.records)
+        self._state_file.save(view.records, view.exemptions)
         log_event(log, logging.INFO if persisted else logging.WARNING,
                   "mode_changed" if persisted else "mode_change_pending", endpoints=list(endpoints), mode=mode,
                   percent=percent, actor=actor, reason=reason, source=source, forced=forced, alertname=alertname,
@@ -157,6 +158,41 @@ class ModeChanges:
             self._view.leases = {**self._view.leases, endpoint: lapsed}
         return released
 
+    async def add_exemption(self, exemption: Exemption) -> None:
+        """Store a new exemption (expired ones are removed in the same write) and apply it here at once. Needs
+        the store (StoreUnavailable): the other replicas must apply it too."""
+        await self._refresher.fresh()
+        now = utc_now()
+        expired = [e.id for e in self._view.exemptions.values() if not e.live(now)]
+        entry = HistoryEntry("exemption_added", exemption.created_by, "api",
+                             f"{exemption.reason} ({_who(exemption)} until {exemption.until}, id {exemption.id})",
+                             endpoint=exemption.endpoint)
+        await self._store.set_exemptions([exemption], expired, [entry])
+        current = {k: e for k, e in self._view.exemptions.items() if k not in expired}
+        self._apply_exemptions({**current, exemption.id: exemption})
+        log_event(log, logging.WARNING, "exemption_added", id=exemption.id, endpoint=exemption.endpoint,
+                  consumer=exemption.consumer, client_cidr=exemption.client_cidr, until=exemption.until,
+                  actor=exemption.created_by, reason=exemption.reason)
+
+    async def remove_exemption(self, exemption_id: str, actor: str, reason: str) -> Exemption | None:
+        """End an exemption before its time; the removed one, or None if there is none by that id."""
+        await self._refresher.fresh()
+        exemption = self._view.exemptions.get(exemption_id)
+        if exemption is None:
+            return None
+        entry = HistoryEntry("exemption_removed", actor, "api", f"{reason} ({_who(exemption)}, id {exemption.id})",
+                             endpoint=exemption.endpoint)
+        await self._store.set_exemptions([], [exemption_id], [entry])
+        self._apply_exemptions({k: e for k, e in self._view.exemptions.items() if k != exemption_id})
+        log_event(log, logging.WARNING, "exemption_removed", id=exemption.id, endpoint=exemption.endpoint,
+                  actor=actor, reason=reason)
+        return exemption
+
+    def _apply_exemptions(self, exemptions: dict[str, Exemption]) -> None:
+        self._view.generation += 1
+        self._view.set_exemptions(exemptions, time.time())
+        self._state_file.save(self._view.records, self._view.exemptions)
+
     async def history(self, limit: int) -> list[HistoryEntry]:
         return await self._store.history(limit)
 
@@ -164,6 +200,10 @@ class ModeChanges:
         """A catalog reload in the history (who, why, which versions); StoreUnavailable if it cannot be written."""
         text = f"{reason} (catalog {previous} -> {version})" if version != previous else f"{reason} (unchanged)"
         await self._store.note([HistoryEntry("catalog_reload", actor, "api", text[:500])])
+
+
+def _who(exemption: Exemption) -> str:
+    return f"consumer {exemption.consumer}" if exemption.consumer is not None else f"clients {exemption.client_cidr}"
 
 
 def _capped_history(action: str, items: list[tuple[Block, str]]) -> list[HistoryEntry]:

@@ -70,7 +70,7 @@ class Block:
 class HistoryEntry:
     """One change, as GET /_ops/mode/history shows it."""
 
-    action: str  # "mode", "block_enforce", "unblock_enforce"
+    action: str  # "mode", "block_enforce", "unblock_enforce", "exemption_added", "exemption_removed", ...
     actor: str
     source: str  # "api", "alertmanager", "startup"
     reason: str
@@ -144,10 +144,45 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Exemption:
+    """One consumer (by the gateway's name) or client network handled as ``warn`` on one endpoint (or ``*``)
+    while that endpoint enforces, until ``until`` (UTC, at most 30 days after it was made)."""
+
+    id: str
+    endpoint: str  # a catalog endpoint name, or "*"
+    consumer: str | None
+    client_cidr: str | None
+    until: str
+    reason: str
+    created_at: str
+    created_by: str
+
+    def live(self, now: str) -> bool:
+        return self.until > now  # ISO 8601 UTC, one format: text order is time order
+
+    def to_obj(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_obj(cls, data: object) -> Exemption:
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("id", "endpoint", "until")):
+            raise ValueError(f"not an exemption: {data!r:.200}")
+        consumer, cidr = _text(data, "consumer"), _text(data, "client_cidr")
+        if (consumer is None) == (cidr is None):
+            raise ValueError(f"an exemption names a consumer or a client network: {data!r:.200}")
+        return cls(data["id"], data["endpoint"], consumer, cidr, data["until"], _text(data, "reason") or "",
+                   _text(data, "created_at") or "", _text(data, "created_by") or "")
+
+
+@dataclass(frozen=True, slots=True)
 class StoreState:
     """Everything one load returns: the mode of each stored endpoint, the firing enforce blocks, the rollout
-    leases (live or lapsed)."""
+    leases (live or lapsed), the exemptions (live or expired: the view ignores expired ones)."""
 
     records: dict[str, ModeRecord] = field(default_factory=dict)
     blocks: dict[str, Block] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
+    exemptions: dict[str, Exemption] = field(default_factory=dict)

@@ -6,6 +6,8 @@ Keys, under a configurable prefix (default ``stagegate:``):
 * ``{prefix}enforce_block`` — HASH, field = alert fingerprint, value = JSON Block
 * ``{prefix}rollout`` — HASH, field = endpoint name, value = JSON Lease (a rollout driver's hold; kept after it
   lapses, so that the next driver continues the step's watched time)
+* ``{prefix}exemptions`` — HASH, field = exemption id, value = JSON Exemption (expired ones are removed with
+  the next exemption change)
 * ``{prefix}history`` — STREAM, field ``entry`` = JSON HistoryEntry, trimmed to ~1000
 * ``{prefix}events`` — pub/sub channel; a message means "reload now"
 """
@@ -25,7 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from proxy.modes.records import Block, HistoryEntry, Lease, ModeRecord, StoreState
+from proxy.modes.records import Block, Exemption, HistoryEntry, Lease, ModeRecord, StoreState
 from proxy.modes.store import HISTORY_LIMIT, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,7 @@ class RedisModeStore:
         self.modes_key = f"{prefix}modes"
         self.blocks_key = f"{prefix}enforce_block"
         self.leases_key = f"{prefix}rollout"
+        self.exemptions_key = f"{prefix}exemptions"
         self.history_key = f"{prefix}history"
         self.channel = f"{prefix}events"
         self._on_round_trip = on_round_trip
@@ -119,11 +122,13 @@ class RedisModeStore:
                 pipe.hgetall(self.modes_key)
                 pipe.hgetall(self.blocks_key)
                 pipe.hgetall(self.leases_key)
+                pipe.hgetall(self.exemptions_key)
                 return await pipe.execute()
 
-        modes, blocks, leases = await self._timed("load", read)
+        modes, blocks, leases, exemptions = await self._timed("load", read)
         return StoreState(_decode(modes, ModeRecord.from_obj, "mode record"), _decode(blocks, Block.from_obj, "block"),
-                          _decode(leases, Lease.from_obj, "rollout lease"))
+                          _decode(leases, Lease.from_obj, "rollout lease"),
+                          _decode(exemptions, Exemption.from_obj, "exemption"))
 
     async def take_lease(self, endpoint: str, lease: Lease, now: str,
                          history: Sequence[HistoryEntry]) -> tuple[Lease, Lease | None]:
@@ -177,6 +182,17 @@ class RedisModeStore:
             if remove:
                 pipe.hdel(self.blocks_key, *remove)
             self._append(pipe, history, ["enforce_block"])
+
+        await self._write(fill)
+
+    async def set_exemptions(self, add: Sequence[Exemption], remove: Sequence[str],
+                             history: Sequence[HistoryEntry]) -> None:
+        def fill(pipe: Pipeline) -> None:
+            if add:
+                pipe.hset(self.exemptions_key, mapping={e.id: e.to_json() for e in add})
+            if remove:
+                pipe.hdel(self.exemptions_key, *remove)
+            self._append(pipe, history, ["exemptions"])
 
         await self._write(fill)
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from proxy.modes.pending import PendingWrites
-from proxy.modes.records import HistoryEntry, StoreState
+from proxy.modes.records import HistoryEntry, StoreState, utc_now
 from proxy.modes.statefile import StateFile
 from proxy.modes.store import ModeStore, StoreUnavailable
 from proxy.modes.view import ModeView
@@ -40,7 +41,8 @@ class Refresher:
     async def start(self) -> None:
         """Resolve modes once: from the store, else the state file, else defaults."""
         if (saved := self._state_file.load()) is not None:
-            self._view.apply(saved)
+            self._view.apply(saved.records)
+            self._view.set_exemptions(saved.exemptions, time.time())
             self._view.set_source("state_file")
             self._view.known = True
         await self.refresh()
@@ -61,7 +63,7 @@ class Refresher:
         except StoreUnavailable as exc:
             self._degrade(str(exc))
             if view.apply(self._pending.overlay(view.records)):  # a sibling worker's downgrade
-                self._state_file.save(view.records)
+                self._state_file.save(view.records, view.exemptions)
             return
         if generation != view.generation:
             self.nudge()  # a change landed while we were loading: this result may predate it
@@ -74,8 +76,10 @@ class Refresher:
         view.set_source(self._store.source)
         view.set_blocks(state.blocks)
         view.leases = state.leases
-        if view.apply(self._pending.overlay(state.records)) or not view.resolved:
-            self._state_file.save(view.records)
+        exemptions_changed = state.exemptions != view.exemptions
+        view.set_exemptions(state.exemptions, time.time())
+        if view.apply(self._pending.overlay(state.records)) or exemptions_changed or not view.resolved:
+            self._state_file.save(view.records, view.exemptions)
 
     async def fresh(self) -> None:
         """Read the store now (decisions must not rest on a stale view); StoreUnavailable if it cannot."""
@@ -88,12 +92,18 @@ class Refresher:
 
         Silently falling back to ``default_mode`` would turn enforcement off on
         every replica at once; HSETNX keeps any mode an operator set meanwhile.
+        The live exemptions are written back too.
         """
         records = self._view.records
         log_event(log, logging.WARNING, "mode_store_reseeded", modes={n: r.mode for n, r in records.items()})
         history = [HistoryEntry("mode", "stagegate", "startup", "mode store was empty: last-known mode restored",
                                 endpoint=name, to_mode=r.mode, percent=r.percent) for name, r in records.items()]
         await self._store.seed(records, history)
+        now = utc_now()
+        live = [exemption for exemption in self._view.exemptions.values() if exemption.live(now)]
+        if live:  # every replica would otherwise enforce a consumer that was given time
+            await self._store.set_exemptions(live, [], [HistoryEntry(
+                "exemption_added", "stagegate", "startup", f"mode store was empty: {len(live)} exemption(s) restored")])
         return await self._store.load()
 
     def _degrade(self, error: str) -> None:

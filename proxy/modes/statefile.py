@@ -1,26 +1,34 @@
-"""--state-file: the last-known modes, kept on disk so a restart without Redis keeps them."""
+"""--state-file: the last-known modes and exemptions, kept on disk so a restart without Redis keeps them."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import orjson
 
-from proxy.modes.records import ModeRecord, utc_now
+from proxy.modes.records import Exemption, ModeRecord, utc_now
 from proxy.shared.logs import log_event
 
 log = logging.getLogger(__name__)
 
 
-def read_state_file(path: Path) -> dict[str, ModeRecord] | None:
-    """Modes saved by an earlier run, or None (missing or unreadable file: logged)."""
+@dataclass(frozen=True, slots=True)
+class Saved:
+    records: dict[str, ModeRecord]
+    exemptions: dict[str, Exemption] = field(default_factory=dict)
+
+
+def read_state_file(path: Path) -> Saved | None:
+    """Modes (and exemptions) saved by an earlier run, or None (missing or unreadable file: logged)."""
     try:
         data = orjson.loads(path.read_bytes())
-        return {str(name): ModeRecord.from_obj(record) for name, record in data["endpoints"].items()}
+        records = {str(name): ModeRecord.from_obj(record) for name, record in data["endpoints"].items()}
+        exemptions = [Exemption.from_obj(item) for item in data.get("exemptions", [])]  # absent before 2026-12
+        return Saved(records, {exemption.id: exemption for exemption in exemptions})
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -28,9 +36,11 @@ def read_state_file(path: Path) -> dict[str, ModeRecord] | None:
         return None
 
 
-def write_state_file(path: Path, records: Mapping[str, ModeRecord]) -> None:
+def write_state_file(path: Path, records: Mapping[str, ModeRecord],
+                     exemptions: Mapping[str, Exemption] | None = None) -> None:
     """Atomically replace the state file (temporary name, fsync, rename)."""
-    payload = orjson.dumps({"saved_at": utc_now(), "endpoints": {k: asdict(v) for k, v in records.items()}})
+    payload = orjson.dumps({"saved_at": utc_now(), "endpoints": {k: asdict(v) for k, v in records.items()},
+                            "exemptions": [e.to_obj() for e in (exemptions or {}).values()]})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(payload)
@@ -45,13 +55,13 @@ class StateFile:
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
-    def load(self) -> dict[str, ModeRecord] | None:
+    def load(self) -> Saved | None:
         return None if self.path is None else read_state_file(self.path)
 
-    def save(self, records: Mapping[str, ModeRecord]) -> None:
+    def save(self, records: Mapping[str, ModeRecord], exemptions: Mapping[str, Exemption]) -> None:
         if self.path is None:
             return
         try:
-            write_state_file(self.path, records)
+            write_state_file(self.path, records, exemptions)
         except OSError as exc:
             log_event(log, logging.WARNING, "state_file_write_failed", path=str(self.path), error=str(exc))

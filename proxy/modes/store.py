@@ -1,8 +1,8 @@
 """Where modes live: the store protocol and the embedded in-memory store (Redis: proxy/redisstore.py).
 
-A store keeps four things (docs/redis-keys.md): each endpoint's mode record,
-the firing ``block_enforce`` alerts, the rollout drivers' leases, and a bounded
-history of changes. Every write that changes state also appends its history
+A store keeps five things (docs/redis-keys.md): each endpoint's mode record,
+the firing ``block_enforce`` alerts, the rollout drivers' leases, the
+exemptions, and a bounded history of changes. Every write that changes state also appends its history
 entries, atomically.
 """
 
@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Protocol
 
-from proxy.modes.records import Block, HistoryEntry, Lease, ModeRecord, StoreState
+from proxy.modes.records import Block, Exemption, HistoryEntry, Lease, ModeRecord, StoreState
 
 HISTORY_LIMIT: Final = 1000  # entries kept; older ones are trimmed
 
@@ -33,6 +33,11 @@ class ModeStore(Protocol):
     async def seed(self, records: Mapping[str, ModeRecord], history: Sequence[HistoryEntry]) -> None: ...
 
     async def set_blocks(self, add: Sequence[Block], remove: Sequence[str], history: Sequence[HistoryEntry]) -> None:
+        ...
+
+    async def set_exemptions(self, add: Sequence[Exemption], remove: Sequence[str],
+                             history: Sequence[HistoryEntry]) -> None:
+        """Store ``add`` and drop the ids in ``remove`` (with the history), in one write."""
         ...
 
     async def history(self, limit: int) -> list[HistoryEntry]: ...
@@ -66,10 +71,11 @@ class MemoryModeStore:
         self._records: dict[str, ModeRecord] = {}
         self._blocks: dict[str, Block] = {}
         self._leases: dict[str, Lease] = {}
+        self._exemptions: dict[str, Exemption] = {}
         self._history: deque[HistoryEntry] = deque(maxlen=HISTORY_LIMIT)
 
     async def load(self) -> StoreState:
-        return StoreState(dict(self._records), dict(self._blocks), dict(self._leases))
+        return StoreState(dict(self._records), dict(self._blocks), dict(self._leases), dict(self._exemptions))
 
     async def take_lease(self, endpoint: str, lease: Lease, now: str,
                          history: Sequence[HistoryEntry]) -> tuple[Lease, Lease | None]:
@@ -103,6 +109,13 @@ class MemoryModeStore:
         self._blocks.update((block.fingerprint, block) for block in add)
         for fingerprint in remove:
             self._blocks.pop(fingerprint, None)
+        self._history.extend(history)
+
+    async def set_exemptions(self, add: Sequence[Exemption], remove: Sequence[str],
+                             history: Sequence[HistoryEntry]) -> None:
+        self._exemptions.update((exemption.id, exemption) for exemption in add)
+        for exemption_id in remove:
+            self._exemptions.pop(exemption_id, None)
         self._history.extend(history)
 
     async def history(self, limit: int) -> list[HistoryEntry]:

@@ -8,11 +8,15 @@ can tell it predates a local change.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from proxy.catalog.stages import Catalog, Mode
-from proxy.modes.records import Block, Lease, ModeRecord
+from proxy.modes.records import Block, Exemption, Lease, ModeRecord
+from proxy.shared.clients import Network
 
 
 class ModeObserver(Protocol):
@@ -25,6 +29,27 @@ class ModeObserver(Protocol):
     def set_blocked(self, endpoint: str, blocked: bool) -> None: ...
 
     def set_pending(self, count: int) -> None: ...
+
+    def set_exemptions(self, endpoint: str, live: int, next_expiry_s: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExemptionRule:
+    """An exemption as the request path checks it: parsed once, compared with plain values."""
+
+    id: str
+    consumer: str | None
+    network: Network | None
+    until_s: float  # Unix seconds
+
+
+def _rule(exemption: Exemption) -> ExemptionRule | None:
+    try:
+        until = datetime.fromisoformat(exemption.until).timestamp()
+        network = ipaddress.ip_network(exemption.client_cidr) if exemption.client_cidr else None
+    except ValueError:
+        return None  # written by something else: never matches
+    return ExemptionRule(exemption.id, exemption.consumer, network, until)
 
 
 class ModeView:
@@ -39,6 +64,8 @@ class ModeView:
         self._fast: dict[str, tuple[Mode, float]] = {}
         self.blocks: dict[str, Block] = {}
         self.leases: dict[str, Lease] = {}  # rollout drivers' holds, live or lapsed (proxy.modes.records.Lease)
+        self.exemptions: dict[str, Exemption] = {}  # by id, live or expired (proxy.modes.records.Exemption)
+        self.exempt: dict[str, tuple[ExemptionRule, ...]] = {}  # endpoint -> the rules that may apply to it
         self.source = "default"
         self.degraded = False  # the store is unreachable: these are last-known (or state file, or default) modes
         self.resolved = False  # modes were resolved once since start (readiness)
@@ -79,6 +106,22 @@ class ModeView:
         self.blocks = blocks
         for name in self.catalog.endpoint_names:
             self._observer.set_blocked(name, bool(self.blocked_by(name)))
+
+    def set_exemptions(self, exemptions: dict[str, Exemption], now_s: float) -> None:
+        """Make ``exemptions`` current (a ``*`` one applies to every endpoint); expired ones are kept for the
+        record but left out of the rules. The gauges count the live ones per endpoint."""
+        self.exemptions = exemptions
+        rules: dict[str, list[ExemptionRule]] = {name: [] for name in self.catalog.endpoint_names}
+        for exemption in exemptions.values():
+            rule = _rule(exemption)
+            if rule is None or rule.until_s <= now_s:
+                continue
+            for name in (self.catalog.endpoint_names if exemption.endpoint == "*" else (exemption.endpoint,)):
+                if name in rules:
+                    rules[name].append(rule)
+        self.exempt = {name: tuple(found) for name, found in rules.items() if found}
+        for name, found in rules.items():
+            self._observer.set_exemptions(name, len(found), min((r.until_s for r in found), default=0.0))
 
     def set_source(self, source: str) -> None:
         self.source = source

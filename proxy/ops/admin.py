@@ -22,15 +22,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from proxy.catalog.compare import ReloadOutcome
 from proxy.catalog.stages import MODES, Catalog, Mode
 from proxy.modes.changes import ModeChanges
-from proxy.modes.records import Block, Lease, utc_now
+from proxy.modes.records import Block, Exemption, Lease, utc_now
 from proxy.modes.store import HISTORY_LIMIT, StoreUnavailable
 from proxy.modes.view import ModeView
-from proxy.ops import alerts, leases
+from proxy.ops import alerts, exemptions, leases
 from proxy.shared.logs import log_event, safe_text
 from proxy.shared.metrics import Metrics
 from proxy.shared.problems import problem
 from proxy.shared.secrets import Secret
 from proxy.wire import catalogs as wire_catalogs
+from proxy.wire import exemptions as wire_exemptions
 from proxy.wire import leases as wire_leases
 from proxy.wire import modes as wire
 
@@ -67,6 +68,7 @@ class OpsContext:
     token: Secret | None
     upstream_health: UpstreamHealth
     catalogs: CatalogReloads
+    consumer_header: str | None = None  # --consumer-header: without it no consumer exemption can match
 
 
 OPS: Final = web.AppKey("ops", OpsContext)
@@ -307,6 +309,75 @@ async def delete_block(request: web.Request) -> web.Response:
     return _json(wire.BlockCleared(_block(cleared), ctx.view.enforce_blocked).to_json())
 
 
+def _exemption(exemption: Exemption) -> wire_exemptions.Exemption:
+    return wire_exemptions.Exemption(exemption.id, exemption.endpoint, exemption.consumer, exemption.client_cidr,
+                                     exemption.until, exemption.reason, exemption.created_at, exemption.created_by)
+
+
+def _live_exemptions(view: ModeView) -> list[Exemption]:
+    now = utc_now()
+    return sorted((e for e in view.exemptions.values() if e.live(now)), key=lambda e: (e.until, e.id))
+
+
+async def get_exemptions(request: web.Request) -> web.Response:
+    """The live exemptions (expired ones are gone, whether or not the store has dropped them yet)."""
+    live = _live_exemptions(request.app[OPS].view)
+    return _json(wire_exemptions.Exemptions(tuple(_exemption(e) for e in live)).to_json())
+
+
+async def put_exemption(request: web.Request) -> web.Response:
+    """Give one consumer or client network more time in warn: 201 with the exemption (its id ends it early)."""
+    ctx = request.app[OPS]
+    denied = _authorize(request, ctx.token)
+    if denied is not None:
+        return denied
+    try:
+        body = exemptions.parse_put(await request.read(), ctx.view.catalog.endpoint_names)
+    except exemptions.ExemptionBodyError as exc:
+        return problem(400, "bad-request", "Bad Request", str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
+    if body.consumer is not None and ctx.consumer_header is None:
+        return problem(400, "bad-request", "Bad Request",
+                       "this proxy names no consumers (start it with --consumer-header and --trusted-proxies), so "
+                       "a consumer exemption would never apply; exempt a 'client_cidr' instead")
+    if len(_live_exemptions(ctx.view)) >= exemptions.MAX_LIVE:
+        return problem(409, "too-many-exemptions", "Conflict",
+                       f"{exemptions.MAX_LIVE} exemptions are live: remove one first (each is checked on every "
+                       "enforced request)")
+    exemption = Exemption(exemptions.new_id(), body.endpoint, body.consumer, body.client_cidr, body.until,
+                          body.reason, utc_now(), body.actor)
+    try:
+        await ctx.changes.add_exemption(exemption)
+    except StoreUnavailable:
+        return problem(503, "store-unavailable", "Mode store unavailable",
+                       "the mode store could not be reached: an exemption the other replicas cannot see would "
+                       "apply on this one only")
+    return _json(_exemption(exemption).to_json(), 201)
+
+
+async def delete_exemption(request: web.Request) -> web.Response:
+    """End an exemption before its time; ``reason`` required, written to the history."""
+    ctx = request.app[OPS]
+    denied = _authorize(request, ctx.token)
+    if denied is not None:
+        return denied
+    exemption_id = request.match_info["id"]
+    try:
+        reason, actor = _reason_and_actor(await request.read())
+    except BadRequest as exc:
+        return problem(400, "bad-request", "Bad Request", str(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
+    try:
+        removed = await ctx.changes.remove_exemption(exemption_id, actor, reason)
+    except StoreUnavailable:
+        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
+    if removed is None:
+        return problem(404, "no-such-exemption", "Not Found", f"no exemption has id {safe_text(exemption_id, 80)!r}")
+    return _json(wire_exemptions.ExemptionRemoved(_exemption(removed)).to_json())
+
+
 def _reason_and_actor(raw: bytes, *, required: bool = True) -> tuple[str, str]:
     try:
         body = orjson.loads(raw or b"{}")
@@ -426,6 +497,9 @@ def create_admin_app(ctx: OpsContext, *, max_body_bytes: int = ADMIN_MAX_BODY,
     app.router.add_post("/_ops/alertmanager", post_alertmanager)
     app.router.add_put("/_ops/rollout/{endpoint}", put_rollout)
     app.router.add_delete("/_ops/rollout/{endpoint}", delete_rollout)
+    app.router.add_get("/_ops/exemptions", get_exemptions)
+    app.router.add_put("/_ops/exemptions", put_exemption)
+    app.router.add_delete("/_ops/exemptions/{id}", delete_exemption)
     app.router.add_get("/_ops/blocks", get_blocks)
     app.router.add_delete("/_ops/blocks/{fingerprint}", delete_block)
     app.router.add_post("/_ops/reload", post_reload)

@@ -74,6 +74,14 @@ class Metrics:
                              registry=reg, multiprocess_mode="livesum")
         self.store = Histogram("stage_mode_store_seconds", "Mode store round trips", ["op"],
                                buckets=STORE_BUCKETS, registry=reg)
+        self.exempted = Counter("stage_exempted_total",
+                                "Requests an exemption handled as warn on an enforcing endpoint", ["endpoint"],
+                                registry=reg)
+        self.exemptions = Gauge("stage_exemptions", "Live exemptions that apply to the endpoint", ["endpoint"],
+                                registry=reg, multiprocess_mode=live)
+        self.exemption_expiry = Gauge("stage_exemption_next_expiry_timestamp_seconds",
+                                      "When the endpoint's first live exemption ends (Unix seconds; 0: none)",
+                                      ["endpoint"], registry=reg, multiprocess_mode=live)
         self.connections = Gauge("stage_client_connections", "Open client connections", ["listener"], registry=reg,
                                  multiprocess_mode="livesum")
         self.dropped = Counter("stage_connections_dropped_total", "Client connections closed by a bound",
@@ -93,9 +101,11 @@ class Metrics:
         self.connection_children = {name: self.connections.labels(name) for name in LISTENERS}
         self.dropped_children = {(name, r): self.dropped.labels(name, r) for name in LISTENERS for r in DROP_REASONS}
         self.reload_children = {r: self.reloads.labels(r) for r in RELOAD_RESULTS}
+        self.exempted_children = {e: self.exempted.labels(e) for e in self.endpoints}
         self.set_source("default")
         for endpoint in self.endpoints:
             self.set_blocked(endpoint, False)
+            self.set_exemptions(endpoint, 0, 0.0)
 
     def set_mode(self, endpoint: str, mode: str, percent: float) -> None:
         for candidate in MODES:
@@ -111,6 +121,10 @@ class Metrics:
 
     def set_pending(self, count: int) -> None:
         self.pending.set(count)
+
+    def set_exemptions(self, endpoint: str, live: int, next_expiry_s: float) -> None:
+        self.exemptions.labels(endpoint).set(live)
+        self.exemption_expiry.labels(endpoint).set(next_expiry_s)
 
     def set_catalog(self, version: str, previous: str | None = None) -> None:
         """Serve ``version``: its info series is 1, the previous one's 0 (kept, not removed: removal does not
