@@ -3,7 +3,11 @@ replica, last-known when Redis is down, in the history, ending by itself; and wh
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from proxy.modes.view import ModeView
 from proxy.shared.clients import parse_networks
 from proxy.shared.metrics import Metrics
 from proxy.wire import exemptions as wire
-from tests.support.proxies import TOKEN, ProxyFactory, set_mode
+from tests.support.proxies import REPO, TOKEN, ProxyFactory, set_mode
 from tests.support.servers import RedisServer
 from tests.support.upstreams import Upstream
 from tests.support.waiting import until
@@ -252,3 +256,55 @@ async def test_auth_limits_and_a_proxy_without_consumer_names(make_proxy: ProxyF
         assert (await exempt(http, plain, {"client_cidr": f"10.0.{n}.0/24"}))[0] == 201
     status, answer = await exempt(http, plain, {"client_cidr": "10.1.0.0/24"})
     assert status == 409 and "100 exemptions are live" in answer["detail"]
+
+
+def stagectl(*args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tools.stagectl", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "STAGE_OPS_TOKEN": token, "STAGE_ACTOR": "ana"})
+
+
+async def test_stagectl_exempt_add_list_remove(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
+    run = await gateway(make_proxy, http)
+    admin = ("--admin-url", run.admin_url)
+    added = await asyncio.to_thread(stagectl, "exempt", "add", "--consumer", "partner-a", "--endpoint",
+                                    "create_deal", "--for", "14d", "--reason", "OPS-1234", *admin, "--json")
+    assert added.returncode == 0, added.stderr
+    made = wire.Exemption.from_json(orjson.loads(added.stdout))
+    assert made.created_by == "stagectl exempt add (ana)" and made.consumer == "partner-a"
+    left = datetime.fromisoformat(made.until) - datetime.now(UTC)
+    assert timedelta(days=13, hours=23) < left <= timedelta(days=14)
+    assert await create(http, run, {"X-Consumer-ID": "partner-a"}) == (200, "mode=warn; result=unknown; exempt")
+    listed = await asyncio.to_thread(stagectl, "exempt", "list", *admin)
+    assert listed.returncode == 0 and listed.stdout.splitlines()[0].split()[:5] == ["ID", "ENDPOINT", "WHO",
+                                                                                    "UNTIL", "LEFT"]
+    assert made.id in listed.stdout and "consumer partner-a" in listed.stdout and " 13d23h " in listed.stdout
+    removed = await asyncio.to_thread(stagectl, "exempt", "remove", made.id, "--reason", "fixed", *admin)
+    assert removed.returncode == 0 and "is enforced again" in removed.stdout, removed.stderr
+    assert await create(http, run, {"X-Consumer-ID": "partner-a"}) == (422, "mode=enforce; result=unknown")
+    assert "no exemptions" in (await asyncio.to_thread(stagectl, "exempt", "list", *admin)).stdout
+
+
+@pytest.mark.parametrize(("args", "code", "fragment"), [
+    (("add", "--consumer", "p", "--for", "31d", "--reason", "r"), 2, "at most 30 days ahead"),
+    (("add", "--consumer", "p", "--reason", "r"), 2, "--for DURATION (e.g. 14d) or --until"),
+    (("add", "--consumer", "p", "--for", "2w", "--reason", "r"), 2, "--for: '2w' is not a duration"),
+    (("add", "--consumer", "p", "--until", "2026-12-19", "--reason", "r"), 2, "not an RFC 3339 instant"),
+    (("add", "--consumer", "p", "--client-cidr", "10.0.0.0/8", "--for", "1d", "--reason", "r"), 2, "exactly one"),
+    (("add", "--client-cidr", "0.0.0.0/0", "--for", "1d", "--reason", "r"), 2, "every address"),
+    (("add", "--consumer", "p", "--endpoint", "nope", "--for", "1d", "--reason", "r"), 2, "'endpoint' must be"),
+    (("remove", "ex-nope", "--reason", "r"), 2, "no exemption has id 'ex-nope'"),
+])
+async def test_stagectl_exempt_refuses_with_one_line(make_proxy: ProxyFactory, http: aiohttp.ClientSession,
+                                                     args: tuple[str, ...], code: int, fragment: str) -> None:
+    run = await gateway(make_proxy, http)
+    result = await asyncio.to_thread(stagectl, "exempt", *args, "--admin-url", run.admin_url)
+    assert result.returncode == code and fragment in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+async def test_stagectl_exempt_with_a_wrong_token_is_exit_3(make_proxy: ProxyFactory,
+                                                            http: aiohttp.ClientSession) -> None:
+    run = await gateway(make_proxy, http)
+    result = await asyncio.to_thread(stagectl, "exempt", "add", "--consumer", "p", "--for", "1d", "--reason", "r",
+                                     "--admin-url", run.admin_url, token="wrong")
+    assert result.returncode == 3 and "401" in result.stderr

@@ -5,7 +5,8 @@ The history, sampled every 10 minutes by two replicas (a and b), per endpoint:
 * create_deal: off on days 0-4 (baseline ~14 400 requests, 10 % would reject); warn from day 5: days 5-9 bad
   (2 %), days 10-24 good (0.2 %) but day 14 thin (40 requests); replica a restarts at day 12 12:00 (its
   counters start again from 0); enforce is blocked from day 22 00:00 to day 23 12:00; enforce 10 % from
-  day 25, 100 % from day 28.
+  day 25, 100 % from day 28, where one late consumer's 5 requests per 10 minutes (an unknown stage) are
+  exempted: handled as warn and counted in stage_exempted_total.
 * import_deals: warn from day 0, every sixth day bad: the streak never reaches 7, the 30-day cap does.
 * update_deal: off, ~288 requests a day: the 10 000-request baseline is reached on day 35.
 """
@@ -50,7 +51,7 @@ def create_traffic(t: float) -> dict[tuple[str, str], float]:
     if mode == "off":
         return {("off", "canonical"): 9, ("off", "unknown"): 1}
     if mode == "enforce":
-        return {("enforce", "canonical"): 50}
+        return {("enforce", "canonical"): 50, **({("warn", "unknown"): 5} if t >= day(28) else {})}
     if day(14) <= t < day(15):
         return {("warn", "canonical"): 20} if t == day(14, 1) else {}
     bad = t < day(10)
@@ -87,6 +88,7 @@ def build_history() -> History:
                     points.append((t, total))
                 history.add("stage_validation", "counter", "stage_validation_total",
                             {"endpoint": endpoint, "mode": mode, "result": result, "instance": replica}, points)
+    add_exempted(history, instants)
     for endpoint, mode_at in modes.items():
         for replica in REPLICAS:
             for mode in ("off", "warn", "enforce"):
@@ -98,6 +100,18 @@ def build_history() -> History:
             history.add("stage_enforce_blocked", "gauge", "stage_enforce_blocked",
                         {"endpoint": endpoint, "instance": replica}, blocked)
     return history
+
+
+def add_exempted(history: History, instants: list[float]) -> None:
+    """create_deal's late consumer: 5 exempted requests per 10 minutes and replica from day 28."""
+    for replica in REPLICAS:
+        exempted = 0.0
+        points = []
+        for t in instants:
+            exempted += 5 if t - STEP >= day(28) else 0
+            points.append((t, exempted))
+        history.add("stage_exempted", "counter", "stage_exempted_total", {"endpoint": "create_deal",
+                                                                          "instance": replica}, points)
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +184,24 @@ def test_verdicts_at_different_instants(prometheus: PrometheusServer, at: float,
     assert {name: e["verdict"] for name, e in body["endpoints"].items()} == verdicts
     assert result_code == code
     assert body["at"] == iso(at)
+
+
+def test_the_exempted_share(prometheus: PrometheusServer) -> None:
+    """Enforcing at 100 %, one exempted consumer: its share of the last 24 hours, per endpoint, JSON and table."""
+    _, body = gate_json(prometheus, day(30, 1))
+    create = body["endpoints"]["create_deal"]
+    assert create["verdict"] == "enforcing"
+    assert create["exempted_24h"]["requests"] == pytest.approx(5 * 144 * 2, rel=0.02)
+    assert create["exempted_24h"]["share"] == pytest.approx(10 / 110, rel=0.02)
+    assert body["endpoints"]["import_deals"]["exempted_24h"] == {"requests": 0, "share": 0.0}
+    _, before = gate_json(prometheus, day(27, 1))
+    assert before["endpoints"]["create_deal"]["exempted_24h"]["requests"] == 0
+    table = gate(prometheus, "--at", iso(day(30, 1))).stdout.splitlines()
+    header = next(line for line in table if line.startswith("ENDPOINT"))
+    create_row = next(line for line in table if line.startswith("create_deal"))
+    import_row = next(line for line in table if line.startswith("import_deals"))
+    column = header.index("EXEMPTED 24h")
+    assert create_row[column:].startswith("9.09%") and import_row[column:].startswith("-")
 
 
 def test_the_warn_cap(prometheus: PrometheusServer) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, TextIO
 
 from proxy.shared.secrets import mask_text
+from tools.cli import exempt as exempt_cli
 from tools.cli import migrate as migrate_cli
 from tools.cli import offenders as offenders_cli
 from tools.cli import ops as ops_cli
@@ -25,8 +26,8 @@ from tools.cli.command import Command, check, register
 from tools.shared.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 
 # every command, in the order `stagectl --help` lists them
-COMMANDS: tuple[Command, ...] = (*ops_cli.COMMANDS, *offenders_cli.COMMANDS, *migrate_cli.COMMANDS,
-                                 *preflight_cli.COMMANDS, *rollout_cli.COMMANDS)
+COMMANDS: tuple[Command, ...] = (*ops_cli.COMMANDS, *exempt_cli.COMMANDS, *offenders_cli.COMMANDS,
+                                 *migrate_cli.COMMANDS, *preflight_cli.COMMANDS, *rollout_cli.COMMANDS)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -46,6 +46,16 @@ def requests_in(mode: str, window: str) -> str:
     return f'sum by (endpoint) (increase(stage_validation_total{{mode="{mode}"}}[{window}]))'
 
 
+def all_requests_in(window: str) -> str:
+    """Validated requests in any mode during the ``window``."""
+    return f"sum by (endpoint) (increase(stage_validation_total[{window}]))"
+
+
+def exempted_in(window: str) -> str:
+    """Requests an exemption handled as warn on an enforcing endpoint during the ``window``."""
+    return f"sum by (endpoint) (increase(stage_exempted_total[{window}]))"
+
+
 def would_reject_in(mode: str, window: str) -> str:
     """Of those, the requests enforce would reject (unknown, invalid, unreadable)."""
     return f'sum by (endpoint) (increase(stage_validation_total{{mode="{mode}", {WOULD_REJECT}}}[{window}]))'

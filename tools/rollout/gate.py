@@ -65,6 +65,12 @@ class Standing:
     days: list[Day] = field(default_factory=list)
     good_days_streak: int = 0
     verdict: str = "collect_baseline"
+    requests_1d: int = 0  # validated requests over the last 24 hours, any mode
+    exempted_1d: int = 0  # of those, handled as warn by an exemption (docs/rollout.md, "A late consumer")
+
+    @property
+    def exempted_share(self) -> float | None:
+        return round(self.exempted_1d / self.requests_1d, 6) if self.requests_1d else None
 
     @property
     def baseline_ratio(self) -> float | None:
@@ -77,7 +83,8 @@ class Standing:
     def as_json(self) -> dict[str, Any]:
         return {"mode": self.mode, "verdict": self.verdict, "baseline_requests": self.baseline_requests,
                 "baseline_ratio": self.baseline_ratio, "days_in_warn": self.days_in_warn,
-                "good_days_streak": self.good_days_streak, "days": [day.as_json() for day in self.days]}
+                "good_days_streak": self.good_days_streak, "days": [day.as_json() for day in self.days],
+                "exempted_24h": {"requests": self.exempted_1d, "share": self.exempted_share}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +170,8 @@ async def evaluate(prometheus: Prometheus, names: Sequence[str], at: float, opti
         prometheus.instant(prom.MODE, at), prometheus.instant(prom.PERCENT, at),
         prometheus.instant(prom.BLOCKED, at), prometheus.instant(prom.requests_in("off", lookback), at),
         prometheus.instant(prom.would_reject_in("off", lookback), at), prometheus.instant(prom.CATALOG_VERSIONS, at))
+    everything, exempted = await asyncio.gather(prometheus.instant(prom.all_requests_in("1d"), at),
+                                                prometheus.instant(prom.exempted_in("1d"), at))
     warn, warn_bad, in_warn = await asyncio.gather(
         prometheus.by_day(prom.requests_in("warn", "1d"), day_ends),
         prometheus.by_day(prom.would_reject_in("warn", "1d"), day_ends),
@@ -172,11 +181,15 @@ async def evaluate(prometheus: Prometheus, names: Sequence[str], at: float, opti
     blocked = blocked_endpoints(blocks, names)
     base_of = {s.labels.get("endpoint", ""): s.value for s in base}
     base_bad_of = {s.labels.get("endpoint", ""): s.value for s in base_bad}
+    everything_of = {s.labels.get("endpoint", ""): s.value for s in everything}
+    exempted_of = {s.labels.get("endpoint", ""): s.value for s in exempted}
     result: dict[str, Standing] = {}
     for name in names:
         standing = Standing(mode=mode_of.get(name, "off"), percent=percent_of.get(name, 0.0), blocked=name in blocked,
                             baseline_requests=round(base_of.get(name, 0.0)),
-                            baseline_rejects=round(base_bad_of.get(name, 0.0)))
+                            baseline_rejects=round(base_bad_of.get(name, 0.0)),
+                            requests_1d=round(everything_of.get(name, 0.0)),
+                            exempted_1d=round(exempted_of.get(name, 0.0)))
         if standing.mode == "warn":
             start = warn_period_start(in_warn.get(name, {}), at, at - options.lookback_s)
             standing.days = _warn_days(warn.get(name, {}), warn_bad.get(name, {}), day_ends, start, options)
@@ -212,14 +225,16 @@ def exit_code(result: GateResult) -> int:
 
 def render(result: GateResult, options: GateOptions) -> str:
     """The human table."""
-    rows = [("ENDPOINT", "MODE", "VERDICT", "BASELINE (off)", "WARN DAYS", "STREAK", "LAST DAYS (oldest→newest)")]
+    rows = [("ENDPOINT", "MODE", "VERDICT", "BASELINE (off)", "WARN DAYS", "STREAK", "EXEMPTED 24h",
+             "LAST DAYS (oldest→newest)")]
     for name, s in result.endpoints.items():
         mode = f"enforce {s.percent:g}%" if s.mode == "enforce" else s.mode
         baseline = f"{s.baseline_requests}" + (f" ({s.baseline_ratio:.2%})" if s.baseline_ratio is not None else "")
         recent = " ".join({"good": "+", "bad": "x", "thin": "."}[d.kind] for d in s.days[-14:]) or "-"
         rows.append((name, mode, s.verdict + (" (blocked)" if s.blocked and s.verdict != "blocked" else ""),
                      baseline, str(s.days_in_warn) if s.mode == "warn" else "-",
-                     f"{s.good_days_streak}/{options.good_days}" if s.mode == "warn" else "-", recent))
+                     f"{s.good_days_streak}/{options.good_days}" if s.mode == "warn" else "-",
+                     f"{s.exempted_share:.2%}" if s.exempted_1d and s.exempted_share is not None else "-", recent))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1]
              for row in rows]
