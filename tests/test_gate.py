@@ -111,7 +111,8 @@ def add_exempted(history: History, instants: list[float]) -> None:
             exempted += 5 if t - STEP >= day(28) else 0
             points.append((t, exempted))
         history.add("stage_exempted", "counter", "stage_exempted_total", {"endpoint": "create_deal",
-                                                                          "instance": replica}, points)
+                                                                          "result": "unknown", "instance": replica},
+                    points)
 
 
 @pytest.fixture(scope="module")

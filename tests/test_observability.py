@@ -22,7 +22,8 @@ CONTRACT_METRICS = {"stage_validation_total", "stage_enforce_rejections_total", 
                     "stage_proxy_request_seconds", "stage_upstream_errors_total", "stage_mode", "stage_enforce_percent",
                     "stage_mode_source", "stage_enforce_blocked", "stage_mode_store_seconds",
                     "stage_client_connections", "stage_connections_dropped_total", "stage_config_reload_total",
-                    "stage_catalog_info", "stage_config_last_reload_successful", "stage_mode_pending_writes"}
+                    "stage_catalog_info", "stage_config_last_reload_successful", "stage_mode_pending_writes",
+                    "stage_exempted_total", "stage_exemptions", "stage_exemption_next_expiry_timestamp_seconds"}
 
 
 def tool(name: str) -> str:
@@ -42,7 +43,7 @@ def test_rules_are_valid() -> None:
     """promtool check rules accepts the rule file."""
     result = run(tool("promtool"), "check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 13 rules found" in result.stdout
+    assert "SUCCESS: 15 rules found" in result.stdout
 
 
 def test_rule_unit_tests_pass() -> None:
@@ -57,7 +58,7 @@ def test_rule_tests_cover_every_alert() -> None:
     """Each alert in the rules has a firing test and a silent test."""
     alerts = set(re.findall(r"^\s+- alert: (\w+)$", RULES.read_text(), flags=re.M))
     tests = (RULES.parent / "stage-validation.test.yml").read_text()
-    assert len(alerts) == 7
+    assert len(alerts) == 8
     for alert in alerts:
         names = re.findall(rf"alertname: {alert}\n\s+exp_alerts:(.*)", tests)
         assert any(n.strip() == "[]" for n in names), f"{alert} has no silent case"
@@ -112,8 +113,8 @@ def test_dashboard_queries_only_known_series() -> None:
     """Every series a dashboard query names is a contract metric or one of our recording rules."""
     recorded = set(re.findall(r"record: ([\w:]+)", RULES.read_text()))
     known = recorded | CONTRACT_METRICS | {f"{m}_bucket" for m in CONTRACT_METRICS}
-    functions = {"sum", "by", "rate", "max", "histogram_quantile", "changes", "and", "le", "endpoint", "mode",
-                 "result", "reason", "instance", "source", "op", "version"}
+    functions = {"sum", "by", "rate", "max", "min", "histogram_quantile", "changes", "and", "le", "endpoint", "mode",
+                 "result", "reason", "instance", "source", "op", "version", "time"}
     for expr in _dashboard_exprs():
         for name in re.findall(r"\b([a-z_:]+[a-z_])\b(?=[{\[\s)]|$)", expr):
             if name not in functions:
@@ -131,6 +132,8 @@ def _thresholds(panel: dict[str, Any]) -> list[float]:
     ("Validator p99", ["stage:validator_seconds:p99_5m"], "s", [0.001]),
     ("Mode per endpoint", ["stage_mode == 1", "stage_enforce_percent", "stage_mode_source == 1",
                            "stage_enforce_blocked"], None, []),
+    ("Exempted requests", ["stage_exempted_total"], "reqps", []),
+    ("Exemptions", ["stage_exemptions", "stage_exemption_next_expiry_timestamp_seconds"], None, []),
 ])
 def test_dashboard_has_the_runbook_panels(panel: str, queries: list[str], unit: str | None,
                                           limits: list[float]) -> None:

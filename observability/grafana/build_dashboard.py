@@ -71,6 +71,14 @@ def dashboard() -> dict[str, Any]:
             target("sum by (instance, result) (increase(stage_config_reload_total[1h]))",
                    "{{instance}} reloads {{result}} (1 h)", "B"),
         ]),
+        timeseries(11, "Exempted requests (req/s; handled as warn while the endpoint enforces)", (0, 50, 12, 8), [
+            target("sum by (endpoint, result) (rate(stage_exempted_total[5m]))", "{{endpoint}} {{result}}")],
+            "reqps", description="stagectl exempt list: who, until when; stagectl gate: the exempted share"),
+        table(12, "Exemptions: live per endpoint, next one ending", (12, 50, 12, 8), [
+            target("max by (endpoint) (stage_exemptions)", "{{endpoint}} live", "A"),
+            target("min by (endpoint) (stage_exemption_next_expiry_timestamp_seconds > 0) - time()",
+                   "{{endpoint}} seconds until the next one ends", "B"),
+        ]),
         timeseries(8, "Rejections and upstream errors (req/s)", (0, 30, 24, 7), [
             target("sum by (endpoint, reason) (rate(stage_enforce_rejections_total[5m]))", "reject {{endpoint}} "
                    "{{reason}}", "A"),

@@ -323,7 +323,7 @@ class DataPlane:
             reason = inspection.reason or inspection.result
             self.metrics.rejection_children[(name, reason)].inc()
         if verdict.exemption is not None:
-            self.metrics.exempted_children[name].inc()
+            self.metrics.exempted_children[(name, inspection.result)].inc()
         if mode == "off" or inspection.result in ("canonical", "absent"):
             return
         if self.flood.allow((name, inspection.result)):

@@ -74,9 +74,10 @@ class Metrics:
                              registry=reg, multiprocess_mode="livesum")
         self.store = Histogram("stage_mode_store_seconds", "Mode store round trips", ["op"],
                                buckets=STORE_BUCKETS, registry=reg)
+        # result: so that the block-enforce rule can leave exempted unknowns out (they have their own deadline)
         self.exempted = Counter("stage_exempted_total",
-                                "Requests an exemption handled as warn on an enforcing endpoint", ["endpoint"],
-                                registry=reg)
+                                "Requests an exemption handled as warn on an enforcing endpoint, by result",
+                                ["endpoint", "result"], registry=reg)
         self.exemptions = Gauge("stage_exemptions", "Live exemptions that apply to the endpoint", ["endpoint"],
                                 registry=reg, multiprocess_mode=live)
         self.exemption_expiry = Gauge("stage_exemption_next_expiry_timestamp_seconds",
@@ -101,7 +102,7 @@ class Metrics:
         self.connection_children = {name: self.connections.labels(name) for name in LISTENERS}
         self.dropped_children = {(name, r): self.dropped.labels(name, r) for name in LISTENERS for r in DROP_REASONS}
         self.reload_children = {r: self.reloads.labels(r) for r in RELOAD_RESULTS}
-        self.exempted_children = {e: self.exempted.labels(e) for e in self.endpoints}
+        self.exempted_children = {(e, r): self.exempted.labels(e, r) for e in self.endpoints for r in RESULTS}
         self.set_source("default")
         for endpoint in self.endpoints:
             self.set_blocked(endpoint, False)
