@@ -23,7 +23,8 @@ CONTRACT_METRICS = {"stage_validation_total", "stage_enforce_rejections_total", 
                     "stage_mode_source", "stage_enforce_blocked", "stage_mode_store_seconds",
                     "stage_client_connections", "stage_connections_dropped_total", "stage_config_reload_total",
                     "stage_catalog_info", "stage_config_last_reload_successful", "stage_mode_pending_writes",
-                    "stage_exempted_total", "stage_exemptions", "stage_exemption_next_expiry_timestamp_seconds"}
+                    "stage_exempted_total", "stage_exemptions", "stage_exemption_next_expiry_timestamp_seconds",
+                    "stage_temporary_alias_total"}
 
 
 def tool(name: str) -> str:

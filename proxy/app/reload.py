@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,10 @@ class Reloader:
         if isinstance(checked, tuple):
             return self._refused(*checked)
         enforcing = [name for name, record in self._view.records.items() if record.mode == "enforce"]
-        warnings = tuple(tightening(checked.changes, enforcing))
+        now = time.time()
+        warnings = tuple(tightening(checked.changes, enforcing)) + tuple(
+            f"temporary alias {key!r} ended {checked.catalog.temporary[key].until_text}: its values are unknown "
+            "now; remove it" for key in checked.catalog.expired(now))
         if checked.version != current:
             self._dataplane.use_state(checked.state)
             self._view.catalog = checked.catalog

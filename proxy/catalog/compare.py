@@ -38,11 +38,15 @@ class CatalogChanges:
     canonical_removed: list[str] = field(default_factory=list)
     endpoints_changed: list[str] = field(default_factory=list)  # same name, new method/path/field/required
     case_sensitive_paths: tuple[bool, bool] | None = None
+    # temporary aliases added or changed / removed: key -> "stage until 2027-01-15T00:00:00Z"
+    temporary_added: dict[str, str] = field(default_factory=dict)
+    temporary_removed: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
         return not (self.aliases_added or self.aliases_removed or self.aliases_retargeted or self.canonical_added
-                    or self.canonical_removed or self.endpoints_changed or self.case_sensitive_paths)
+                    or self.canonical_removed or self.endpoints_changed or self.case_sensitive_paths
+                    or self.temporary_added or self.temporary_removed)
 
     def as_json(self, limit: int | None = None) -> dict[str, Any]:
         """The changes as data; with ``limit``, each list holds at most that many entries and ``truncated`` counts
@@ -51,7 +55,9 @@ class CatalogChanges:
             "aliases_added": self.aliases_added, "aliases_removed": self.aliases_removed,
             "aliases_retargeted": {k: {"from": a, "to": b} for k, (a, b) in self.aliases_retargeted.items()},
             "canonical_added": self.canonical_added, "canonical_removed": self.canonical_removed,
-            "endpoints_changed": self.endpoints_changed}
+            "endpoints_changed": self.endpoints_changed,
+            **{name: items for name, items in (("temporary_added", self.temporary_added),
+                                               ("temporary_removed", self.temporary_removed)) if items}}
         truncated = {}
         if limit is not None:
             for name, items in lists.items():
@@ -68,9 +74,14 @@ def _head(items: list[str], limit: int = 20) -> str:
     return str(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def _temporary(catalog: Catalog) -> dict[str, str]:
+    return {key: f"{alias.to} until {alias.until_text}" for key, alias in catalog.temporary.items()}
+
+
 def compare(old: Catalog, new: Catalog) -> CatalogChanges:
     old_aliases, new_aliases = dict(old.aliases), dict(new.aliases)
     old_endpoints = {e.name: e for e in old.endpoints}
+    old_temporary, new_temporary = _temporary(old), _temporary(new)
     return CatalogChanges(
         aliases_added={k: v for k, v in new_aliases.items() if k not in old_aliases},
         aliases_removed={k: v for k, v in old_aliases.items() if k not in new_aliases},
@@ -81,6 +92,8 @@ def compare(old: Catalog, new: Catalog) -> CatalogChanges:
         endpoints_changed=[e.name for e in new.endpoints if e.name in old_endpoints and old_endpoints[e.name] != e],
         case_sensitive_paths=((old.case_sensitive_paths, new.case_sensitive_paths)
                               if old.case_sensitive_paths != new.case_sensitive_paths else None),
+        temporary_added={k: v for k, v in new_temporary.items() if old_temporary.get(k) != v},
+        temporary_removed={k: v for k, v in old_temporary.items() if k not in new_temporary},
     )
 
 
@@ -141,6 +154,9 @@ def tightening(changes: CatalogChanges, enforcing: list[str]) -> list[str]:
     if changes.canonical_removed:
         warnings.append(f"canonical stages removed {_head(changes.canonical_removed)}: rejected from now on "
                         f"({where})")
+    if changes.temporary_removed:
+        warnings.append(f"temporary aliases removed {_head(sorted(changes.temporary_removed))}: the values they "
+                        f"normalized are rejected from now on ({where})")
     changed = [name for name in changes.endpoints_changed if name in enforcing]
     if changed:
         warnings.append(f"endpoints in enforce changed {changed}: they now validate requests or fields that "

@@ -1,16 +1,20 @@
-"""The stage catalog: canonical stages, aliases, endpoints and the classifier.
+"""The stage catalog: canonical stages, aliases, temporary aliases, endpoints and the classifier.
 
 Pure: no I/O. The proxy and the migration tool (``tools``) import this module, so
 a value the proxy accepts is exactly a value the migration produces (docs/catalog.md).
+The one clock it reads is the time a temporary alias is checked against its ``until``.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import time
 import tomllib
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any, Final, Literal
 
 Mode = Literal["off", "warn", "enforce"]
@@ -57,6 +61,9 @@ won = "closed_won"
 lost = "closed_lost"
 prospect = "lead"
 negotiating = "negotiation"
+
+# [stages.temporary_aliases]    # an alias until a date (UTC), unknown after it: time for a late consumer
+# "closed wonn" = { to = "closed_won", until = 2027-01-15 }
 
 [[endpoints]]
 name = "create_deal"
@@ -136,6 +143,22 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class TemporaryAlias:
+    """An alias until a time (``[stages.temporary_aliases]``): ``to`` until ``until`` (Unix seconds), unknown
+    after it."""
+
+    to: str
+    until: float
+
+    @property
+    def until_text(self) -> str:
+        return datetime.fromtimestamp(self.until, UTC).isoformat().replace("+00:00", "Z")
+
+    def live(self, now: float) -> bool:
+        return now < self.until
+
+
+@dataclass(frozen=True, slots=True)
 class Catalog:
     """Canonical stages, aliases and endpoints, with precomputed lookup tables."""
 
@@ -146,6 +169,8 @@ class Catalog:
     case_sensitive_paths: bool
     _canonical_set: frozenset[str] = field(repr=False)
     _folded: Mapping[str, str] = field(repr=False)
+    temporary: Mapping[str, TemporaryAlias] = field(default_factory=dict)  # key as written -> alias until
+    _temporary_folded: Mapping[str, tuple[str, TemporaryAlias]] = field(default_factory=dict, repr=False)
 
     def endpoint(self, name: str) -> Endpoint | None:
         for endpoint in self.endpoints:
@@ -164,20 +189,42 @@ class Catalog:
     def as_json(self) -> dict[str, Any]:
         """The catalog as data (``GET /_ops/catalog``, ``stagectl catalog show``)."""
         return {"default_mode": self.default_mode, "canonical": list(self.canonical), "aliases": dict(self.aliases),
+                **({"temporary_aliases": {key: {"to": alias.to, "until": alias.until_text}
+                                          for key, alias in self.temporary.items()}} if self.temporary else {}),
                 "case_sensitive_paths": self.case_sensitive_paths,
                 "endpoints": [{"name": e.name, "methods": list(e.methods), "path": e.path, "field": e.field,
                                "required": e.required} for e in self.endpoints]}
 
-    def classify(self, value: object) -> tuple[Result, str | None]:
-        """Classify one value: (result, normalized canonical stage or None)."""
+    def classify(self, value: object, now: float | None = None) -> tuple[Result, str | None]:
+        """Classify one value: (result, normalized canonical stage or None). A temporary alias counts as an
+        alias before its ``until`` (as of ``now``, default the clock) and as unknown after it."""
         if type(value) is not str:
             return "invalid", None
         if value in self._canonical_set:
             return "canonical", value
-        target = self._folded.get(fold(value))
-        if target is None:
-            return "unknown", None
-        return "alias", target
+        key = fold(value)
+        target = self._folded.get(key)
+        if target is not None:
+            return "alias", target
+        if self._temporary_folded:
+            temporary = self._temporary_folded.get(key)
+            if temporary is not None and temporary[1].live(time.time() if now is None else now):
+                return "alias", temporary[1].to
+        return "unknown", None
+
+    def temporary_key(self, value: str) -> str | None:
+        """The ``[stages.temporary_aliases]`` key ``value`` matches (live or not), or None: a metric label that
+        comes from the catalog, never from the client."""
+        found = self._temporary_folded.get(fold(value)) if self._temporary_folded else None
+        return found[0] if found is not None else None
+
+    def next_expiry(self, now: float) -> float:
+        """When the next live temporary alias ends (``inf`` if none): until then classifications may be kept."""
+        return min((alias.until for alias in self.temporary.values() if alias.live(now)), default=math.inf)
+
+    def expired(self, now: float) -> list[str]:
+        """The temporary aliases whose ``until`` has passed (``catalog check`` warns about them)."""
+        return [key for key, alias in self.temporary.items() if not alias.live(now)]
 
 
 MAX_CATALOG_CHARS: Final = 4 * 1024 * 1024  # a real catalog is a few KB; past this it is refused, not parsed
@@ -234,6 +281,55 @@ def _fold_table(canonical: list[str], aliases: Mapping[str, object], lines: _Lin
         else:
             table[key], origin[key] = target, f"alias {alias!r}"
     return table
+
+
+def _instant(raw: object) -> float | None:
+    """A TOML date (midnight UTC at its start) or date-time (without an offset: UTC), or the same as RFC 3339
+    text (the JSON form); Unix seconds, or None if it is neither."""
+    if isinstance(raw, str):
+        try:
+            raw = datetime.fromisoformat(raw) if "T" in raw.upper() or " " in raw else date.fromisoformat(raw)
+        except ValueError:
+            return None
+    if isinstance(raw, datetime):
+        return (raw if raw.tzinfo is not None else raw.replace(tzinfo=UTC)).timestamp()
+    if isinstance(raw, date):
+        return datetime(raw.year, raw.month, raw.day, tzinfo=UTC).timestamp()
+    return None
+
+
+def _temporary_table(raw: object, canonical: list[str], folded: Mapping[str, str], lines: _Lines,
+                     problems: list[str]) -> tuple[dict[str, TemporaryAlias], dict[str, tuple[str, TemporaryAlias]]]:
+    """``[stages.temporary_aliases]``: ``"key" = { to = "stage", until = 2027-01-15 }``, checked like aliases
+    (and against them: a key may not fold to a stage, an alias or another temporary alias)."""
+    if not isinstance(raw, dict):
+        problems.append("[stages.temporary_aliases] must be a table of alias = { to = stage, until = date }")
+        return {}, {}
+    table: dict[str, TemporaryAlias] = {}
+    by_fold: dict[str, tuple[str, TemporaryAlias]] = {}
+    for key, entry in raw.items():
+        where = lines.of(key)
+        if not isinstance(entry, dict) or set(entry) != {"to", "until"}:
+            problems.append(f"temporary alias {key!r} must be {{ to = \"stage\", until = 2027-01-15 }}{where}")
+            continue
+        until = _instant(entry["until"])
+        folded_key = fold(key)
+        if entry["to"] not in canonical:
+            problems.append(f"temporary alias {key!r} points at {entry['to']!r}, which is not a canonical "
+                            f"stage{where}")
+        elif until is None:
+            problems.append(f"temporary alias {key!r}: until {entry['until']!r} is not a date or date-time{where}")
+        elif not folded_key:
+            problems.append(f"temporary alias {key!r} folds to an empty string{where}")
+        elif folded_key in folded:
+            problems.append(f"temporary alias {key!r} folds to {folded_key!r}, already a stage or an alias{where}")
+        elif folded_key in by_fold:
+            problems.append(f"temporary alias {key!r} folds to {folded_key!r}, colliding with temporary alias "
+                            f"{by_fold[folded_key][0]!r}{where}")
+        else:
+            table[key] = TemporaryAlias(entry["to"], until)
+            by_fold[folded_key] = (key, table[key])
+    return table, by_fold
 
 
 def _parse_methods(raw: object) -> tuple[str, ...] | None:
@@ -329,7 +425,8 @@ def catalog_from_json(data: object) -> Catalog:
     endpoints = data.get("endpoints")
     as_toml = {
         **{key: data[key] for key in ("default_mode", "case_sensitive_paths") if key in data},
-        "stages": {"canonical": data.get("canonical"), "aliases": data.get("aliases", {})},
+        "stages": {"canonical": data.get("canonical"), "aliases": data.get("aliases", {}),
+                   **({"temporary_aliases": data["temporary_aliases"]} if "temporary_aliases" in data else {})},
         "endpoints": [{**{k: v for k, v in e.items() if k != "methods"}, "method": e.get("methods")}
                       if isinstance(e, dict) else e for e in endpoints] if isinstance(endpoints, list) else endpoints,
     }
@@ -350,6 +447,7 @@ def _check_data(data: dict[str, Any], lines: _Lines) -> tuple[Catalog | None, li
     stages = data.get("stages")
     canonical: list[str] = []
     aliases: object = {}
+    temporary_raw: object = {}
     if not isinstance(stages, dict):
         problems.append("[stages] table is missing")
     else:
@@ -361,12 +459,17 @@ def _check_data(data: dict[str, Any], lines: _Lines) -> tuple[Catalog | None, li
         if not isinstance(aliases, dict):
             problems.append("[stages.aliases] must be a table of alias = canonical stage")
             aliases = {}
+        temporary_raw = stages.get("temporary_aliases", {})
+        unknown_stage_keys = set(stages) - {"canonical", "aliases", "temporary_aliases"}
+        if unknown_stage_keys:
+            problems.append(f"unknown key(s) in [stages]: {sorted(unknown_stage_keys)}")
     case_sensitive = data.get("case_sensitive_paths", False)
     if not isinstance(case_sensitive, bool):
         problems.append("case_sensitive_paths must be true or false")
         case_sensitive = False
     assert isinstance(aliases, dict)
     folded = _fold_table(canonical, aliases, lines, problems) if canonical else {}
+    temporary, temporary_folded = _temporary_table(temporary_raw, canonical, folded, lines, problems)
     endpoints = _parse_endpoints(data.get("endpoints"), lines, case_sensitive, problems)
     if problems:
         return None, _bounded(problems)
@@ -378,6 +481,8 @@ def _check_data(data: dict[str, Any], lines: _Lines) -> tuple[Catalog | None, li
         case_sensitive_paths=case_sensitive,
         _canonical_set=frozenset(canonical),
         _folded=folded,
+        temporary=temporary,
+        _temporary_folded=temporary_folded,
     ), []
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
@@ -262,12 +264,14 @@ def _spelled_exactly(raw: bytes, key: str, needle: bytes, count: int) -> bool:
 class Inspector:
     """Inspection of one endpoint's bodies, with everything computable once done once."""
 
-    __slots__ = ("catalog", "endpoint", "_needles", "_single", "_canonical", "_memo")
+    __slots__ = ("catalog", "endpoint", "_needles", "_single", "_canonical", "_memo", "_memo_until")
 
     def __init__(self, catalog: Catalog, endpoint: Endpoint) -> None:
         self.catalog = catalog
         self.endpoint = endpoint
         self._memo: dict[str, tuple[Result, str | None]] = {}
+        # the memo holds until the next temporary alias ends (then a value it normalized is unknown): inf without
+        self._memo_until = catalog.next_expiry(time.time()) if catalog.temporary else math.inf
         self._needles = {key: _needle(key) for key in endpoint.field_path if key != "*"}  # pragma: no mutate - * unread
         parts = endpoint.field_path
         self._single = parts[0] if len(parts) == 1 and self._needles[parts[0]] is not None else None
@@ -275,6 +279,9 @@ class Inspector:
 
     def inspect(self, raw: bytes) -> Inspection:
         """Classify a JSON body (headers already checked)."""
+        if self._memo_until != math.inf and time.time() >= self._memo_until:
+            self._memo.clear()  # a temporary alias has ended: its values are unknown from now on
+            self._memo_until = self.catalog.next_expiry(time.time())
         try:
             document = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -324,6 +324,12 @@ class DataPlane:
             self.metrics.rejection_children[(name, reason)].inc()
         if verdict.exemption is not None:
             self.metrics.exempted_children[(name, inspection.result)].inc()
+        catalog = call.state.catalog
+        if catalog.temporary and inspection.findings:  # which temporary aliases are still in use
+            for finding in inspection.findings:
+                value = finding.value
+                if finding.result == "alias" and type(value) is str and (key := catalog.temporary_key(value)):
+                    self.metrics.temporary_alias_used(key)
         if mode == "off" or inspection.result in ("canonical", "absent"):
             return
         if self.flood.allow((name, inspection.result)):

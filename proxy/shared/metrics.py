@@ -83,6 +83,11 @@ class Metrics:
         self.exemption_expiry = Gauge("stage_exemption_next_expiry_timestamp_seconds",
                                       "When the endpoint's first live exemption ends (Unix seconds; 0: none)",
                                       ["endpoint"], registry=reg, multiprocess_mode=live)
+        # alias: a [stages.temporary_aliases] key of the catalog, never client input (children made on first use:
+        # the keys change with a reload)
+        self.temporary_alias = Counter("stage_temporary_alias_total",
+                                       "Values normalized by a temporary alias, by its catalog key", ["alias"],
+                                       registry=reg)
         self.connections = Gauge("stage_client_connections", "Open client connections", ["listener"], registry=reg,
                                  multiprocess_mode="livesum")
         self.dropped = Counter("stage_connections_dropped_total", "Client connections closed by a bound",
@@ -122,6 +127,9 @@ class Metrics:
 
     def set_pending(self, count: int) -> None:
         self.pending.set(count)
+
+    def temporary_alias_used(self, key: str) -> None:
+        self.temporary_alias.labels(key).inc()
 
     def set_exemptions(self, endpoint: str, live: int, next_expiry_s: float) -> None:
         self.exemptions.labels(endpoint).set(live)

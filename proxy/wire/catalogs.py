@@ -46,6 +46,8 @@ class Changes:
     endpoints_changed: tuple[str, ...] = ()
     case_sensitive_paths: tuple[bool, bool] | None = None
     truncated: dict[str, int] = field(default_factory=dict)
+    temporary_added: dict[str, str] = field(default_factory=dict)  # key -> "stage until …" (added or changed)
+    temporary_removed: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, changes: CatalogChanges) -> Changes:
@@ -57,6 +59,8 @@ class Changes:
                 "canonical_added": list(self.canonical_added), "canonical_removed": list(self.canonical_removed),
                 "endpoints_changed": list(self.endpoints_changed),
                 "case_sensitive_paths": None if self.case_sensitive_paths is None else list(self.case_sensitive_paths),
+                **({"temporary_added": self.temporary_added} if self.temporary_added else {}),
+                **({"temporary_removed": self.temporary_removed} if self.temporary_removed else {}),
                 **({"truncated": self.truncated} if self.truncated else {})}
 
     @classmethod
@@ -77,7 +81,8 @@ class Changes:
         return cls(string_map(obj, "aliases_added", what), string_map(obj, "aliases_removed", what), moves,
                    strings(obj, "canonical_added", what), strings(obj, "canonical_removed", what),
                    strings(obj, "endpoints_changed", what), None if case is None else (case[0], case[1]),
-                   dict(truncated))
+                   dict(truncated), string_map(obj, "temporary_added", what),
+                   string_map(obj, "temporary_removed", what))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import time
+from datetime import UTC, datetime
 from typing import Final
 
 import orjson
@@ -13,9 +15,22 @@ from tools.cli.options import shared
 from tools.clients import catalogs
 from tools.consumers import offenders
 from tools.shared.errors import EXIT_OK, EXIT_USAGE, CommandError
+from tools.shared.timeparse import parse_duration
+
+
+def _until(duration: str, now: float) -> str:
+    """``--temporary 14d`` as the TOML date-time a temporary alias ends at (UTC, to the minute)."""
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise CommandError(f"--temporary: {exc}", EXIT_USAGE) from None
+    return datetime.fromtimestamp(now + seconds, UTC).strftime("%Y-%m-%dT%H:%M:00Z")
 
 
 async def run_offenders(args: argparse.Namespace) -> int:
+    if args.temporary is not None and not args.suggest_aliases:
+        raise CommandError("--temporary goes with --suggest-aliases: it makes the suggested aliases temporary",
+                           EXIT_USAGE)
     config = args.config
     chosen = await load_catalog(args)
     catalog = chosen.catalog
@@ -28,12 +43,14 @@ async def run_offenders(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CommandError(f"cannot read {exc.filename!r}: {exc.strerror}", EXIT_USAGE) from None
     suggestions = offenders.suggest(report, catalog, args.min_count) if args.suggest_aliases and catalog else None
+    until = _until(args.temporary, time.time()) if args.temporary is not None else None
     catalogs.say(chosen)
     if args.json:
-        print(orjson.dumps(offenders.as_json(report, args.top, suggestions), option=orjson.OPT_INDENT_2).decode())
+        print(orjson.dumps(offenders.as_json(report, args.top, suggestions, until),
+                           option=orjson.OPT_INDENT_2).decode())
     else:
         print(offenders.render(report, args.top, suggestions=suggestions, min_count=args.min_count,
-                               config=config or ""))
+                               config=config or "", until=until))
     return EXIT_OK
 
 
@@ -55,5 +72,7 @@ COMMANDS: Final = (
         shared("config", CATALOG_HELP + "; --endpoint names are checked against it, aliases suggested for it"),
         shared("admin_url", ADMIN_FOR_CATALOG),
         opt("--min-count", "suggest aliases only for values logged at least N times (default 5)", AT_LEAST_1,
-            type=int, default=5, metavar="N"))),
+            type=int, default=5, metavar="N"),
+        opt("--temporary", "suggest temporary aliases ([stages.temporary_aliases]) ending this long from now (e.g. "
+                           "14d): time for the consumers to fix their values", metavar="DURATION"))),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -13,7 +14,7 @@ from urllib.parse import quote, urlencode
 import orjson
 
 from proxy.catalog.compare import catalog_version, compare, reload_problems
-from proxy.catalog.stages import check_catalog
+from proxy.catalog.stages import Catalog, check_catalog
 from proxy.shared import catalog_files
 from proxy.wire import catalogs as wire_catalogs
 from proxy.wire import modes as wire
@@ -246,9 +247,10 @@ async def run_catalog_check(args: argparse.Namespace) -> int:
         problems = reload_problems(running, catalog)
         changes = wire_catalogs.Changes.of(compare(running, catalog))
     version = catalog_version(catalog) if catalog is not None else None
+    expired = expired_warnings(catalog, time.time()) if catalog is not None else []
     if args.json:
         print(_dump({"file": args.file, "ok": not problems, "version": version, "problems": problems,
-                     "changes": changes.to_json() if changes else None}))
+                     "warnings": expired, "changes": changes.to_json() if changes else None}))
     elif problems:
         for problem in problems:
             print(f"{args.file}: {problem}")
@@ -258,10 +260,18 @@ async def run_catalog_check(args: argparse.Namespace) -> int:
               "endpoints")
         if changes is not None:
             print(describe_changes(changes))
+        for warning in expired:
+            print(f"{args.file}: warning: {warning}", file=sys.stderr)
     if problems:
         what = "a reload would refuse it" if args.against and catalog is not None else "the proxy would refuse it"
         raise CommandError(f"{args.file}: {len(problems)} problem(s); {what}", EXIT_USAGE)
     return EXIT_OK
+
+
+def expired_warnings(catalog: Catalog, now: float) -> list[str]:
+    """One line per temporary alias whose ``until`` has passed: it changes nothing any more but misleads."""
+    return [f"temporary alias {key!r} ended {catalog.temporary[key].until_text}: its values are unknown now; "
+            "remove it (or extend it, with a reason)" for key in catalog.expired(now)]
 
 
 def describe_changes(changes: wire_catalogs.Changes) -> str:
@@ -271,6 +281,8 @@ def describe_changes(changes: wire_catalogs.Changes) -> str:
     lines += [f"  alias retargeted: {k!r} {old} -> {new}" for k, (old, new) in changes.aliases_retargeted.items()]
     lines += [f"  canonical stage added: {s}" for s in changes.canonical_added]
     lines += [f"  canonical stage removed: {s}" for s in changes.canonical_removed]
+    lines += [f"  temporary alias added: {k!r} -> {v}" for k, v in changes.temporary_added.items()]
+    lines += [f"  temporary alias removed: {k!r} (was -> {v})" for k, v in changes.temporary_removed.items()]
     lines += [f"  endpoint changed: {name}" for name in changes.endpoints_changed]
     if changes.case_sensitive_paths:
         old, new = changes.case_sensitive_paths
@@ -284,6 +296,11 @@ def render_catalog(served: wire_catalogs.CatalogServed) -> str:
              f"default mode: {catalog.default_mode}   case-sensitive paths: {catalog.case_sensitive_paths}", "",
              "canonical stages: " + ", ".join(catalog.canonical), "", f"aliases ({len(catalog.aliases)}):"]
     lines += [f"  {alias!r} -> {target}" for alias, target in sorted(catalog.aliases.items())]
+    if catalog.temporary:
+        now = time.time()
+        lines += ["", f"temporary aliases ({len(catalog.temporary)}):"]
+        lines += [f"  {key!r} -> {alias.to} until {alias.until_text}" + ("" if alias.live(now) else " (ended)")
+                  for key, alias in sorted(catalog.temporary.items())]
     lines += ["", *table([("ENDPOINT", "METHOD", "PATH", "FIELD", "REQUIRED")]
                          + [(e.name, ", ".join(e.methods), e.path, e.field, "yes" if e.required else "no")
                             for e in catalog.endpoints])]

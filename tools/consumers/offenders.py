@@ -281,10 +281,17 @@ class Suggestion:
 
     @property
     def line(self) -> str:
+        return self.line_until(None)
+
+    def line_until(self, until: str | None) -> str:
+        """The catalog line: ``key = "stage"``, or with ``until`` (a TOML date-time) a temporary alias
+        ``key = { to = "stage", until = 2026-12-19T10:00:00Z }``."""
         key = self.key if _BARE_KEY.fullmatch(self.key) else _toml_string(self.key)
         seen = ", ".join(_toml_string(v) for v in self.values[:3])
         more = f" and {len(self.values) - 3} more" if len(self.values) > 3 else ""
-        return (f"{key} = {json.dumps(self.canonical)}  # seen {self.count} times as {seen}{more}; "
+        stage = json.dumps(self.canonical)
+        value = stage if until is None else f"{{ to = {stage}, until = {until} }}"
+        return (f"{key} = {value}  # seen {self.count} times as {seen}{more}; "
                 f"edit distance {self.distance} from {self.near!r}")
 
 
@@ -380,7 +387,8 @@ def _table_json(one: EndpointReport, key: str, top: int) -> dict[str, Any]:
     return {"logged": logged, "suppressed": suppressed, "lower_bound": suppressed > 0, "values": rows}
 
 
-def as_json(report: Report, top: int, suggestions: list[Suggestion] | None = None) -> dict[str, Any]:
+def as_json(report: Report, top: int, suggestions: list[Suggestion] | None = None,
+            until: str | None = None) -> dict[str, Any]:
     endpoints = {}
     for name, one in sorted(report.endpoints.items()):
         logged, suppressed = one.counts()
@@ -402,7 +410,8 @@ def as_json(report: Report, top: int, suggestions: list[Suggestion] | None = Non
         "endpoints": endpoints}
     if suggestions is not None:
         out["suggestions"] = [{"alias": s.key, "canonical": s.canonical, "count": s.count, "distance": s.distance,
-                               "near": s.near, "values": list(s.values), "line": s.line} for s in suggestions]
+                               "near": s.near, "values": list(s.values), "line": s.line_until(until),
+                               **({"until": until} if until is not None else {})} for s in suggestions]
     return out
 
 
@@ -445,18 +454,22 @@ def as_text(report: Report, top: int) -> str:
     return "\n".join(out)
 
 
-def suggestions_text(suggestions: list[Suggestion], min_count: int, config: str) -> str:
+def suggestions_text(suggestions: list[Suggestion], min_count: int, config: str, until: str | None = None) -> str:
     head = f"alias suggestions (unknown values seen at least {min_count} times, a few typos from one stage):"
     if not suggestions:
         return f"{head} none"
     steps = next_steps(config)
-    return "\n".join([head, f"# paste under [stages.aliases] in {config}; review each: a near miss may be another "
-                            "stage", *(s.line for s in suggestions), "",
+    table = "[stages.aliases]" if until is None else f"[stages.temporary_aliases] (until {until}, UTC)"
+    return "\n".join([head, f"# paste under {table} in {config}; review each: a near miss may be another stage",
+                      *(s.line_until(until) for s in suggestions), "",
                       f"then: {steps[0]}", f"      {steps[1]}   # the proxy's admin listener"])
 
 
 def render(report: Report, top: int, *, suggestions: list[Suggestion] | None = None, min_count: int = 5,
-           config: str = "") -> str:
-    """The tables for a person, followed by the alias suggestions when they were asked for."""
+           config: str = "", until: str | None = None) -> str:
+    """The tables for a person, followed by the alias suggestions when they were asked for (temporary ones
+    ending at ``until`` when given)."""
     text = as_text(report, top)
-    return text if suggestions is None else f"{text}\n\n{suggestions_text(suggestions, min_count, config)}"
+    if suggestions is None:
+        return text
+    return f"{text}\n\n{suggestions_text(suggestions, min_count, config, until)}"
