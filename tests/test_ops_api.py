@@ -84,8 +84,27 @@ async def test_put_needs_the_token(proxy: Running, http: aiohttp.ClientSession, 
 async def test_put_without_configured_token_is_403(make_proxy: ProxyFactory, http: aiohttp.ClientSession) -> None:
     """With no ops token configured every mutation answers 403."""
     run = await make_proxy(ops_token=None)
-    got, _ = await put(http, run, {"endpoint": "*", "mode": "warn", "reason": "x"})
+    got, body = await put(http, run, {"endpoint": "*", "mode": "warn", "reason": "x"})
     assert got == 403
+    assert body == {"type": "urn:stagegate:problem:ops-disabled", "title": "Forbidden", "status": 403,
+                    "detail": "no ops token is configured: mutations are disabled"}
+
+
+async def test_the_refusals_answer_in_full(proxy: Running, http: aiohttp.ClientSession) -> None:
+    """The whole 401 answer (type, title, detail, the challenge header) on every mutation, and a token after a
+    second space is no token ("Bearer <token> x")."""
+    mutations = [("PUT", "/_ops/mode"), ("PUT", "/_ops/rollout/create_deal"), ("DELETE", "/_ops/rollout/create_deal"),
+                 ("DELETE", "/_ops/blocks/fp"), ("POST", "/_ops/reload"), ("POST", "/_ops/alertmanager"),
+                 ("PUT", "/_ops/exemptions"), ("DELETE", "/_ops/exemptions/ex-1")]
+    for method, path in mutations:
+        for authorization in (None, f"Bearer x {TOKEN}", f"bearer  {TOKEN}x"):
+            headers = {} if authorization is None else {"Authorization": authorization}
+            async with http.request(method, f"{proxy.admin_url}{path}", json={}, headers=headers) as response:
+                assert response.status == 401, (method, path, authorization)
+                assert response.headers["WWW-Authenticate"] == 'Bearer realm="stagegate-ops"'
+                assert await response.json(content_type=None) == {
+                    "type": "urn:stagegate:problem:unauthorized", "title": "Unauthorized", "status": 401,
+                    "detail": "a valid bearer token is required"}
 
 
 @pytest.mark.parametrize(
