@@ -70,6 +70,12 @@ def test_networks_parse_and_refuse_everyone() -> None:
         parse_networks(["nope"], what="--x: ")
 
 
+def test_mapped_networks_are_compared_as_ipv4() -> None:
+    assert parse_networks(["::ffff:10.0.0.0/104"]) == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert ClientResolver(parse_networks(["::ffff:10.0.0.0/104"])).resolve("10.0.0.2", "198.51.100.4") == Client(
+        "198.51.100.4")
+
+
 def test_parse_address() -> None:
     assert str(parse_address("[::1]:80")) == "::1" and str(parse_address(" 192.0.2.1 ")) == "192.0.2.1"
     assert parse_address("") is None and parse_address("[::1") is None and parse_address("a:b:c") is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -17,12 +18,12 @@ import orjson
 import pytest
 
 from proxy.app.server import Running
-from proxy.catalog.stages import default_catalog
+from proxy.catalog.stages import DEFAULT_CATALOG_TOML, default_catalog, parse_catalog
 from proxy.modes.changes import ModeChanges
 from proxy.modes.pending import PendingWrites
 from proxy.modes.records import Exemption
 from proxy.modes.refresher import Refresher
-from proxy.modes.statefile import StateFile
+from proxy.modes.statefile import StateFile, read_state_file
 from proxy.modes.store import MemoryModeStore
 from proxy.modes.view import ModeView
 from proxy.shared.clients import parse_networks
@@ -206,7 +207,7 @@ async def test_a_restart_without_redis_keeps_the_exemptions_of_the_state_file(tm
     await refresher.start()
     exemption = Exemption("ex-1", "*", None, "192.0.2.0/24", later(days=3).replace("Z", "+00:00"), "r",
                           "2026-12-05T00:00:00+00:00", "ana")
-    await changes.add_exemption(exemption)
+    await changes.add_exemption(exemption, 100)
 
     class Down(MemoryModeStore):
         async def load(self) -> Any:
@@ -269,6 +270,8 @@ async def test_stagectl_exempt_add_list_remove(make_proxy: ProxyFactory, http: a
     admin = ("--admin-url", run.admin_url)
     added = await asyncio.to_thread(stagectl, "exempt", "add", "--consumer", "partner-a", "--endpoint",
                                     "create_deal", "--for", "14d", "--reason", "OPS-1234", *admin, "--json")
+    assert "--endpoint" in (await asyncio.to_thread(stagectl, "exempt", "add", "--consumer", "p", "--for", "1d",
+                                                    "--reason", "r", *admin)).stderr  # required: no silent "*"
     assert added.returncode == 0, added.stderr
     made = wire.Exemption.from_json(orjson.loads(added.stdout))
     assert made.created_by == "stagectl exempt add (ana)" and made.consumer == "partner-a"
@@ -286,19 +289,21 @@ async def test_stagectl_exempt_add_list_remove(make_proxy: ProxyFactory, http: a
 
 
 @pytest.mark.parametrize(("args", "code", "fragment"), [
-    (("add", "--consumer", "p", "--for", "31d", "--reason", "r"), 2, "at most 30 days ahead"),
-    (("add", "--consumer", "p", "--reason", "r"), 2, "--for DURATION (e.g. 14d) or --until"),
-    (("add", "--consumer", "p", "--for", "2w", "--reason", "r"), 2, "--for: '2w' is not a duration"),
-    (("add", "--consumer", "p", "--until", "2026-12-19", "--reason", "r"), 2, "not an RFC 3339 instant"),
-    (("add", "--consumer", "p", "--client-cidr", "10.0.0.0/8", "--for", "1d", "--reason", "r"), 2, "exactly one"),
-    (("add", "--client-cidr", "0.0.0.0/0", "--for", "1d", "--reason", "r"), 2, "every address"),
-    (("add", "--consumer", "p", "--endpoint", "nope", "--for", "1d", "--reason", "r"), 2, "'endpoint' must be"),
-    (("remove", "ex-nope", "--reason", "r"), 2, "no exemption has id 'ex-nope'"),
+    ("add --endpoint '*' --consumer p --for 31d --reason r", 2, "at most 30 days ahead"),
+    ("add --endpoint '*' --consumer p --until=-infinity --reason r", 2, "would end before it starts"),
+    ("add --endpoint '*' --consumer p --until 1999-01-01T00:00:00Z --reason r", 2, "end before it starts"),
+    ("add --endpoint '*' --consumer p --reason r", 2, "--for DURATION (e.g. 14d) or --until"),
+    ("add --endpoint '*' --consumer p --for 2w --reason r", 2, "--for: '2w' is not a duration"),
+    ("add --endpoint '*' --consumer p --until 2026-12-19 --reason r", 2, "not an RFC 3339 instant"),
+    ("add --endpoint '*' --consumer p --client-cidr 10.0.0.0/8 --for 1d --reason r", 2, "exactly one"),
+    ("add --endpoint '*' --client-cidr 0.0.0.0/0 --for 1d --reason r", 2, "every address"),
+    ("add --consumer p --endpoint nope --for 1d --reason r", 2, "'endpoint' must be"),
+    ("remove ex-nope --reason r", 2, "no exemption has id 'ex-nope'"),
 ])
 async def test_stagectl_exempt_refuses_with_one_line(make_proxy: ProxyFactory, http: aiohttp.ClientSession,
-                                                     args: tuple[str, ...], code: int, fragment: str) -> None:
+                                                     args: str, code: int, fragment: str) -> None:
     run = await gateway(make_proxy, http)
-    result = await asyncio.to_thread(stagectl, "exempt", *args, "--admin-url", run.admin_url)
+    result = await asyncio.to_thread(stagectl, "exempt", *shlex.split(args), "--admin-url", run.admin_url)
     assert result.returncode == code and fragment in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
@@ -306,6 +311,47 @@ async def test_stagectl_exempt_refuses_with_one_line(make_proxy: ProxyFactory, h
 async def test_stagectl_exempt_with_a_wrong_token_is_exit_3(make_proxy: ProxyFactory,
                                                             http: aiohttp.ClientSession) -> None:
     run = await gateway(make_proxy, http)
-    result = await asyncio.to_thread(stagectl, "exempt", "add", "--consumer", "p", "--for", "1d", "--reason", "r",
-                                     "--admin-url", run.admin_url, token="wrong")
+    result = await asyncio.to_thread(stagectl, "exempt", "add", "--consumer", "p", "--endpoint", "*", "--for", "1d",
+                                     "--reason", "r", "--admin-url", run.admin_url, token="wrong")
     assert result.returncode == 3 and "401" in result.stderr
+
+
+async def test_a_redis_restarted_empty_gets_them_back_even_with_no_mode_ever_set(
+        make_proxy: ProxyFactory, own_redis: RedisServer, prefix: str, http: aiohttp.ClientSession) -> None:
+    """default_mode enforce, no mode stored, no state file: the exemption alone is worth re-seeding."""
+    enforcing = parse_catalog(DEFAULT_CATALOG_TOML.replace('default_mode = "off"', 'default_mode = "enforce"'))
+    run = await make_proxy(trusted_proxies=parse_networks(["127.0.0.0/8"]), consumer_header="X-Consumer-ID",
+                           redis_url=own_redis.url, redis_prefix=prefix, refresh_ms=100, catalog=enforcing)
+    assert (await exempt(http, run, {"consumer": "partner-a"}))[0] == 201
+    own_redis.kill()
+    own_redis.start()  # without persistence: empty
+    await until(lambda: _source_redis(http, run), what="the proxy to reach Redis again")
+    assert await create(http, run, {"X-Consumer-ID": "partner-a"}) == (200, "mode=warn; result=unknown; exempt")
+    async with http.get(f"{run.admin_url}/_ops/exemptions") as response:
+        assert [e["consumer"] for e in (await response.json())["exemptions"]] == ["partner-a"]
+
+
+async def test_what_a_gateway_may_have_passed_on_exempts_nothing(make_proxy: ProxyFactory,
+                                                                 http: aiohttp.ClientSession) -> None:
+    """Two consumer header lines (a gateway that appends instead of overwriting) name no consumer; a client
+    network inside --trusted-proxies is refused (a trusted hop writes the address it forwards)."""
+    run = await gateway(make_proxy, http)
+    assert (await exempt(http, run, {"consumer": "partner-a"}))[0] == 201
+    async with http.post(f"{run.url}/api/v1/deals", json={"stage": "banana"},
+                         headers=[("X-Consumer-ID", "partner-a"), ("X-Consumer-ID", "someone")]) as response:
+        assert response.status == 422
+    status, answer = await exempt(http, run, {"client_cidr": "127.0.0.0/24"})
+    assert status == 400 and "overlaps --trusted-proxies" in answer["detail"]
+    status, answer = await exempt(http, run, {"client_cidr": "::ffff:203.0.113.0/120"})  # mapped: as IPv4
+    assert status == 201 and answer["client_cidr"] == "203.0.113.0/24"
+    assert await create(http, run, {"X-Forwarded-For": "203.0.113.7"}) == (200, "mode=warn; result=unknown; exempt")
+
+
+def test_a_state_file_with_a_bad_exemption_keeps_its_modes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(orjson.dumps({"endpoints": {"create_deal": {"mode": "enforce", "percent": 100.0}},
+                                   "exemptions": [{"id": "x"}, {"id": "ex-1", "endpoint": "*", "consumer": "p",
+                                                                "until": "2099-01-01T00:00:00.000+00:00"}]}))
+    saved = read_state_file(path)
+    assert saved is not None and saved.records["create_deal"].mode == "enforce" and list(saved.exemptions) == ["ex-1"]
+    assert any(getattr(r, "event", None) == "state_file_exemption_ignored" for r in caplog.records)

@@ -58,6 +58,8 @@ def test_an_alias_until_its_time_and_unknown_after() -> None:
     ('x = { to = "nope", until = 2027-01-15 }', "points at 'nope', which is not a canonical stage"),
     ('x = { to = "lead", until = "soon" }', "until 'soon' is not a date or date-time"),
     ('x = { to = "lead", until = 12:00:00 }', "is not a date or date-time"),
+    ('x = { to = "lead", until = 9999-12-31T23:59:59.999999Z }', "between 1970 and 9000"),
+    ('x = { to = "lead", until = 0001-01-01T00:00:00+01:00 }', "between 1970 and 9000"),
     ('x = { to = "lead" }', 'must be { to = "stage", until = 2027-01-15 }'),
     ('x = { to = "lead", until = 2027-01-15, why = "y" }', "must be"),
     ('x = "lead"', "must be"),
@@ -90,6 +92,9 @@ def test_a_reload_lists_them_and_warns_when_one_is_removed_under_enforce() -> No
     extended = parse_catalog(with_temporary('"closed wonn" = { to = "closed_won", until = 2027-02-15 }'))
     assert compare(old, extended).temporary_added == {"closed wonn": "closed_won until 2027-02-15T00:00:00Z"}
     assert "temporary_added" not in compare(old, old).as_json()
+    made_permanent = parse_catalog(DEFAULT_CATALOG_TOML.replace('won = "closed_won"',
+                                                                'won = "closed_won"\n"closed wonn" = "closed_won"'))
+    assert compare(old, made_permanent).temporary_removed == {}  # nothing is rejected: no warning
 
 
 async def test_the_proxy_normalizes_until_the_time_then_rejects_without_a_reload(
@@ -157,6 +162,9 @@ def test_offenders_suggests_temporary_aliases(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "--temporary goes with --suggest-aliases" in refused.stderr
     refused = stagectl("offenders", str(log), "--suggest-aliases", "--temporary", "2w", "--config", str(catalog))
     assert refused.returncode == 2 and "--temporary: '2w' is not a duration" in refused.stderr
+    refused = stagectl("offenders", str(log), "--suggest-aliases", "--temporary", "99999999999d", "--config",
+                       str(catalog))
+    assert refused.returncode == 2 and "--temporary: at most 366d" in refused.stderr
 
 
 async def test_the_migration_classifies_as_the_proxy_does_when_it_runs(database: str, tmp_path: Path) -> None:

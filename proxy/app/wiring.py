@@ -87,7 +87,8 @@ def build_parts(settings: Settings, upstream_url: str) -> Parts:
     health = functools.partial(upstream.health, settings.upstream_health_path, 2.0)
     reloader = Reloader(settings.config_path, settings.catalog, dataplane, view, metrics,
                         worker=settings.worker)
-    ops = OpsContext(view, changes, metrics, settings.ops_token, health, reloader, settings.consumer_header)
+    ops = OpsContext(view, changes, metrics, settings.ops_token, health, reloader, settings.consumer_header,
+                     settings.trusted_proxies)
     return Parts(settings, metrics, store, view, refresher, changes, state_file, upstream, dataplane, ops, reloader)
 
 

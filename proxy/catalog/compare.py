@@ -93,7 +93,7 @@ def compare(old: Catalog, new: Catalog) -> CatalogChanges:
         case_sensitive_paths=((old.case_sensitive_paths, new.case_sensitive_paths)
                               if old.case_sensitive_paths != new.case_sensitive_paths else None),
         temporary_added={k: v for k, v in new_temporary.items() if old_temporary.get(k) != v},
-        temporary_removed={k: v for k, v in old_temporary.items() if k not in new_temporary},
+        temporary_removed={k: v for k, v in old_temporary.items() if k not in new_temporary and k not in new_aliases},
     )
 
 

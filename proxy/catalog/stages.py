@@ -198,19 +198,25 @@ class Catalog:
     def classify(self, value: object, now: float | None = None) -> tuple[Result, str | None]:
         """Classify one value: (result, normalized canonical stage or None). A temporary alias counts as an
         alias before its ``until`` (as of ``now``, default the clock) and as unknown after it."""
+        result, normalized, _ = self.classify_lasting(value, now)
+        return result, normalized
+
+    def classify_lasting(self, value: object, now: float | None = None) -> tuple[Result, str | None, bool]:
+        """:meth:`classify`, and whether the answer lasts (False for a temporary alias's: it ends, so a memo
+        must not keep it)."""
         if type(value) is not str:
-            return "invalid", None
+            return "invalid", None, True
         if value in self._canonical_set:
-            return "canonical", value
+            return "canonical", value, True
         key = fold(value)
         target = self._folded.get(key)
         if target is not None:
-            return "alias", target
+            return "alias", target, True
         if self._temporary_folded:
             temporary = self._temporary_folded.get(key)
             if temporary is not None and temporary[1].live(time.time() if now is None else now):
-                return "alias", temporary[1].to
-        return "unknown", None
+                return "alias", temporary[1].to, False
+        return "unknown", None, True
 
     def temporary_key(self, value: str) -> str | None:
         """The ``[stages.temporary_aliases]`` key ``value`` matches (live or not), or None: a metric label that
@@ -292,10 +298,16 @@ def _instant(raw: object) -> float | None:
         except ValueError:
             return None
     if isinstance(raw, datetime):
-        return (raw if raw.tzinfo is not None else raw.replace(tzinfo=UTC)).timestamp()
-    if isinstance(raw, date):
-        return datetime(raw.year, raw.month, raw.day, tzinfo=UTC).timestamp()
-    return None
+        seconds = (raw if raw.tzinfo is not None else raw.replace(tzinfo=UTC)).timestamp()
+    elif isinstance(raw, date):
+        seconds = datetime(raw.year, raw.month, raw.day, tzinfo=UTC).timestamp()
+    else:
+        return None
+    return seconds if _EPOCH <= seconds < _YEAR_9000 else None  # shown and compared as UTC text in that range
+
+
+_EPOCH: Final = 0.0
+_YEAR_9000: Final = datetime(9000, 1, 1, tzinfo=UTC).timestamp()
 
 
 def _temporary_table(raw: object, canonical: list[str], folded: Mapping[str, str], lines: _Lines,
@@ -318,7 +330,8 @@ def _temporary_table(raw: object, canonical: list[str], folded: Mapping[str, str
             problems.append(f"temporary alias {key!r} points at {entry['to']!r}, which is not a canonical "
                             f"stage{where}")
         elif until is None:
-            problems.append(f"temporary alias {key!r}: until {entry['until']!r} is not a date or date-time{where}")
+            problems.append(f"temporary alias {key!r}: until {entry['until']!r} is not a date or date-time "
+                            f"between 1970 and 9000{where}")
         elif not folded_key:
             problems.append(f"temporary alias {key!r} folds to an empty string{where}")
         elif folded_key in folded:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final
@@ -210,7 +208,10 @@ class _Walker:
     def _classify(self, value: str) -> tuple[Result, str | None]:
         verdict = self.memo.get(value)
         if verdict is None:
-            verdict = self.catalog.classify(value)
+            result, normalized, lasting = self.catalog.classify_lasting(value)
+            verdict = (result, normalized)
+            if not lasting:
+                return verdict  # a temporary alias's answer ends at its until: never kept
             if len(self.memo) >= MEMO_SIZE:
                 self.memo.clear()  # junk values cannot grow it; the few real ones come back at once
             self.memo[value] = verdict
@@ -264,14 +265,12 @@ def _spelled_exactly(raw: bytes, key: str, needle: bytes, count: int) -> bool:
 class Inspector:
     """Inspection of one endpoint's bodies, with everything computable once done once."""
 
-    __slots__ = ("catalog", "endpoint", "_needles", "_single", "_canonical", "_memo", "_memo_until")
+    __slots__ = ("catalog", "endpoint", "_needles", "_single", "_canonical", "_memo")
 
     def __init__(self, catalog: Catalog, endpoint: Endpoint) -> None:
         self.catalog = catalog
         self.endpoint = endpoint
-        self._memo: dict[str, tuple[Result, str | None]] = {}
-        # the memo holds until the next temporary alias ends (then a value it normalized is unknown): inf without
-        self._memo_until = catalog.next_expiry(time.time()) if catalog.temporary else math.inf
+        self._memo: dict[str, tuple[Result, str | None]] = {}  # lasting answers only (no temporary alias's)
         self._needles = {key: _needle(key) for key in endpoint.field_path if key != "*"}  # pragma: no mutate - * unread
         parts = endpoint.field_path
         self._single = parts[0] if len(parts) == 1 and self._needles[parts[0]] is not None else None
@@ -279,9 +278,6 @@ class Inspector:
 
     def inspect(self, raw: bytes) -> Inspection:
         """Classify a JSON body (headers already checked)."""
-        if self._memo_until != math.inf and time.time() >= self._memo_until:
-            self._memo.clear()  # a temporary alias has ended: its values are unknown from now on
-            self._memo_until = self.catalog.next_expiry(time.time())
         try:
             document = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -312,7 +312,8 @@ class DataPlane:
                 continue  # ended by itself; the next refresh drops it
             if rule.consumer is not None and rule.consumer == who.consumer:
                 return rule.id
-            if rule.network is not None and address is not None and address in rule.network:
+            if rule.network is not None and address is not None and address in rule.network \
+                    and not self.clients.trusts(who.client.ip):  # a trusted hop could have written it
                 return rule.id
         return None
 
@@ -356,9 +357,11 @@ class DataPlane:
             request = call.request
             headers = request.headers
             forwarded = ",".join(headers.getall("X-Forwarded-For")) if "X-Forwarded-For" in headers else None
-            consumer = headers.get(self.consumer_header) if self.consumer_header else None
-            if consumer is not None and not self.clients.trusts(request.remote):
-                consumer = None  # any client could send it: only the gateway's word counts
+            consumer = None
+            if self.consumer_header and self.consumer_header in headers and self.clients.trusts(request.remote):
+                named = headers.getall(self.consumer_header)
+                # one line or none: a gateway that appends instead of overwriting leaves the client's line first
+                consumer = named[0] if len(named) == 1 else None
             call.who = Who(self.clients.resolve(request.remote, forwarded), consumer, forwarded)
         return call.who
 

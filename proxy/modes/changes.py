@@ -8,6 +8,7 @@ pending (proxy.modes.pending); any other change needs the store.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -28,6 +29,10 @@ LeaseProgress = tuple[int | None, float | None, float]  # (step, percent, credit
 HISTORY_PER_CHANGE = 20  # block entries written one by one per notification; the rest are summarized
 
 
+class TooManyExemptions(Exception):
+    """The store holds as many live exemptions as allowed."""
+
+
 class ModeChanges:
     """Stores changes and applies them to the view."""
 
@@ -38,6 +43,7 @@ class ModeChanges:
         self._refresher = refresher
         self._state_file = state_file
         self.pending = pending
+        self._exemption_lock = asyncio.Lock()
 
     async def change(self, endpoints: Sequence[str], mode: Mode, percent: float, actor: str, reason: str, *,
                      source: str = "api", forced: bool = False, alertname: str | None = None,
@@ -158,12 +164,19 @@ class ModeChanges:
             self._view.leases = {**self._view.leases, endpoint: lapsed}
         return released
 
-    async def add_exemption(self, exemption: Exemption) -> None:
+    async def add_exemption(self, exemption: Exemption, limit: int) -> None:
         """Store a new exemption (expired ones are removed in the same write) and apply it here at once. Needs
-        the store (StoreUnavailable): the other replicas must apply it too."""
+        the store (StoreUnavailable): the other replicas must apply it too. TooManyExemptions when ``limit`` are
+        live (checked on the store's state, one add at a time per process; across replicas a soft limit)."""
+        async with self._exemption_lock:
+            await self._add_exemption(exemption, limit)
+
+    async def _add_exemption(self, exemption: Exemption, limit: int) -> None:
         await self._refresher.fresh()
         now = utc_now()
         expired = [e.id for e in self._view.exemptions.values() if not e.live(now)]
+        if len(self._view.exemptions) - len(expired) >= limit:
+            raise TooManyExemptions(limit)
         entry = HistoryEntry("exemption_added", exemption.created_by, "api",
                              f"{exemption.reason} ({_who(exemption)} until {exemption.until}, id {exemption.id})",
                              endpoint=exemption.endpoint)
@@ -190,6 +203,7 @@ class ModeChanges:
 
     def _apply_exemptions(self, exemptions: dict[str, Exemption]) -> None:
         self._view.generation += 1
+        self._view.known = True  # worth re-seeding into a store restarted empty
         self._view.set_exemptions(exemptions, time.time())
         self._state_file.save(self._view.records, self._view.exemptions)
 

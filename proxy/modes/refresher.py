@@ -54,14 +54,15 @@ class Refresher:
         generation = view.generation
         try:
             state = await self._store.load()
-            if not state.records and view.known:
-                state = await self._reseed()
+            if not state.records and (view.known or view.exemptions):
+                state = await self._reseed(state)
             if len(self._pending):
                 state = await self._pending.flush(self._store, state)
                 view.set_pending(len(self._pending))
                 log_event(log, logging.INFO, "mode_pending_written", source=self._store.source)
         except StoreUnavailable as exc:
             self._degrade(str(exc))
+            view.set_exemptions(view.exemptions, time.time())  # last-known; the gauges drop the ended ones
             if view.apply(self._pending.overlay(view.records)):  # a sibling worker's downgrade
                 self._state_file.save(view.records, view.exemptions)
             return
@@ -87,7 +88,7 @@ class Refresher:
         if self._view.degraded:
             raise StoreUnavailable("the mode store is unreachable")
 
-    async def _reseed(self) -> StoreState:
+    async def _reseed(self, loaded: StoreState) -> StoreState:
         """The store came back empty (restarted without persistence): write our modes back.
 
         Silently falling back to ``default_mode`` would turn enforcement off on
@@ -101,7 +102,7 @@ class Refresher:
         await self._store.seed(records, history)
         now = utc_now()
         live = [exemption for exemption in self._view.exemptions.values() if exemption.live(now)]
-        if live:  # every replica would otherwise enforce a consumer that was given time
+        if live and not loaded.exemptions:  # every replica would otherwise enforce a consumer that was given time
             await self._store.set_exemptions(live, [], [HistoryEntry(
                 "exemption_added", "stagegate", "startup", f"mode store was empty: {len(live)} exemption(s) restored")])
         return await self._store.load()

@@ -27,13 +27,25 @@ def read_state_file(path: Path) -> Saved | None:
     try:
         data = orjson.loads(path.read_bytes())
         records = {str(name): ModeRecord.from_obj(record) for name, record in data["endpoints"].items()}
-        exemptions = [Exemption.from_obj(item) for item in data.get("exemptions", [])]  # absent before 2026-12
-        return Saved(records, {exemption.id: exemption for exemption in exemptions})
+        return Saved(records, _exemptions(path, data.get("exemptions", [])))  # absent before 2026-12
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log_event(log, logging.WARNING, "state_file_unreadable", path=str(path), error=str(exc)[:200])
         return None
+
+
+def _exemptions(path: Path, items: object) -> dict[str, Exemption]:
+    """The saved exemptions; one that does not parse is logged and left out (the modes still count)."""
+    found: dict[str, Exemption] = {}
+    for item in items if isinstance(items, list) else []:
+        try:
+            exemption = Exemption.from_obj(item)
+        except ValueError as exc:
+            log_event(log, logging.WARNING, "state_file_exemption_ignored", path=str(path), error=str(exc)[:200])
+            continue
+        found[exemption.id] = exemption
+    return found
 
 
 def write_state_file(path: Path, records: Mapping[str, ModeRecord],

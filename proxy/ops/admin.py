@@ -21,11 +21,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy.catalog.compare import ReloadOutcome
 from proxy.catalog.stages import MODES, Catalog, Mode
-from proxy.modes.changes import ModeChanges
+from proxy.modes.changes import ModeChanges, TooManyExemptions
 from proxy.modes.records import Block, Exemption, Lease, utc_now
 from proxy.modes.store import HISTORY_LIMIT, StoreUnavailable
 from proxy.modes.view import ModeView
 from proxy.ops import alerts, exemptions, leases
+from proxy.shared.clients import Network
 from proxy.shared.logs import log_event, safe_text
 from proxy.shared.metrics import Metrics
 from proxy.shared.problems import problem
@@ -69,6 +70,7 @@ class OpsContext:
     upstream_health: UpstreamHealth
     catalogs: CatalogReloads
     consumer_header: str | None = None  # --consumer-header: without it no consumer exemption can match
+    trusted_proxies: tuple[Network, ...] = ()  # --trusted-proxies: a client network may not overlap them
 
 
 OPS: Final = web.AppKey("ops", OpsContext)
@@ -341,14 +343,18 @@ async def put_exemption(request: web.Request) -> web.Response:
         return problem(400, "bad-request", "Bad Request",
                        "this proxy names no consumers (start it with --consumer-header and --trusted-proxies), so "
                        "a consumer exemption would never apply; exempt a 'client_cidr' instead")
-    if len(_live_exemptions(ctx.view)) >= exemptions.MAX_LIVE:
-        return problem(409, "too-many-exemptions", "Conflict",
-                       f"{exemptions.MAX_LIVE} exemptions are live: remove one first (each is checked on every "
-                       "enforced request)")
+    if body.client_cidr is not None and exemptions.overlaps(body.client_cidr, ctx.trusted_proxies):
+        return problem(400, "bad-request", "Bad Request",
+                       f"'client_cidr' {body.client_cidr} overlaps --trusted-proxies: a trusted peer writes the "
+                       "client address it forwards, so any of them could claim this exemption; name the consumer")
     exemption = Exemption(exemptions.new_id(), body.endpoint, body.consumer, body.client_cidr, body.until,
                           body.reason, utc_now(), body.actor)
     try:
-        await ctx.changes.add_exemption(exemption)
+        await ctx.changes.add_exemption(exemption, exemptions.MAX_LIVE)
+    except TooManyExemptions:
+        return problem(409, "too-many-exemptions", "Conflict",
+                       f"{exemptions.MAX_LIVE} exemptions are live: remove one first (each is checked on every "
+                       "enforced request)")
     except StoreUnavailable:
         return problem(503, "store-unavailable", "Mode store unavailable",
                        "the mode store could not be reached: an exemption the other replicas cannot see would "

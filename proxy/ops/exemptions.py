@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import orjson
 
+from proxy.shared.clients import Network, unmapped
+
 MAX_DAYS: Final = 30
 MAX_LIVE: Final = 100  # live exemptions per store: each is checked on every enforced request it may apply to
 MAX_CONSUMER: Final = 128
@@ -74,13 +76,19 @@ def _network(value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        network = ipaddress.ip_network(value, strict=False)
+        network = unmapped(ipaddress.ip_network(value, strict=False))
     except ValueError:
         raise ExemptionBodyError(f"'client_cidr' {value[:60]!r} is not an address or CIDR network") from None
     if network.prefixlen == 0:
         raise ExemptionBodyError("'client_cidr' is every address: to hold the whole endpoint in warn, set its "
                                  "mode to warn")
     return str(network)
+
+
+def overlaps(cidr: str, trusted: tuple[Network, ...]) -> bool:
+    """True if the client network ``cidr`` shares an address with a trusted proxy network."""
+    network = ipaddress.ip_network(cidr)
+    return any(network.version == other.version and network.overlaps(other) for other in trusted)
 
 
 def parse_put(raw: bytes, endpoints: tuple[str, ...], *, now: datetime | None = None) -> ExemptionRequest:

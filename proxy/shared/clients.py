@@ -40,10 +40,21 @@ def parse_networks(values: Iterable[str], *, what: str = "", allow_everyone: boo
                 network = ipaddress.ip_network(text, strict=False)
             except ValueError:
                 raise NetworkError(f"{what}{text[:60]!r} is not an address or CIDR network") from None
+            network = unmapped(network)
             if network.prefixlen == 0 and not allow_everyone:
                 raise NetworkError(f"{what}{text!r} is every address: any client could then choose its own")
             networks.append(network)
     return tuple(networks)
+
+
+MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def unmapped(network: Network) -> Network:
+    """An IPv4-mapped IPv6 network (``::ffff:10.0.0.0/104``) as the IPv4 one: addresses are compared unmapped."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(MAPPED):
+        return ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+    return network
 
 
 def parse_address(text: str) -> Address | None:

@@ -38,6 +38,8 @@ def until_of(args: argparse.Namespace, now: float) -> str:
     except ValueError as exc:
         flag = "--for" if args.for_ is not None else "--until"
         raise CommandError(f"{flag}: {exc}", EXIT_USAGE) from None
+    if not seconds > now:  # also NaN and -inf
+        raise CommandError(f"the exemption would end before it starts ({args.until or args.for_})", EXIT_USAGE)
     if seconds - now > MAX_DAYS * 86400:
         raise CommandError(f"at most {MAX_DAYS} days ahead (the proxy refuses more): an exemption is time for a "
                            "late consumer; renew it if they need more", EXIT_USAGE)
@@ -103,7 +105,7 @@ COMMANDS: Final = (
                 metavar="NAME"),
             opt("--client-cidr", "a client network or address, as --trusted-proxies resolves clients",
                 metavar="CIDR"),
-            opt("--endpoint", "an endpoint name, or '*' for all (default '*')", default="*"),
+            opt("--endpoint", "an endpoint name, or '*' for all of them", required=True),
             opt("--for", "how long, at most 30d (e.g. 14d, 36h)", dest="for_", metavar="DURATION"),
             opt("--until", "when it ends instead: RFC 3339 (2026-12-19T00:00:00Z)", metavar="WHEN"),
             opt("--reason", "why, and who asked (recorded in the mode history)", required=True),

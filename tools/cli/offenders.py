@@ -17,6 +17,8 @@ from tools.consumers import offenders
 from tools.shared.errors import EXIT_OK, EXIT_USAGE, CommandError
 from tools.shared.timeparse import parse_duration
 
+MAX_TEMPORARY_DAYS: Final = 366
+
 
 def _until(duration: str, now: float) -> str:
     """``--temporary 14d`` as the TOML date-time a temporary alias ends at (UTC, to the minute)."""
@@ -24,6 +26,9 @@ def _until(duration: str, now: float) -> str:
         seconds = parse_duration(duration)
     except ValueError as exc:
         raise CommandError(f"--temporary: {exc}", EXIT_USAGE) from None
+    if seconds > MAX_TEMPORARY_DAYS * 86400:
+        raise CommandError(f"--temporary: at most {MAX_TEMPORARY_DAYS}d: a temporary alias is time for a fix; a "
+                           "value you keep accepting is an alias", EXIT_USAGE)
     return datetime.fromtimestamp(now + seconds, UTC).strftime("%Y-%m-%dT%H:%M:00Z")
 
 
