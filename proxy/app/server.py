@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -32,6 +33,8 @@ from proxy.app.settings import EmbeddedUpstream, HostPort, Settings
 from proxy.app.wiring import PARTS, create_app
 from proxy.ops.admin import create_admin_app
 from proxy.shared.logs import log_event
+from proxy.shared.secrets import mask_url
+from proxy.shared.tasks import stop_task
 
 log = logging.getLogger("stagegate.lifecycle")
 
@@ -39,6 +42,7 @@ log = logging.getLogger("stagegate.lifecycle")
 MAIN_HANDLER_ARGS: Final[dict[str, Any]] = {"max_field_size": 16384, "auto_decompress": False}
 ADMIN_DRAIN_S: Final = 1.0
 ADMIN_MAX_CONNECTIONS: Final = 64  # within settings.FD_RESERVE: the admin listener answers while main is flooded
+UPSTREAM_CHECK_S: Final = 2.0  # the start-up check of --upstream (a slow upstream is not an unreachable one)
 
 
 class StartupError(RuntimeError):
@@ -192,6 +196,32 @@ async def _listeners(stack: AsyncExitStack, app: web.Application, settings: Sett
     return main, admin
 
 
+def started_fields(run: Running) -> dict[str, object]:
+    """The ``started`` line: where this process listens and what it runs with (credentials masked)."""
+    settings, parts = run.settings, run.app[PARTS]
+    store = (f"redis {mask_url(settings.redis_url)} prefix {settings.redis_prefix}" if settings.redis_url
+             else "memory (this process only; lost on restart)")
+    embedded = isinstance(settings.upstream_url, EmbeddedUpstream)
+    return {"listen": str(run.main), "admin_listen": str(run.admin),
+            "upstream": mask_url(run.upstream_url) + (" (embedded demo service)" if embedded else ""),
+            "mode_store": store, "state_file": str(settings.state_file) if settings.state_file else None,
+            "catalog": str(settings.config_path) if settings.config_path else "built-in",
+            "catalog_version": parts.reloader.version, "workers": settings.workers,
+            "worker": os.getpid() if settings.worker else None}
+
+
+async def check_upstream(run: Running, timeout_s: float = UPSTREAM_CHECK_S) -> bool:
+    """One GET of --upstream-health-path at start: a WARN ``upstream_unreachable`` when it does not answer (the
+    proxy serves anyway: requests answer 502 and ``/_ops/readyz`` says why until it does). True if it answered."""
+    settings = run.settings
+    result = await run.app[PARTS].upstream.health(settings.upstream_health_path, timeout_s)
+    if not result["ok"]:
+        log_event(log, logging.WARNING, "upstream_unreachable", upstream=mask_url(run.upstream_url),
+                  path=settings.upstream_health_path, error=result.get("error"),
+                  detail="serving anyway: requests answer 502 and /_ops/readyz is not ready until it answers")
+    return bool(result["ok"])
+
+
 def banner(run: Running) -> str:
     """What to curl, printed to stderr in demo mode (logs stay JSON on stdout)."""
     token = "set" if run.settings.ops_token else "none: PUT answers 403; set STAGE_OPS_TOKEN to enable it"
@@ -238,9 +268,12 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
         if threading.current_thread() is threading.main_thread():
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one held since start-up runs now
+        log_event(log, logging.INFO, "started", **started_fields(run))
+        probe = asyncio.create_task(check_upstream(run), name="stagegate-upstream-check")
         if settings.demo:
             print(banner(run), file=sys.stderr, flush=True)
         await stop.wait()
+        await stop_task(probe)
         if threading.current_thread() is threading.main_thread():
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # while draining: held, never the default kill
         loop.remove_signal_handler(signal.SIGHUP)

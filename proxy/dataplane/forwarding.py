@@ -36,6 +36,8 @@ _STRIP_RESPONSE: Final = HOP_BY_HOP | {"content-length"}  # re-added below when 
 Body = bytes | AsyncIterable[bytes] | None
 SMALL_RESPONSE: Final = 64 * 1024  # declared-length responses up to one read buffer are relayed in one write
 
+HEALTH_AGENT: Final = "stagegate-health-check"  # how the upstream's logs tell the proxy's own checks apart
+
 
 class UpstreamError(Exception):
     """The upstream could not be reached or answered badly: 502 or 504."""
@@ -119,7 +121,7 @@ class Upstream:
         """GET ``path`` for readiness: ``{"ok": True, "status": N}`` or ``{"ok": False, "error": name}``."""
         try:
             async with asyncio.timeout(timeout_s):
-                response = await self.pool.request("GET", path, CIMultiDict(), None)
+                response = await self.pool.request("GET", path, CIMultiDict({"User-Agent": HEALTH_AGENT}), None)
                 try:
                     await response.read()
                 finally:

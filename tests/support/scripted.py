@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from proxy.dataplane.forwarding import HEALTH_AGENT
+
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
 
@@ -76,7 +78,8 @@ async def scripted(script: Script, ssl_context: ssl.SSLContext | None = None) ->
 
 @dataclass
 class RawRecord:
-    """Every byte each upstream connection received, and the request heads it answered."""
+    """Every byte each upstream connection received, and the request heads it answered (the proxy's own health
+    checks left out of ``heads``)."""
 
     url: str = ""
     received: list[bytearray] = field(default_factory=list)
@@ -101,7 +104,8 @@ async def recording_raw_upstream() -> AsyncIterator[RawRecord]:
             head, body = await read_request(tee)
             if not head:
                 return
-            record.heads.append(head)
+            if b"User-Agent: " + HEALTH_AGENT.encode() not in head:  # a spawned proxy's start-up check is not a request
+                record.heads.append(head)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
                          % (len(body), body))
             await writer.drain()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from proxy.dataplane.forwarding import HEALTH_AGENT
+
 
 @dataclass
 class Seen:
@@ -34,11 +36,18 @@ class Upstream:
     def last(self) -> Seen:
         return self.seen[-1]
 
+    @property
+    def posts(self) -> list[Seen]:
+        """The POSTs: what clients sent, without a spawned proxy's start-up GET of --upstream-health-path."""
+        return [seen for seen in self.seen if seen.method == "POST"]
+
 
 def _upstream_app(state: Upstream) -> web.Application:
     async def record(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         peer = request.transport.get_extra_info("peername") if request.transport else None
+        if request.headers.get("User-Agent") == HEALTH_AGENT:  # the proxy's own check (readyz, start-up)
+            return web.Response(text="ok")
         state.seen.append(Seen(request.method, request.raw_path, request.headers, body,
                                tuple(peer[:2]) if peer else None))
         if state.delay_s:
