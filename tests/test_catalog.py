@@ -265,3 +265,13 @@ def test_catalog_as_json() -> None:
              "required": False},
             {"name": "import_deals", "methods": ["POST"], "path": "/api/v1/deals/import", "field": "deals[*].stage",
              "required": True}]}
+
+
+def test_the_catalog_compose_mounts_is_the_built_in_one() -> None:
+    """deploy/catalog/catalog.toml (compose's STAGE_CONFIG) starts as the built-in catalog: the same version."""
+    from pathlib import Path
+
+    from proxy.catalog.compare import catalog_version
+
+    mounted = Path(__file__).resolve().parent.parent / "deploy" / "catalog" / "catalog.toml"
+    assert catalog_version(parse_catalog(mounted.read_text())) == catalog_version(default_catalog())
