@@ -43,6 +43,16 @@ async def read_request(reader: Reader) -> tuple[bytes, bytes]:
     return head, (await reader.readexactly(length) if length else b"")
 
 
+def is_health_check(head: bytes) -> bool:
+    """True for a proxy's own GET of --upstream-health-path (a spawned proxy sends one at start)."""
+    return b"User-Agent: " + HEALTH_AGENT.encode() in head
+
+
+async def answer_health_check(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    await writer.drain()
+
+
 @asynccontextmanager
 async def scripted(script: Script, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[tuple[str, list[int]]]:
     """A TCP server running ``script(reader, writer, connection_number)``; yields (url, connections seen)."""
@@ -104,7 +114,7 @@ async def recording_raw_upstream() -> AsyncIterator[RawRecord]:
             head, body = await read_request(tee)
             if not head:
                 return
-            if b"User-Agent: " + HEALTH_AGENT.encode() not in head:  # a spawned proxy's start-up check is not a request
+            if not is_health_check(head):  # a spawned proxy's start-up check is not a request
                 record.heads.append(head)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
                          % (len(body), body))
