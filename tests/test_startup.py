@@ -90,7 +90,8 @@ async def test_the_demo_says_its_upstream_is_embedded() -> None:
     try:
         assert proc.stdout is not None
         seen = await output_line(proc.stdout, _is("started"), what="the started line")
-        assert orjson.loads(seen[-1])["upstream"].endswith("(embedded demo service)")
+        started = orjson.loads(seen[-1])
+        assert started["upstream"].endswith("(embedded demo service)") and started["mode_store"] == "memory"
     finally:
         _stop(proc)
 

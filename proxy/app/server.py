@@ -199,8 +199,7 @@ async def _listeners(stack: AsyncExitStack, app: web.Application, settings: Sett
 def started_fields(run: Running) -> dict[str, object]:
     """The ``started`` line: where this process listens and what it runs with (credentials masked)."""
     settings, parts = run.settings, run.app[PARTS]
-    store = (f"redis {mask_url(settings.redis_url)} prefix {settings.redis_prefix}" if settings.redis_url
-             else "memory (this process only; lost on restart)")
+    store = f"redis {mask_url(settings.redis_url)} prefix {settings.redis_prefix}" if settings.redis_url else "memory"
     embedded = isinstance(settings.upstream_url, EmbeddedUpstream)
     return {"listen": str(run.main), "admin_listen": str(run.admin),
             "upstream": mask_url(run.upstream_url) + (" (embedded demo service)" if embedded else ""),
