@@ -22,7 +22,7 @@ async def test_sigterm_drains_in_flight_requests(upstream: Upstream, http: aioht
         await asyncio.to_thread(wait_for_port, admin)
         upstream.delay_s = 1.0
         pending = asyncio.create_task(http.post(f"http://127.0.0.1:{main}/api/v1/deals", json={"stage": "lead"}))
-        await until(lambda: len(upstream.posts) == 1, what="the request to reach the (slow) upstream")
+        await until(lambda: len(upstream.seen) == 1, what="the request to reach the (slow) upstream")
         proc.send_signal(signal.SIGTERM)
         response = await pending
         assert response.status == 200
@@ -74,7 +74,7 @@ async def test_a_second_signal_forces_the_exit(upstream: Upstream, http: aiohttp
         await asyncio.to_thread(wait_for_port, admin)
         upstream.delay_s = 60.0
         pending = asyncio.create_task(http.post(f"http://127.0.0.1:{main}/api/v1/deals", json={"stage": "lead"}))
-        await until(lambda: len(upstream.posts) == 1, what="the request to reach the (slow) upstream")
+        await until(lambda: len(upstream.seen) == 1, what="the request to reach the (slow) upstream")
         proc.send_signal(signal.SIGTERM)
         assert proc.stdout is not None
         early = await output_line(proc.stdout, lambda line: b'"shutdown_stopped_accepting"' in line,

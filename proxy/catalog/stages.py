@@ -7,7 +7,6 @@ The one clock it reads is the time a temporary alias is checked against its ``un
 
 from __future__ import annotations
 
-import math
 import re
 import time
 import tomllib
@@ -223,10 +222,6 @@ class Catalog:
         comes from the catalog, never from the client."""
         found = self._temporary_folded.get(fold(value)) if self._temporary_folded else None
         return found[0] if found is not None else None
-
-    def next_expiry(self, now: float) -> float:
-        """When the next live temporary alias ends (``inf`` if none): until then classifications may be kept."""
-        return min((alias.until for alias in self.temporary.values() if alias.live(now)), default=math.inf)
 
     def expired(self, now: float) -> list[str]:
         """The temporary aliases whose ``until`` has passed (``catalog check`` warns about them)."""

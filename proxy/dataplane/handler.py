@@ -27,7 +27,7 @@ from proxy.dataplane.reading import BodyTimeout, ClientGone, read_limited, strea
 from proxy.dataplane.requestid import accept_request_id, new_request_id
 from proxy.dataplane.routing import Route, Router, body_overrides, is_ops, split_target
 from proxy.modes.view import ExemptionRule, ModeView
-from proxy.shared.clients import Client, ClientResolver, parse_address
+from proxy.shared.clients import Client, ClientResolver, parse_address, within
 from proxy.shared.logs import FloodGuard, log_event, safe_text
 from proxy.shared.metrics import PASSTHROUGH, Metrics
 from proxy.shared.problems import problem
@@ -313,7 +313,7 @@ class DataPlane:
             if rule.consumer is not None and rule.consumer == who.consumer:
                 return rule.id
             if rule.network is not None and address is not None and address in rule.network \
-                    and not self.clients.trusts(who.client.ip):  # a trusted hop could have written it
+                    and not within(address, self.clients.trusted):  # a trusted hop could have written it
                 return rule.id
         return None
 

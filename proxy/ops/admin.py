@@ -84,6 +84,10 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data) + b"\n", content_type="application/json")
 
 
+def _store_unavailable(detail: str = "the mode store could not be reached") -> web.Response:
+    return problem(503, "store-unavailable", "Mode store unavailable", detail)
+
+
 def _authorize(request: web.Request, token: Secret | None) -> web.Response | None:
     if token is None:
         return problem(403, "ops-disabled", "Forbidden", "no ops token is configured: mutations are disabled")
@@ -144,8 +148,8 @@ async def put_rollout(request: web.Request) -> web.Response:
         held, replaced, taken = await ctx.changes.take_lease(
             endpoint, body.lease, body.holder, body.ttl_s, (body.step, body.percent, body.credited_s), body.reason)
     except StoreUnavailable:
-        return problem(503, "store-unavailable", "Mode store unavailable",
-                       "the mode store could not be reached: a lease the other replicas cannot see is no lease")
+        return _store_unavailable("the mode store could not be reached: a lease the other replicas cannot see is "
+                                  "no lease")
     if not taken:
         return problem(409, "rollout-held", "Rollout in progress",
                        f"{held.holder} has driven {endpoint} since {held.since} (lease until {held.expires})",
@@ -167,7 +171,7 @@ async def delete_rollout(request: web.Request) -> web.Response:
     except leases.LeaseBodyError as exc:
         return problem(400, "bad-request", "Bad Request", str(exc))
     except StoreUnavailable:
-        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
+        return _store_unavailable()
     return _json(wire_leases.LeaseReleased(endpoint, released).to_json())
 
 
@@ -253,9 +257,8 @@ async def put_mode(request: web.Request) -> web.Response:
         persisted = await ctx.changes.change(endpoints, mode, percent, actor, reason, forced=force and bool(holding))
     except StoreUnavailable as exc:
         log_event(log, logging.WARNING, "mode_change_failed", error=str(exc)[:200])
-        return problem(503, "store-unavailable", "Mode store unavailable",
-                       "the mode store could not be reached: only a change towards safety (a lower mode or enforce "
-                       "share) is applied without it")
+        return _store_unavailable("the mode store could not be reached: only a change towards safety (a lower mode "
+                                  "or enforce share) is applied without it")
     # 202: a downgrade applied on this replica only, written to the store (and so to the others) when it answers
     return _json(mode_view(ctx, persisted).to_json(), 200 if persisted else 202)
 
@@ -273,7 +276,7 @@ async def get_history(request: web.Request) -> web.Response:
     try:
         entries = await ctx.changes.history(HISTORY_LIMIT if endpoint else int(text))
     except StoreUnavailable:
-        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
+        return _store_unavailable()
     if endpoint is not None:
         entries = [e for e in entries if e.endpoint in (None, endpoint)][:int(text)]
     return _json(wire.History(tuple(wire.HistoryItem(
@@ -291,20 +294,15 @@ async def get_blocks(request: web.Request) -> web.Response:
 async def delete_block(request: web.Request) -> web.Response:
     """Clear one block by fingerprint (a resolve Alertmanager lost); ``reason`` required, written to history."""
     ctx = request.app[OPS]
-    denied = _authorize(request, ctx.token)
-    if denied is not None:
-        return denied
     fingerprint = request.match_info["fingerprint"]
-    try:
-        reason, actor = _reason_and_actor(await request.read())
-    except BadRequest as exc:
-        return problem(400, "bad-request", "Bad Request", str(exc))
-    except web.HTTPRequestEntityTooLarge:
-        return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
+    given = await _authorized_reason(request, ctx)
+    if isinstance(given, web.Response):
+        return given
+    reason, actor = given
     try:
         cleared = await ctx.changes.clear_block(fingerprint, actor, reason)
     except StoreUnavailable:
-        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
+        return _store_unavailable()
     if cleared is None:
         return problem(404, "no-such-block", "Not Found",
                        f"no enforce block has fingerprint {safe_text(fingerprint, 80)!r}")
@@ -356,32 +354,39 @@ async def put_exemption(request: web.Request) -> web.Response:
                        f"{exemptions.MAX_LIVE} exemptions are live: remove one first (each is checked on every "
                        "enforced request)")
     except StoreUnavailable:
-        return problem(503, "store-unavailable", "Mode store unavailable",
-                       "the mode store could not be reached: an exemption the other replicas cannot see would "
-                       "apply on this one only")
+        return _store_unavailable("the mode store could not be reached: an exemption the other replicas cannot see "
+                                  "would apply on this one only")
     return _json(_exemption(exemption).to_json(), 201)
 
 
 async def delete_exemption(request: web.Request) -> web.Response:
     """End an exemption before its time; ``reason`` required, written to the history."""
     ctx = request.app[OPS]
+    exemption_id = request.match_info["id"]
+    given = await _authorized_reason(request, ctx)
+    if isinstance(given, web.Response):
+        return given
+    reason, actor = given
+    try:
+        removed = await ctx.changes.remove_exemption(exemption_id, actor, reason)
+    except StoreUnavailable:
+        return _store_unavailable()
+    if removed is None:
+        return problem(404, "no-such-exemption", "Not Found", f"no exemption has id {safe_text(exemption_id, 80)!r}")
+    return _json(wire_exemptions.ExemptionRemoved(_exemption(removed)).to_json())
+
+
+async def _authorized_reason(request: web.Request, ctx: OpsContext) -> tuple[str, str] | web.Response:
+    """A mutation that takes only ``{"reason", "actor"}``: (reason, actor), or the 401/403/400/413 answer."""
     denied = _authorize(request, ctx.token)
     if denied is not None:
         return denied
-    exemption_id = request.match_info["id"]
     try:
-        reason, actor = _reason_and_actor(await request.read())
+        return _reason_and_actor(await request.read())
     except BadRequest as exc:
         return problem(400, "bad-request", "Bad Request", str(exc))
     except web.HTTPRequestEntityTooLarge:
         return problem(413, "too-large", "Payload Too Large", f"the body exceeds {request.client_max_size} bytes")
-    try:
-        removed = await ctx.changes.remove_exemption(exemption_id, actor, reason)
-    except StoreUnavailable:
-        return problem(503, "store-unavailable", "Mode store unavailable", "the mode store could not be reached")
-    if removed is None:
-        return problem(404, "no-such-exemption", "Not Found", f"no exemption has id {safe_text(exemption_id, 80)!r}")
-    return _json(wire_exemptions.ExemptionRemoved(_exemption(removed)).to_json())
 
 
 def _reason_and_actor(raw: bytes, *, required: bool = True) -> tuple[str, str]:

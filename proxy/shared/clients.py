@@ -102,7 +102,7 @@ class ClientResolver:
 
     def resolve(self, peer: str | None, forwarded_for: str | None) -> Client:
         """The client of a request from ``peer`` (``-`` when unknown: a Unix socket) with this
-        ``X-Forwarded-For`` (several header lines joined by commas), or None when it carried none."""
+        ``X-Forwarded-For`` (several header lines joined by commas; None when it carried none)."""
         peer_address = parse_address(peer) if peer else None
         shown = str(peer_address) if peer_address is not None else "-"
         if forwarded_for is None or not forwarded_for.strip():
@@ -110,18 +110,16 @@ class ClientResolver:
         if peer_address is None or not within(peer_address, self.trusted):
             return Client(shown, forwarded_ignored=True)
         hops = forwarded_for.rsplit(",", MAX_HOPS)
-        if len(hops) > MAX_HOPS:
-            hops = hops[1:]  # the walk may not reach the end: it must find an untrusted hop in MAX_HOPS
-            everyone_trusted = Client(shown, forwarded_ignored=True)
-        else:
-            everyone_trusted = None
+        walked = hops[1:] if len(hops) > MAX_HOPS else hops  # the first piece holds the rest of a longer chain
         leftmost = peer_address
-        for hop in reversed(hops):
+        for hop in reversed(walked):
             address = parse_address(hop)
             if address is None:
                 return Client(shown, forwarded_ignored=True)
             if not within(address, self.trusted):
                 return Client(str(address))
             leftmost = address
+        if len(walked) < len(hops):
+            return Client(shown, forwarded_ignored=True)  # MAX_HOPS of ours and still more: not believed
         # every hop is a proxy of ours: the furthest one is as close to the client as we know
-        return everyone_trusted or Client(str(leftmost))
+        return Client(str(leftmost))

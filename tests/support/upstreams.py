@@ -36,11 +36,6 @@ class Upstream:
     def last(self) -> Seen:
         return self.seen[-1]
 
-    @property
-    def posts(self) -> list[Seen]:
-        """The POSTs: what clients sent, without a spawned proxy's start-up GET of --upstream-health-path."""
-        return [seen for seen in self.seen if seen.method == "POST"]
-
 
 def _upstream_app(state: Upstream) -> web.Application:
     async def record(request: web.Request) -> web.StreamResponse:

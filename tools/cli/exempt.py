@@ -13,7 +13,7 @@ from urllib.parse import quote
 from proxy.wire import exemptions as wire
 from tools.cli import actors
 from tools.cli.command import Command, opt
-from tools.cli.ops import ADMIN, _dump, _read_wire, table
+from tools.cli.ops import ADMIN, dump_json, read_answer, table
 from tools.cli.options import shared
 from tools.clients import admin_api
 from tools.shared.errors import EXIT_OK, EXIT_USAGE, CommandError
@@ -68,8 +68,8 @@ async def run_exempt(args: argparse.Namespace) -> int:
     base = f"{admin_api.admin_url(args.admin_url)}/_ops/exemptions"
     if args.action == "list":
         async with admin_api.session(args.timeout_s) as session:
-            listed = _read_wire(wire.Exemptions, await admin_api.call(session, "GET", base))
-        print(_dump(listed.to_json()) if args.json else render(listed.exemptions, time.time()))
+            listed = read_answer(wire.Exemptions, await admin_api.call(session, "GET", base))
+        print(dump_json(listed.to_json()) if args.json else render(listed.exemptions, time.time()))
         return EXIT_OK
     actor = actors.actor(f"exempt {args.action}", args.actor)
     if args.action == "add":
@@ -80,16 +80,16 @@ async def run_exempt(args: argparse.Namespace) -> int:
                                    else {"client_cidr": args.client_cidr})}
         async with admin_api.session(args.timeout_s) as session:
             token = admin_api.ops_token(args.ops_token, "exempt add")
-            made = _read_wire(wire.Exemption, await admin_api.call(session, "PUT", base, body, token))
-        print(_dump(made.to_json()) if args.json else
+            made = read_answer(wire.Exemption, await admin_api.call(session, "PUT", base, body, token))
+        print(dump_json(made.to_json()) if args.json else
               f"exempted {made.who} on {made.endpoint} until {made.until} (id {made.id}); end it early with: "
               f"stagectl exempt remove {made.id} --reason '…'")
         return EXIT_OK
     async with admin_api.session(args.timeout_s) as session:
         token = admin_api.ops_token(args.ops_token, "exempt remove")
-        removed = _read_wire(wire.ExemptionRemoved, await admin_api.call(
+        removed = read_answer(wire.ExemptionRemoved, await admin_api.call(
             session, "DELETE", f"{base}/{quote(args.id, safe='')}", {"reason": args.reason, "actor": actor}, token))
-    print(_dump(removed.to_json()) if args.json else
+    print(dump_json(removed.to_json()) if args.json else
           f"removed {removed.removed.id}: {removed.removed.who} on {removed.removed.endpoint} is enforced again")
     return EXIT_OK
 

@@ -51,7 +51,7 @@ def _actor(args: argparse.Namespace) -> str:
     return actors.actor(command, args.actor)
 
 
-def _read_wire(shape: Any, data: object) -> Any:
+def read_answer(shape: Any, data: object) -> Any:
     """An answer read into its wire shape; one line (exit 1) when it is not one."""
     try:
         return shape.from_json(data)
@@ -59,7 +59,7 @@ def _read_wire(shape: Any, data: object) -> Any:
         raise CommandError(f"the proxy's answer is not what this stagectl reads: {exc}") from None
 
 
-def _dump(data: object) -> str:
+def dump_json(data: object) -> str:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
 
 
@@ -148,13 +148,13 @@ def _confirm(why: str, args: argparse.Namespace) -> None:
 
 async def run_mode(args: argparse.Namespace) -> int:
     if args.action == "get":
-        view = _read_wire(wire.ModeState, await _get(args, "/_ops/mode"))
-        print(_dump(view.to_json()) if args.json else render_table(view))
+        view = read_answer(wire.ModeState, await _get(args, "/_ops/mode"))
+        print(dump_json(view.to_json()) if args.json else render_table(view))
         return EXIT_OK
     url = f"{admin_api.admin_url(args.admin_url)}/_ops/mode"
     async with admin_api.session(args.timeout_s) as session:
         token = None if args.dry_run else admin_api.ops_token(args.ops_token, "mode set")
-        now = _read_wire(wire.ModeState, await admin_api.call(session, "GET", url))
+        now = read_answer(wire.ModeState, await admin_api.call(session, "GET", url))
         plan = planned(now, args.endpoint, args.mode, args.percent)
         if args.dry_run:
             print(mode_diff(plan))
@@ -167,8 +167,8 @@ async def run_mode(args: argparse.Namespace) -> int:
                                 "actor": _actor(args), "force": args.force}
         if args.percent is not None:
             body["percent"] = args.percent
-        view = _read_wire(wire.ModeState, await admin_api.call(session, "PUT", url, body, token))
-    print(_dump(view.to_json()) if args.json else render_table(view))
+        view = read_answer(wire.ModeState, await admin_api.call(session, "PUT", url, body, token))
+    print(dump_json(view.to_json()) if args.json else render_table(view))
     if view.persisted is False:
         print("the mode store is unreachable: applied on this replica only, written to the store when it answers; "
               "reach every replica (docs/runbook.md)", file=sys.stderr)
@@ -198,8 +198,8 @@ def render_history(entries: Sequence[wire.HistoryItem]) -> str:
 
 async def run_history(args: argparse.Namespace) -> int:
     query = {"limit": str(args.limit), **({"endpoint": args.endpoint} if args.endpoint else {})}
-    history = _read_wire(wire.History, await _get(args, f"/_ops/mode/history?{urlencode(query)}"))
-    print(_dump(history.to_json()) if args.json else render_history(history.entries))
+    history = read_answer(wire.History, await _get(args, f"/_ops/mode/history?{urlencode(query)}"))
+    print(dump_json(history.to_json()) if args.json else render_history(history.entries))
     return EXIT_OK
 
 
@@ -213,17 +213,17 @@ def render_blocks(data: wire.Blocks) -> str:
 
 async def run_blocks(args: argparse.Namespace) -> int:
     if args.action == "list":
-        blocks = _read_wire(wire.Blocks, await _get(args, "/_ops/blocks"))
-        print(_dump(blocks.to_json()) if args.json else render_blocks(blocks))
+        blocks = read_answer(wire.Blocks, await _get(args, "/_ops/blocks"))
+        print(dump_json(blocks.to_json()) if args.json else render_blocks(blocks))
         return EXIT_OK
     base = f"{admin_api.admin_url(args.admin_url)}/_ops/blocks"
     async with admin_api.session(args.timeout_s) as session:
         token = admin_api.ops_token(args.ops_token, "blocks clear")
-        answer = _read_wire(wire.BlockCleared, await admin_api.call(
+        answer = read_answer(wire.BlockCleared, await admin_api.call(
             session, "DELETE", f"{base}/{quote(args.fingerprint, safe='')}",
             {"reason": args.reason, "actor": _actor(args)}, token))
     if args.json:
-        print(_dump(answer.to_json()))
+        print(dump_json(answer.to_json()))
     else:
         cleared = answer.cleared
         still = "yes" if answer.enforce_blocked else "no"
@@ -249,7 +249,7 @@ async def run_catalog_check(args: argparse.Namespace) -> int:
     version = catalog_version(catalog) if catalog is not None else None
     expired = expired_warnings(catalog, time.time()) if catalog is not None else []
     if args.json:
-        print(_dump({"file": args.file, "ok": not problems, "version": version, "problems": problems,
+        print(dump_json({"file": args.file, "ok": not problems, "version": version, "problems": problems,
                      "warnings": expired, "changes": changes.to_json() if changes else None}))
     elif problems:
         for problem in problems:
@@ -313,11 +313,11 @@ async def run_catalog_show(args: argparse.Namespace) -> int:
     if args.config and args.admin_url and "admin_url" not in args.from_environment:
         raise CommandError("--config and --admin-url exclude each other: a file, or the running proxy", EXIT_USAGE)
     if args.admin_url and not args.config:
-        served = _read_wire(wire_catalogs.CatalogServed, await _get(args, "/_ops/catalog"))
+        served = read_answer(wire_catalogs.CatalogServed, await _get(args, "/_ops/catalog"))
     else:
         catalog = catalogs.local(args.config)
         served = wire_catalogs.CatalogServed(catalog_version(catalog), args.config, catalog)
-    print(_dump(served.to_json()) if args.json else render_catalog(served))
+    print(dump_json(served.to_json()) if args.json else render_catalog(served))
     return EXIT_OK
 
 
@@ -326,9 +326,9 @@ async def run_catalog_reload(args: argparse.Namespace) -> int:
     token = admin_api.ops_token(args.ops_token, "catalog reload")
     async with admin_api.session(args.timeout_s) as session:
         body = {"actor": _actor(args), **({"reason": args.reason} if args.reason else {})}
-        reloaded = _read_wire(wire_catalogs.Reloaded, await admin_api.call(session, "POST", url, body, token))
+        reloaded = read_answer(wire_catalogs.Reloaded, await admin_api.call(session, "POST", url, body, token))
     if args.json:
-        print(_dump(reloaded.to_json()))
+        print(dump_json(reloaded.to_json()))
         return EXIT_OK
     if not reloaded.changed:
         print(f"reloaded: version {reloaded.version}, unchanged")
