@@ -326,11 +326,10 @@ class DataPlane:
         if verdict.exemption is not None:
             self.metrics.exempted_children[(name, inspection.result)].inc()
         catalog = call.state.catalog
-        if catalog.temporary and inspection.findings:  # which temporary aliases are still in use
-            for finding in inspection.findings:
-                value = finding.value
-                if finding.result == "alias" and type(value) is str and (key := catalog.temporary_key(value)):
-                    self.metrics.temporary_alias_used(key)
+        if catalog.temporary and inspection.alias_values:  # which temporary aliases are still in use
+            for value, times in inspection.alias_values.items():
+                if key := catalog.temporary_key(value):
+                    self.metrics.temporary_alias_used(key, times)
         if mode == "off" or inspection.result in ("canonical", "absent"):
             return
         if self.flood.allow((name, inspection.result)):
@@ -346,7 +345,7 @@ class DataPlane:
             action=action, reason=inspection.reason, pointer=worst.pointer if worst else None,
             value=safe_text(worst.value) if worst and worst.leaf else None,
             normalized=worst.normalized if worst else None,
-            offending=sum(1 for f in inspection.findings if f.result == inspection.result) or None,
+            offending=inspection.count(inspection.result) or None,
             **self.identity(call), user_agent=safe_text(request.headers.get("User-Agent", "")),
             exemption=verdict.exemption,
         )
@@ -377,16 +376,17 @@ class DataPlane:
         inspection = verdict.inspection
         status = inspection.status
         bad = [f for f in inspection.findings if f.result in ("unknown", "invalid")]
+        total = inspection.count("unknown", "invalid")  # every one, not only those kept with pointers
         errors = [{"pointer": f.pointer, "value": _error_value(f.value), "result": f.result,
                    **({"detail": f.detail} if f.detail else {})} for f in bad[:MAX_ERRORS]]
         if status == 422:
-            detail = f"{len(bad)} value(s) at {verdict.endpoint.field!r} are not canonical stages"
+            detail = f"{total} value(s) at {verdict.endpoint.field!r} are not canonical stages"
         else:
             detail = f"the body could not be validated: {inspection.reason}"
         extra: dict[str, object] = {"endpoint": verdict.endpoint.name, "allowed": list(call.state.catalog.canonical),
                                     "errors": errors}
-        if len(bad) > MAX_ERRORS:
-            extra["errors_truncated"] = len(bad) - MAX_ERRORS
+        if total > len(errors):
+            extra["errors_truncated"] = total - len(errors)
         if inspection.reason:
             extra["reason"] = inspection.reason
         slug = "stage-not-allowed" if status == 422 else (inspection.reason or "unreadable").replace("_", "-")

@@ -128,8 +128,8 @@ class Metrics:
     def set_pending(self, count: int) -> None:
         self.pending.set(count)
 
-    def temporary_alias_used(self, key: str) -> None:
-        self.temporary_alias.labels(key).inc()
+    def temporary_alias_used(self, key: str, times: int = 1) -> None:
+        self.temporary_alias.labels(key).inc(times)
 
     def set_exemptions(self, endpoint: str, live: int, next_expiry_s: float) -> None:
         self.exemptions.labels(endpoint).set(live)
