@@ -43,14 +43,38 @@ def _import_of(deal: bytes, size: int = 1 << 20, head: bytes = b'{"deals":[') ->
     return head + b",".join([deal] * count) + b"]}"
 
 
-# The worst bodies of --max-body-bytes (1 MiB) found so far (docs/proxy.md, "Bounded work per request"):
-# every deal an alias, keys \u-escaped (the byte-count proof goes through a regular expression); and nested
-# "stage" keys in every deal, which defeat the proof and send the body through the token scanner.
+_NESTED_HEAD = b'{"x":{"stage":1},"deals":['  # a stage key off the path: the token scanner must walk the body
+
+
+def _distinct_unknowns(size: int = 1 << 20) -> bytes:
+    """Every deal a different unknown value (no memo helps), behind a head that sends the body to the scanner."""
+    pieces, used, i = [_NESTED_HEAD], len(_NESTED_HEAD) + 2, 0
+    while used + 24 < size:
+        deal = b'{"stage":"u%x"},' % i
+        pieces.append(deal)
+        used, i = used + len(deal), i + 1
+    return b"".join(pieces)[:-1] + b"]}"
+
+
+def _deep(depth: int) -> bytes:
+    return b"[" * depth + b"0" + b"]" * depth
+
+
+# The worst bodies of --max-body-bytes (1 MiB) found so far (docs/proxy.md, "Bounded work per request"), by hand
+# and by bench/worst.py (a fuzzer maximising CPU per byte): every deal an alias, keys \u-escaped (the byte-count
+# proof goes through regular expressions); nested "stage" keys in every deal, which defeat the proof and send the
+# body through the token scanner; values nested as deep as the scanner reads (128: every byte a bracket, half a
+# million arrays to parse); distinct unknown values; a case-variant key amid half a million escaped quotes.
 WORST: dict[str, bytes] = {
     "1 MiB worst: escaped keys, every stage an alias": _import_of(b'{"st\\u0061ge":"Closed Won"}',
                                                                   head=b'{"d\\u0065als":['),
     "1 MiB worst: the shortest aliases": _import_of(b'{"stage":"won"}'),
     "1 MiB worst: nested stage keys (token scanner)": _import_of(b'{"stage":"Closed Won","x":{"stage":1}}'),
+    "1 MiB worst: shortest aliases, token scanner": _import_of(b'{"stage":"won"}', head=_NESTED_HEAD),
+    "1 MiB worst: values nested 128 deep": _import_of(b'{"stage":' + _deep(127) + b"}", head=_NESTED_HEAD),
+    "1 MiB worst: distinct unknown values": _distinct_unknowns(),
+    "1 MiB worst: escaped quotes and a case variant": _import_of(
+        '{"stage":"u","ſtage":"'.encode() + b'\\"' * 24 + b'"}'),
 }
 
 

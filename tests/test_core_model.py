@@ -51,7 +51,8 @@ def fresh_caches() -> None:
     from proxy.dataplane import jsonscan
 
     for cached in (jsonscan.spelling, jsonscan.member_run, jsonscan.leaf_regex, jsonscan.leaf_object,
-                   jsonscan.element_run, jsonscan.leaf_element, jsonscan._fast, media_problem):
+                   jsonscan.element_run, jsonscan.leaf_element, jsonscan.leaf_run, jsonscan._fast,
+                   jsonscan.value_pattern, jsonscan.spellings_by_head, media_problem):
         cached.cache_clear()
 
 
@@ -361,7 +362,7 @@ def _member_by_member(parts: tuple[str, ...]) -> Scanner:
 
     slow = Scanner(parts)
     nothing = (None,) * len(parts)
-    slow._fast = jsonscan._Fast(nothing, nothing, nothing, nothing)
+    slow._fast = jsonscan._Fast(nothing, nothing, nothing, nothing, nothing)
     return slow
 
 
@@ -376,27 +377,39 @@ def test_the_fast_walk_reads_as_the_member_by_member_walk(data: st.DataObject, n
     parts = ENDPOINTS[name].field_path
     fast, slow = Scanner(parts).scan(raw), _member_by_member(parts).scan(raw)
     assert (fast.duplicate, fast.case_variant) == (slow.duplicate, slow.case_variant)
+    spanless = Scanner(parts, spans=False).scan(raw)  # runs of leaf objects read whole
+    assert (spanless.duplicate, spanless.case_variant) == (slow.duplicate, slow.case_variant)
     if not fast.duplicate:
         assert fast.spans == slow.spans
 
 
-@pytest.mark.parametrize("deep", [False, True])
-def test_values_nested_past_the_regular_expressions_are_walked(deep: bool) -> None:
-    """A value nested deeper than the regular expressions follow is walked member by member, with the same
-    answer; a duplicate after a case variant is still the reason."""
+def test_values_nested_to_the_bound_are_read_and_deeper_ones_are_unreadable() -> None:
+    """Values nested _DEPTH deep are skipped by the expressions; one level deeper stops the walk: too deep (and a
+    duplicate before it is still a duplicate)."""
     from proxy.dataplane.jsonscan import _DEPTH
 
-    depth = _DEPTH + 1 if deep else _DEPTH
-    nested = b"[" * depth + b'{"stage":1}' + b"]" * depth
-    raw = b'{"deals":[' + b",".join([b'{"x":' + nested + b',"stage":"won"}', b"0", b"[" + nested + b"]",
-                                     b'{"stage":"lost","y":' + nested + b"}"]) + b"]}"
+    def nested(depth: int) -> bytes:
+        return b"[" * (depth - 1) + b'{"stage":1}' + b"]" * (depth - 1)
+
+    def body(depth: int) -> bytes:
+        return b'{"deals":[' + b",".join([b'{"x":' + nested(depth) + b',"stage":"won"}', b"0",
+                                          b"[" + nested(depth - 1) + b"]", b'{"stage":"lost","y":' + nested(depth)
+                                          + b"}"]) + b"]}"
+
     parts = ENDPOINTS["import_deals"].field_path
-    scan = Scanner(parts).scan(raw)
-    assert not scan.duplicate and not scan.case_variant
-    assert [raw[start:end] for start, end in scan.spans] == [b'"won"', b'"lost"']
-    ambiguous = raw.replace(b'"stage":"won"', b'"Stage":"won"').replace(b'"stage":"lost"', b'"stage":"lost","stage":1')
-    scan = Scanner(parts).scan(ambiguous)
-    assert scan.case_variant and scan.duplicate
+    scan = Scanner(parts).scan(body(_DEPTH))
+    assert not scan.duplicate and not scan.case_variant and not scan.too_deep
+    assert [body(_DEPTH)[start:end] for start, end in scan.spans] == [b'"won"', b'"lost"']
+    assert _member_by_member(parts).scan(body(_DEPTH)).spans == scan.spans
+    deep = Scanner(parts).scan(body(_DEPTH + 1))
+    assert deep.too_deep and not deep.duplicate
+    inspection = inspect(body(_DEPTH + 1), CATALOG, ENDPOINTS["import_deals"])
+    assert (inspection.result, inspection.reason, inspection.status) == ("unreadable", "nesting_too_deep", 400)
+    duplicated = body(_DEPTH + 1).replace(b'{"x"', b'{"stage":1,"stage":2,"x"', 1)
+    assert Scanner(parts).scan(duplicated).duplicate
+    variant = body(_DEPTH).replace(b'"stage":"won"', b'"Stage":"won","stage":"won"')
+    scan = Scanner(parts).scan(variant)
+    assert scan.case_variant and not scan.duplicate and len(scan.spans) == 2
 
 
 @pytest.mark.parametrize(("raw", "key", "exact", "any_case"), [
@@ -621,6 +634,18 @@ def test_parse_int_boundary() -> None:
     assert type(_parse_int("9" * 4000)) is int and type(_parse_int("9" * 4001)) is Decimal
 
 
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from(['"', "\\", "stage", "Stage", "ST", "s", "\\u0073", "\\u0053", "\\u017f",
+                                        "\u017f", "\ufb06", "age", "tage", "\\u0061", "x", ":", ","]), max_size=30),
+       key=st.sampled_from(["stage", "sTage", "deals"]), any_case=st.booleans())
+def test_spellings_split_by_head_count_as_the_whole_pattern(pieces: list[str], key: str, any_case: bool) -> None:
+    """Counting with one pattern per first token finds what the whole alternation finds."""
+    from proxy.dataplane.jsonscan import spelling
+
+    raw = "".join(pieces).encode()
+    assert spelling_count(raw, key, any_case=any_case) == len(spelling(key, any_case=any_case).findall(raw))
+
+
 def test_spelling_of_a_mixed_case_key() -> None:
     """A key written in mixed case is matched in exactly its case, or in any case when asked."""
     assert spelling_count(b'{"sTage":1,"stage":2,"STAGE":3}', "sTage") == 1
@@ -655,7 +680,7 @@ def test_a_rewrite_through_the_scanner_keeps_document_order() -> None:
 
 
 def test_nesting_the_scanner_cannot_follow_is_unreadable() -> None:
-    """Deep nesting orjson accepts but the stdlib scanner cannot walk: unreadable, not a crash."""
+    """Deep nesting orjson accepts, in a body that must be walked token by token: unreadable, not a crash."""
     raw = b'{"stage":"won","x":{"stage":1},"deep":' + b"[" * 1000 + b"]" * 1000 + b"}"
     inspection = inspect(raw, CATALOG, ENDPOINTS["create_deal"])
-    assert (inspection.result, inspection.reason) == ("unreadable", "malformed_json")
+    assert (inspection.result, inspection.reason) == ("unreadable", "nesting_too_deep")

@@ -42,6 +42,7 @@ UNREADABLE_STATUS: Final[Mapping[str, int]] = {
     "ambiguous_path": 400,  # an encoded / \\ NUL or % in a segment: routers split it differently
     "ambiguous_method": 400,  # method overrides that routers resolve to different endpoints, or cannot be read
     "field_in_query": 400,  # the field's name in the query string: frameworks that merge query and body read it
+    "nesting_too_deep": 400,  # deeper than 128 levels where the body is walked token by token (docs/proxy.md)
     "too_large": 413,
     "unsupported_media_type": 415,
     "unsupported_encoding": 415,
@@ -109,6 +110,8 @@ _ASCII_SEPARATORS = str.maketrans("-_.", "   ")
 def fold(value: str) -> str:
     """Fold a stage string: NFKC, trim, casefold, separators to one ``_`` (docs/catalog.md#folding)."""
     if value.isascii():  # NFKC and casefold are lower() for ASCII; split() drops the runs and both ends
+        if value.isalnum() and value.islower():  # nothing to fold (the common unknown value): 0.1 µs, not 0.4
+            return value
         return "_".join(value.lower().translate(_ASCII_SEPARATORS).split())
     folded = unicodedata.normalize("NFKC", value).strip().casefold()
     return _SEPARATORS.sub("_", folded).strip("_")  # pragma: no mutate - casefolded: no X left to strip

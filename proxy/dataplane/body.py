@@ -9,9 +9,13 @@ everything but the stage values is preserved exactly (big integers included).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import json
-from collections.abc import Callable, Mapping
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Final
@@ -20,12 +24,13 @@ import orjson
 
 from proxy.catalog.keys import lookalike_bytes
 from proxy.catalog.stages import SEVERITY, UNREADABLE_STATUS, Catalog, Endpoint, Result
-from proxy.dataplane.jsonscan import Scanner, Spans, spelling_count, splice_literal
+from proxy.dataplane.jsonscan import Scanner, Spans, prepare, spelling_count, splice_literal
 from proxy.dataplane.pointer import escape_pointer
 
 UTF8_BOM: Final = b"\xef\xbb\xbf"
 MISSING: Final = object()
 MEMO_SIZE: Final = 4096  # distinct stage values whose classification is remembered per endpoint
+COLLECTOR_PAUSE_BYTES: Final = 64 * 1024  # from here a body is parsed and walked with the cyclic GC paused
 MAX_FINDINGS: Final = 128  # findings kept with their pointers per body (the first, in document order); all counted
 
 
@@ -76,6 +81,40 @@ class Inspection:
         if self.result == "unreadable":
             return UNREADABLE_STATUS.get(self.reason or "", 400)
         return 422
+
+
+class _CollectorPause:
+    """Python's cyclic garbage collector paused while large bodies are read, resumed when the last one is done.
+
+    A parsed document holds no reference cycles, yet every container it allocates counts toward the collector's
+    thresholds: half a million small arrays (1 MiB of ``[[],[],…]`` or of deep nesting) set off hundreds of
+    collections, each walking the growing document — more than half of the parse (bench/worst.py: 73 -> 37 ms).
+    Threads share the collector: a count under a lock turns it back on only after the last pause, and only when
+    it was on before.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paused = 0
+        self._resume = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._paused == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._paused += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused -= 1
+                if self._paused == 0 and self._resume:
+                    gc.enable()
+
+
+collector_paused: Final = _CollectorPause()
 
 
 def unreadable(reason: str) -> Inspection:
@@ -162,7 +201,7 @@ class _Walker:
     """
 
     __slots__ = ("catalog", "canonical", "parts", "required", "findings", "key_counts", "leaves", "memo", "counts",
-                 "aliases", "alias_values")
+                 "aliases", "alias_values", "odd_leaves", "odd_values")
 
     def __init__(self, catalog: Catalog, endpoint: Endpoint, memo: dict[str, tuple[Result, str | None]]) -> None:
         self.catalog = catalog
@@ -176,6 +215,8 @@ class _Walker:
         self.counts: dict[Result, int] = {}
         self.aliases: dict[int, str] = {}
         self.alias_values: dict[str, int] = {}
+        self.odd_leaves: list[int] = []  # every non-canonical string leaf: its ordinal …
+        self.odd_values: list[str] = []  # … and its value (tallied once per distinct value by finish())
 
     def walk(self, node: object, index: int, pointer: str) -> None:
         if index == len(self.parts):
@@ -202,12 +243,14 @@ class _Walker:
         self.walk(child, index + 1, f"{pointer}/{escape_pointer(part)}")
 
     def _leaf_objects(self, items: list[object], pointer: str, key: str) -> None:  # noqa: C901 - one loop on purpose
-        """The hot loop of ``deals[*].stage``: pointers are built only for kept findings, strings classified once,
-        wrong and missing items only counted once MAX_FINDINGS are kept. One flat loop: a helper call per item
-        costs ~60 ns, +30 ms on a 1 MiB body of half a million items (bench/validator.py)."""
-        canonical, escaped, memo, required = self.canonical, escape_pointer(key), self.memo, self.required
-        findings, counts, aliases, alias_values = self.findings, self.counts, self.aliases, self.alias_values
+        """The hot loop of ``deals[*].stage``: pointers are built only for kept findings, non-canonical strings
+        only noted (finish() tallies them per distinct value), wrong and missing items only counted once
+        MAX_FINDINGS are kept. One flat loop: a helper call per item costs ~60 ns, +30 ms on a 1 MiB body of half
+        a million items (bench/validator.py)."""
+        canonical, escaped, required, findings = self.canonical, escape_pointer(key), self.required, self.findings
+        odd_leaves, odd_values = self.odd_leaves, self.odd_values
         present = invalid = 0
+        leaf = self.leaves
         for position, item in enumerate(items):
             if type(item) is not dict:
                 invalid += 1
@@ -223,47 +266,67 @@ class _Walker:
                                                 detail="required field is missing"))
                 continue
             present += 1
-            if type(value) is not str:  # pragma: no mutate - _leaf would classify a string the same, slower
-                self._leaf(value, f"{pointer}/{position}/{escaped}")
-                continue
-            leaf = self.leaves
-            self.leaves = leaf + 1
-            if value in canonical:
-                continue
-            result, normalized = memo.get(value) or self._classify(value)
-            counts[result] = counts.get(result, 0) + 1
-            if normalized is not None:
-                aliases[leaf] = normalized
-                alias_values[value] = alias_values.get(value, 0) + 1
-            if len(findings) < MAX_FINDINGS:
-                findings.append(Finding(f"{pointer}/{position}/{escaped}", value, result, normalized, None, leaf))
+            leaf += 1
+            if type(value) is not str:  # not a stage at all: invalid
+                invalid += 1
+                if len(findings) < MAX_FINDINGS:
+                    findings.append(Finding(f"{pointer}/{position}/{escaped}", value, "invalid", None,
+                                            f"expected a string, got {type_name(value)}", leaf - 1))
+            elif value not in canonical:
+                odd_leaves.append(leaf - 1)
+                odd_values.append(value)
+                if len(findings) < MAX_FINDINGS:
+                    result, normalized = self._classify(value)
+                    findings.append(Finding(f"{pointer}/{position}/{escaped}", value, result, normalized, None,
+                                            leaf - 1))
+        self.leaves = leaf
         if invalid:
-            counts["invalid"] = counts.get("invalid", 0) + invalid
+            self.counts["invalid"] = self.counts.get("invalid", 0) + invalid
         self.key_counts[key] += present
 
+    def finish(self) -> None:
+        """Tally the non-canonical strings: each distinct value classified once (Counter counts in C), every
+        alias leaf mapped to its canonical stage for the rewrite."""
+        if not self.odd_values:
+            return
+        counts, canonical_of = self.counts, {}
+        for value, times in Counter(self.odd_values).items():
+            result, normalized = self._classify(value)
+            counts[result] = counts.get(result, 0) + times
+            if normalized is not None:
+                canonical_of[value] = normalized
+                self.alias_values[value] = times
+        if canonical_of:
+            noted = zip(self.odd_leaves, self.odd_values, strict=True)
+            self.aliases = {leaf: canonical_of[value] for leaf, value in noted if value in canonical_of}
+
     def _classify(self, value: str) -> tuple[Result, str | None]:
+        """The value's classification, from the memo (callers in the hot loop look there first) or the catalog."""
         verdict = self.memo.get(value)
         if verdict is None:
             result, normalized, lasting = self.catalog.classify_lasting(value)
             verdict = (result, normalized)
-            if not lasting:
-                return verdict  # a temporary alias's answer ends at its until: never kept
-            if len(self.memo) >= MEMO_SIZE:
-                self.memo.clear()  # junk values cannot grow it; the few real ones come back at once
-            self.memo[value] = verdict
+            if lasting:  # a temporary alias's answer ends at its until: never kept
+                memo = self.memo
+                if len(memo) >= MEMO_SIZE:
+                    memo.clear()  # junk values cannot grow it; the few real ones come back at once
+                memo[value] = verdict
         return verdict
 
     def _leaf(self, node: object, pointer: str) -> None:
         position = self.leaves
         self.leaves += 1
-        result, normalized = self._classify(node) if type(node) is str else ("invalid", None)
-        if result == "canonical":
+        if type(node) is not str:
+            detail = f"expected a string, got {type_name(node)}"
+            self._add("invalid", lambda: Finding(pointer, node, "invalid", None, detail, leaf_index=position))
             return
-        if normalized is not None:
-            self.aliases[position] = normalized
-            self.alias_values[node] = self.alias_values.get(node, 0) + 1  # type: ignore[index,call-overload]  # str
-        detail = f"expected a string, got {type_name(node)}" if result == "invalid" else None
-        self._add(result, lambda: Finding(pointer, node, result, normalized, detail, leaf_index=position))
+        if node in self.canonical:
+            return
+        self.odd_leaves.append(position)
+        self.odd_values.append(node)
+        if len(self.findings) < MAX_FINDINGS:
+            result, normalized = self._classify(node)
+            self.findings.append(Finding(pointer, node, result, normalized, None, leaf_index=position))
 
     def _add(self, result: Result, finding: Callable[[], Finding]) -> None:
         """Count a finding; keep it (made only then) while fewer than MAX_FINDINGS are kept."""
@@ -323,9 +386,16 @@ class Inspector:
         parts = endpoint.field_path
         self._single = parts[0] if len(parts) == 1 and self._needles[parts[0]] is not None else None
         self._canonical = catalog.canonical_set
+        prepare(parts)
 
     def inspect(self, raw: bytes) -> Inspection:
         """Classify a JSON body (headers already checked)."""
+        if len(raw) >= COLLECTOR_PAUSE_BYTES:
+            with collector_paused():
+                return self._inspect(raw)
+        return self._inspect(raw)
+
+    def _inspect(self, raw: bytes) -> Inspection:
         try:
             document = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -361,18 +431,18 @@ class Inspector:
     def _inspect_document(self, raw: bytes, document: object) -> Inspection:
         walker = _Walker(self.catalog, self.endpoint, self._memo)
         walker.walk(document, 0, "")
+        walker.finish()
         literal = self._keys_are_literal(raw, walker.key_counts)
         spans = None
         if not literal:
-            try:
-                scan = Scanner(self.endpoint.field_path).scan(raw)
-            except RecursionError:  # nesting the parser accepted but the stdlib scanner cannot follow
-                return unreadable("malformed_json")
+            scan = Scanner(self.endpoint.field_path, spans=bool(walker.aliases)).scan(raw)  # spans: to rewrite
             if scan.duplicate:
                 return unreadable("duplicate_key")
+            if scan.too_deep:
+                return unreadable("nesting_too_deep")
             if scan.case_variant:
                 return unreadable("ambiguous_key")
-            spans = scan.spans  # pragma: no mutate - without them the rewrite scans again
+            spans = scan.spans if walker.aliases else None  # pragma: no mutate - else the rewrite scans again
         if not walker.counts:
             return Inspection("canonical" if walker.leaves else "absent", leaves=walker.leaves, literal_keys=literal)
         worst = max(walker.counts, key=SEVERITY.__getitem__)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import json.scanner
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -39,10 +38,6 @@ _NEXT: Final = re.compile(_WS + rb"([,}\]])")
 _EMPTY: Final = re.compile(_WS + rb"([}\]])")
 _WHITESPACE: Final = frozenset(b" \t\n\r")
 _SCALAR: Final = rb'(?:' + _STRING + rb'|-?[0-9][0-9.eE+-]*|true|false|null)'
-# The stdlib's C scanner, to find where a value ends: numbers are not converted (len is a cheap C callable), so
-# integers of any length pass (int() refuses more than 4300 digits).
-_DECODER: Final = json.JSONDecoder(parse_int=len, parse_float=len, parse_constant=len)
-_SCAN_ONCE: Final = json.scanner.make_scanner(_DECODER)  # type: ignore[arg-type]  # typeshed: the pure-Python class
 
 
 def _escapes(char: str) -> list[bytes]:
@@ -81,24 +76,48 @@ def spelling(key: str, *, any_case: bool = False) -> re.Pattern[bytes]:
     return re.compile(b'"' + _spelling_from(key, 0, any_case) + b'"')
 
 
+@functools.cache
+def spellings_by_head(key: str, *, any_case: bool = False) -> tuple[re.Pattern[bytes], ...]:
+    """:func:`spelling` split by the first token after the quote (``s``, ``S``, ``\\u0073``, ``ſ``…): each
+    pattern starts with a literal of two to seven bytes, which the regular-expression engine finds with a fast
+    substring search instead of trying the whole alternation at every quote (a 1 MiB body of ``\\"`` held half a
+    million quotes: 60 ms, now ~2 ms)."""
+    rest = _spelling_from(key, 1, any_case)
+    chars = {key[0], key[0].lower(), key[0].upper()} if any_case else {key[0]}
+    heads = [option + rest for char in sorted(chars) for option in _escapes(char)]
+    if any_case:
+        for char, letters in lookalikes_of(key):
+            if key.lower().startswith(letters):
+                heads += [option + _spelling_from(key, len(letters), any_case) for option in _escapes(char)]
+    return tuple(re.compile(b'"' + head + b'"') for head in heads)
+
+
 def spelling_count(raw: bytes, key: str, *, any_case: bool = False) -> int:
-    """How often ``key`` is spelled as a string token in ``raw`` (also inside other strings: see the proof)."""
-    return sum(1 for _ in spelling(key, any_case=any_case).finditer(raw))
+    """How often ``key`` is spelled as a string token in ``raw`` (also inside other strings: see the proof).
+    Patterns of different heads never match at the same place."""
+    return sum(len(pattern.findall(raw)) for pattern in spellings_by_head(key, any_case=any_case))
 
 
 # Values skipped in one C call: scalars, and containers nested at most _DEPTH deep. The bytes are valid JSON (a
 # parser accepted them), so a container is a bracket, then anything but brackets and quotes, strings and smaller
-# containers, then any closing bracket: one copy of the smaller pattern per level, linear in size and in time.
+# containers, then any closing bracket: one copy of the smaller pattern per level, linear in size and in time. The
+# loop is unrolled (a run of plain bytes, then (string or container, plain bytes)*): 20-25 % faster than an
+# alternation per step. A value nested deeper fails the patterns after _DEPTH levels: the member-by-member walk
+# then finds it (each pattern is written so that a failing match scans such a value once) and stops there: the
+# body is unreadable (nesting_too_deep). No deal nests 128 deep, and without the bound a body of such values costs
+# twice the CPU (bench/worst.py found one at 290 ms per MiB).
 _DEPTH: Final = 128
+_DECODED_KEYS: Final = 1024  # escaped or non-ASCII keys whose reading one walk remembers
 _STRING_P: Final = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'  # the string token, possessive: no backtracking into it
 _SCALAR_P: Final = rb"(?:" + _STRING_P + rb"|[-+.0-9a-zA-Z]++)"
+_PLAIN_P: Final = rb"[^\"\[\]{}]*+"
 
 
 def _container(depth: int, opener: bytes = rb"[\[{]", closer: bytes = rb"[\]}]") -> bytes:
     smaller = rb"(?!)"  # no container at depth 0
     for _ in range(depth - 1):
-        smaller = rb"[\[{](?:[^\"\[\]{}]++|" + _STRING_P + rb"|" + smaller + rb")*+[\]}]"
-    return opener + rb"(?:[^\"\[\]{}]++|" + _STRING_P + rb"|" + smaller + rb")*+" + closer
+        smaller = rb"[\[{]" + _PLAIN_P + rb"(?:(?:" + _STRING_P + rb"|" + smaller + rb")" + _PLAIN_P + rb")*+[\]}]"
+    return opener + _PLAIN_P + rb"(?:(?:" + _STRING_P + rb"|" + smaller + rb")" + _PLAIN_P + rb")*+" + closer
 
 
 _WS_P: Final = rb"[ \t\n\r]*+"
@@ -107,28 +126,34 @@ _ARRAY_P: Final = _container(_DEPTH, rb"\[", rb"\]")
 _OBJECT_P: Final = _container(_DEPTH, rb"\{", rb"\}")
 
 
-def _other(key: str, strict: bool) -> bytes:
-    """A member whose key is not ``key`` in any spelling (``strict``: nor in any case), with a value of bounded
-    depth."""
-    return rb"(?!" + spelling(key, any_case=strict).pattern + rb")" + _STRING_P + _WS_P + rb":" + _WS_P + _VALUE_P
+@functools.cache
+def value_pattern() -> re.Pattern[bytes]:
+    """One value of bounded depth (the walk's skip)."""
+    return re.compile(_VALUE_P, re.DOTALL)
+
+
+def _others(key: str, strict: bool) -> bytes:
+    """A run of members whose keys are not ``key`` in any spelling (``strict``: nor in any case), values of bounded
+    depth, each with its comma if it has one (the bytes are valid JSON: commas need no checking)."""
+    return (rb"(?:(?!" + spelling(key, any_case=strict).pattern + rb")" + _STRING_P + _WS_P + rb":" + _WS_P
+            + _VALUE_P + _WS_P + rb",?" + _WS_P + rb")*+")
 
 
 @functools.cache
 def member_run(key: str, strict: bool = True) -> re.Pattern[bytes]:
     """A run of ``"other": value,`` members: keys that spell ``key`` in no case (not ``strict``: that do not spell
     it exactly), values nested at most ``_DEPTH`` deep (whatever they hold: they are off the path). Skipped in one
-    C call."""
-    return re.compile(rb"(?:" + _WS_P + _other(key, strict) + _WS_P + rb",)*+", re.DOTALL)
+    C call. It may take the object's last member too (no comma): the walk then finds the closing brace."""
+    return re.compile(_WS_P + _others(key, strict), re.DOTALL)
 
 
 @functools.cache
 def _leaf_object(key: str, strict: bool) -> bytes:
     """An object holding ``key`` at most once, spelled exactly (the value is group ``v``), no other spelling of it
     (``strict``: in any case), and values of bounded depth. Anything else is left to the member-by-member walk."""
-    other = _other(key, strict)
-    return (rb"\{" + _WS_P + rb"(?:" + other + _WS_P + rb"," + _WS_P + rb")*+"
-            rb"(?:" + spelling(key).pattern + _WS_P + rb":" + _WS_P + rb"(?P<v>" + _VALUE_P + rb")" + _WS_P
-            + rb"(?:," + _WS_P + other + _WS_P + rb")*+|" + other + _WS_P + rb")?\}")
+    others = _others(key, strict)
+    return (rb"\{" + _WS_P + others + rb"(?:" + spelling(key).pattern + _WS_P + rb":" + _WS_P + rb"(?P<v>"
+            + _VALUE_P + rb")" + _WS_P + rb",?" + _WS_P + others + rb")?\}")
 
 
 @functools.cache
@@ -137,8 +162,7 @@ def _skippable(part: str, strict: bool) -> bytes:
     kind, or (for an object level) an object without ``part`` in any spelling at its top."""
     if part == "*":
         return rb"(?:" + _SCALAR_P + rb"|" + _OBJECT_P + rb")"
-    return (rb"(?:" + _SCALAR_P + rb"|" + _ARRAY_P + rb"|\{" + _WS_P + rb"(?:" + _other(part, strict) + _WS_P + rb",?"
-            + _WS_P + rb")*+\})")
+    return rb"(?:" + _SCALAR_P + rb"|" + _ARRAY_P + rb"|\{" + _WS_P + _others(part, strict) + rb"\})"
 
 
 @functools.cache
@@ -149,13 +173,19 @@ def element_run(part: str, strict: bool = True) -> re.Pattern[bytes]:
 
 @functools.cache
 def leaf_element(key: str, strict: bool = True) -> re.Pattern[bytes]:
-    """The next array element that matters when the elements are the leaf objects of ``key``, after any run of
-    elements that do not: an object holding it (value span: group ``v``) or the last skippable element; then the
-    separator (group ``sep``)."""
-    skippable = _skippable(key, strict)
-    return re.compile(rb"(?:" + _WS_P + skippable + _WS_P + rb",)*+" + _WS_P
-                      + rb"(?:" + _leaf_object(key, strict) + rb"|" + skippable + rb")" + _WS_P + rb"(?P<sep>[,\]])",
-                      re.DOTALL)
+    """One array element when the elements are the leaf objects of ``key``: an object (holding it: value span in
+    group ``v``), a scalar or an array; then the separator (group ``sep``)."""
+    return re.compile(_WS_P + rb"(?:" + _leaf_object(key, strict) + rb"|" + _SCALAR_P + rb"|" + _ARRAY_P + rb")"
+                      + _WS_P + rb"(?P<sep>[,\]])", re.DOTALL)
+
+
+@functools.cache
+def leaf_run(key: str, strict: bool = True) -> re.Pattern[bytes]:
+    """A run of array elements (each with its comma) when the elements are the leaf objects of ``key``: objects
+    holding it at most once and in no other spelling, scalars, arrays. When no span is wanted (no alias to
+    rewrite), a whole array of them is read in one C call."""
+    return re.compile(rb"(?:" + _WS_P + rb"(?:" + _leaf_object(key, strict) + rb"|" + _SCALAR_P + rb"|" + _ARRAY_P
+                      + rb")" + _WS_P + rb",)*+", re.DOTALL)
 
 
 @functools.cache
@@ -218,6 +248,10 @@ class _Duplicate(Exception):
     """A path object holds its key twice: the verdict is made, the walk stops."""
 
 
+class _TooDeep(Exception):
+    """A value nested deeper than _DEPTH: the verdict is made, the walk stops."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Fast:
     """The regular expressions a walk uses per level (None where the level cannot use one)."""
@@ -226,6 +260,7 @@ class _Fast:
     leaf_objects: tuple[re.Pattern[bytes] | None, ...]  # a whole leaf-level object
     elements: tuple[re.Pattern[bytes] | None, ...]  # element runs of path arrays
     leaf_elements: tuple[re.Pattern[bytes] | None, ...]  # the next leaf object of a path array
+    leaf_runs: tuple[re.Pattern[bytes] | None, ...]  # a run of them
 
 
 @functools.cache
@@ -241,7 +276,16 @@ def _fast(parts: tuple[str, ...], strict: bool) -> _Fast:
                        else None for i, part in above) + (None,),
         leaf_elements=tuple(leaf_element(parts[i + 1], strict) if part == "*" and i + 1 == last and plain[i + 1]
                             else None for i, part in above) + (None,),
+        leaf_runs=tuple(leaf_run(parts[i + 1], strict) if part == "*" and i + 1 == last and plain[i + 1]
+                        else None for i, part in above) + (None,),
     )
+
+
+def prepare(parts: tuple[str, ...]) -> None:
+    """Compile the expressions a walk of ``parts`` starts with (~0.1 s for deals[*].stage): done when a catalog
+    is loaded (at start, or in the reload's worker thread), not by the first request that needs them."""
+    _fast(parts, True)
+    value_pattern()
 
 
 class Scanner:
@@ -253,37 +297,40 @@ class Scanner:
     a body is unreadable for is the duplicate then).
     """
 
-    def __init__(self, parts: tuple[str, ...]) -> None:
+    def __init__(self, parts: tuple[str, ...], *, spans: bool = True) -> None:
         self.parts = parts
-        self.spans: Spans = []
+        self.spans: Spans = []  # with ``spans`` False, those of some leaves only (runs of leaf objects give none)
+        self._want_spans = spans
         self.duplicate = False  # a path object holds the path key twice
         self.case_variant = False  # a path object holds a key equal to the path key but for ASCII case
+        self.too_deep = False  # a value nests deeper than _DEPTH levels (the walk stopped there)
         self._folded = tuple(fold_key(part) for part in parts)
         self._needles = tuple(b'"' + part.encode() + b'"' for part in parts)
         self._fast = _fast(parts, True)  # pragma: no mutate - only faster: the walk reads the same without it
         self._raw = b""  # pragma: no mutate - set by scan()
-        self._text = ""  # pragma: no mutate - set by scan()
+        self._skip_value = value_pattern()
+        self._decoded: dict[tuple[bytes, int], int] = {}  # escaped or non-ASCII key -> 1 path key, 2 variant, 0 not
 
     def scan(self, raw: bytes) -> Scanner:
         self._raw = raw
-        self._text = raw.decode("latin-1")  # pragma: no mutate - one character per byte: indices are byte offsets
         try:
             self._value(0, _skip_ws(raw, 0))
         except _Duplicate:
             self.duplicate = True
+        except _TooDeep:
+            self.too_deep = True
         return self
 
     def _skip(self, pos: int) -> int:
-        """The end of the value at ``pos``, not looked into (strings by regex, the rest by the C scanner)."""
-        if self._raw[pos] == 0x22:  # pragma: no mutate - '"': the regex is only faster than the C scanner here
-            match = _STRING_RE.match(self._raw, pos)
-            assert match is not None
-            return match.end()
-        end: int = _SCAN_ONCE(self._text, pos)[1]
-        return end
+        """The end of the value at ``pos``, not looked into."""
+        match = self._skip_value.match(self._raw, pos)
+        if match is None:
+            raise _TooDeep
+        return match.end()
 
-    def _value(self, level: int, pos: int) -> int:
-        """Walk the value at ``pos`` (on the path at ``level``); its end."""
+    def _value(self, level: int, pos: int, fast: bool = True) -> int:
+        """Walk the value at ``pos`` (on the path at ``level``); its end. Not ``fast``: no regular expression is
+        tried on it (one failed already: the value holds something nested too deep for them)."""
         if level == len(self.parts):
             end = self._skip(pos)
             self.spans.append((pos, end))
@@ -293,14 +340,14 @@ class Scanner:
             return self._array(level, pos) if opener == 0x5B else self._skip(pos)  # '['
         if opener != 0x7B:  # '{'
             return self._skip(pos)
-        whole = self._fast.leaf_objects[level]
+        whole = self._fast.leaf_objects[level] if fast else None
         if whole is not None:
             match = whole.match(self._raw, pos)
             if match is not None:
                 if match.start("v") >= 0:
                     self.spans.append(match.span("v"))
                 return match.end()
-        return self._object(level, pos)
+        return self._object(level, pos, fast=False)
 
     def _array(self, level: int, pos: int) -> int:
         raw = self._raw
@@ -308,29 +355,43 @@ class Scanner:
         if empty is not None:
             return empty.end()
         pos += 1
-        spans = self.spans
         while True:
             fast = self._fast  # pragma: no mutate - changes when a case variant is found
-            run, leaf = fast.elements[level], fast.leaf_elements[level]
-            if leaf is not None:  # the hot loop of deals[*].stage: one match per path object
-                element = leaf.match(raw, pos)
-                if element is not None:
-                    if element.start("v") >= 0:
-                        spans.append(element.span("v"))
-                    pos = element.end()
-                    if element.group("sep") == b"]":
-                        return pos
-                    continue
-            if run is not None:
-                pos = run.match(raw, pos).end()  # type: ignore[union-attr]  # a run may be empty, never absent
-            pos = self._value(level + 1, _skip_ws(raw, pos))
+            if fast.leaf_elements[level] is not None:  # the hot loop of deals[*].stage: one match per path object
+                pos, ended = self._leaf_elements(level, pos)
+                if ended:
+                    return pos
+                pos = self._value(level + 1, _skip_ws(raw, pos), fast=False)  # one the expressions cannot read
+            else:
+                run = fast.elements[level]
+                if run is not None:
+                    pos = run.match(raw, pos).end()  # type: ignore[union-attr]  # may be empty, never absent
+                pos = self._value(level + 1, _skip_ws(raw, pos))
             separator = _NEXT.match(raw, pos)
             assert separator is not None
             pos = separator.end()
             if separator.group(1) == b"]":
                 return pos
 
-    def _object(self, level: int, pos: int) -> int:
+    def _leaf_elements(self, level: int, pos: int) -> tuple[int, bool]:
+        """Read leaf objects one match each (and runs of other elements in one) until the array ends (its end,
+        True) or an element no expression can read (its start, False). Without spans wanted, runs of leaf objects
+        are read in one match too."""
+        raw, spans, fast = self._raw, self.spans, self._fast
+        leaf, leaves = fast.leaf_elements[level], fast.leaf_runs[level]
+        assert leaf is not None
+        if not self._want_spans and leaves is not None:
+            pos = leaves.match(raw, pos).end()  # type: ignore[union-attr]  # may be empty, never absent
+        # One C-level loop: the pattern's scanner matches element after element where the last one ended, until
+        # one does not match (after the closing bracket, or at an element no expression reads).
+        elements = list(iter(leaf.scanner(raw, pos).match, None))  # type: ignore[attr-defined]  # CPython's
+        if not elements:
+            return pos, False
+        spans += [span for element in elements if (span := element.span(1))[0] >= 0]  # group 1: the value
+        pos = elements[-1].end()
+        return pos, raw[pos - 1] == 0x5D  # the separator, the match's last byte, is ']': the array ended
+
+    def _object(self, level: int, pos: int, fast: bool = True) -> int:
         raw = self._raw
         empty = _EMPTY.match(raw, pos + 1)
         if empty is not None:
@@ -338,9 +399,12 @@ class Scanner:
         pos += 1
         seen = False
         while True:
-            run = self._fast.runs[level]  # pragma: no mutate - see __init__
+            run = self._fast.runs[level] if fast else None  # pragma: no mutate - see __init__
             if run is not None:
                 pos = run.match(raw, pos).end()  # type: ignore[union-attr]  # a run may be empty, never absent
+                closing = _EMPTY.match(raw, pos)  # the run took the last member
+                if closing is not None:
+                    return closing.end()
             member = _MEMBER.match(raw, pos)
             assert member is not None
             pos = member.end()
@@ -348,7 +412,7 @@ class Scanner:
                 if seen:
                     raise _Duplicate
                 seen = True
-                pos = self._value(level + 1, pos)
+                pos = self._value(level + 1, pos, fast)
             else:
                 pos = self._skip(pos)
             separator = _NEXT.match(raw, pos)
@@ -369,12 +433,15 @@ class Scanner:
             if len(token) == len(needle) and token.lower() == needle.lower():
                 self._variant()
             return False
-        key = decode_key(token)
-        if key == self.parts[level]:
-            return True
-        if fold_key(key) == self._folded[level]:
+        verdict = self._decoded.get((token, level))
+        if verdict is None:
+            key = decode_key(token)
+            verdict = 1 if key == self.parts[level] else 2 if fold_key(key) == self._folded[level] else 0
+            if len(self._decoded) < _DECODED_KEYS:  # one body repeats a handful of keys: decode each once
+                self._decoded[(token, level)] = verdict
+        if verdict == 2:
             self._variant()
-        return False
+        return verdict == 1
 
     def _variant(self) -> None:
         """Note a case variant; from here on the walk looks for duplicates only (variants no longer stop the
