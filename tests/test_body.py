@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from proxy.catalog.stages import Endpoint, default_catalog
-from proxy.dataplane.body import inspect, media_problem, parse_json, rewrite
+from proxy.dataplane.body import Inspection, Inspector, inspect, media_problem, parse_json, rewrite
 
 CATALOG = default_catalog()
 CREATE, UPDATE, IMPORT = CATALOG.endpoints
@@ -224,3 +224,47 @@ def test_fast_splice_agrees_with_the_scanner(deals: list[tuple[str, dict[str, An
     fast = rewrite(raw, IMPORT, inspection)
     slow = rewrite(raw, IMPORT, dataclasses.replace(inspection, literal_keys=False))  # spans from the Scanner
     assert fast == slow
+
+
+def test_the_collector_is_paused_only_while_a_large_body_is_read() -> None:
+    """Large bodies are parsed with the cyclic GC off; it is back on afterwards (and stays off if it was off),
+    also when two threads read large bodies at once."""
+    import gc
+    import threading
+
+    from proxy.dataplane.body import COLLECTOR_PAUSE_BYTES, collector_paused
+
+    large = b'{"deals":[' + b",".join([b'{"stage":"won"}'] * (COLLECTOR_PAUSE_BYTES // 15)) + b"]}"
+    seen: list[bool] = []
+
+    class Spy(Inspector):
+        def _inspect(self, raw: bytes) -> Inspection:
+            seen.append(gc.isenabled())
+            return super()._inspect(raw)
+
+    inspector = Spy(CATALOG, IMPORT)
+    assert gc.isenabled()
+    assert inspector.inspect(large).result == "alias" and seen == [False] and gc.isenabled()
+    assert inspector.inspect(b'{"deals":[]}').result == "absent" and seen[-1] is True  # small: not paused
+    gc.disable()
+    try:
+        inspector.inspect(large)
+        assert not gc.isenabled()  # it was off: it stays off
+    finally:
+        gc.enable()
+    inside = threading.Event()
+    leave = threading.Event()
+
+    def hold() -> None:
+        with collector_paused():
+            inside.set()
+            leave.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert inside.wait(10)
+    inspector.inspect(large)
+    assert not gc.isenabled()  # the other thread still reads: not turned back on under it
+    leave.set()
+    holder.join(10)
+    assert gc.isenabled()
