@@ -17,6 +17,8 @@ import statistics
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -25,11 +27,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench import validator
+from bench import validator, worst
 from bench.harness import (
     PY,
     REPO,
     TOKEN,
+    cpu_seconds,
     free_port,
     nginx_proxy,
     nginx_upstream,
@@ -66,9 +69,10 @@ class Bench:
         self.alias.write_bytes(body("Closed Won"))
         env = {"STAGE_OPS_TOKEN": TOKEN}
         stack.enter_context(process(nginx_upstream(work, p["upstream"]), p["upstream"], work / "upstream.log"))
-        stack.enter_context(process(nginx_proxy(work, p["nginx"], p["upstream"]), p["nginx"], work / "nginx.log"))
-        stack.enter_context(process([PY, str(REPO / "bench" / "bare_proxy.py"), str(p["bare"]),
-                                     f"http://127.0.0.1:{p['upstream']}"], p["bare"], work / "bare.log"))
+        self.nginx = stack.enter_context(process(nginx_proxy(work, p["nginx"], p["upstream"]), p["nginx"],
+                                                 work / "nginx.log"))
+        self.bare = stack.enter_context(process([PY, str(REPO / "bench" / "bare_proxy.py"), str(p["bare"]),
+                                                 f"http://127.0.0.1:{p['upstream']}"], p["bare"], work / "bare.log"))
         command = stagegate(p["sg"], p["sg_admin"], p["upstream"], "--log-level", "WARNING")
         self.sg = stack.enter_context(process(command, p["sg"], work / "stagegate.log", env))
         wait_port(p["sg_admin"])
@@ -200,6 +204,68 @@ def hostile(bench: Bench, rounds: int) -> dict[str, float]:
         set_mode(bench.ports["sg_admin"], "*", "off")
 
 
+# Istio's published figures for its Envoy sidecar (istio.io, "Performance and Scalability", 1.2x): per 1000
+# requests per second through the proxy, 0.35 vCPU and 40 MB; 2.65 ms added at p90 (1 KB payloads, 16 client
+# connections, the client's and the server's sidecars together, mTLS and telemetry on).
+ENVOY = {"vcpu_per_1k": 0.35, "rss_mib": 40.0, "p90_added_ms": 2.65}
+
+
+def sidecar(bench: Bench, rate: int, seconds: float, reps: int) -> dict[str, dict[str, float]]:
+    """What a sidecar costs as users compare it: CPU per 1000 req/s (CPU seconds per 1000 requests), RSS, and
+    p90/p99 added over the upstream at ``rate`` req/s (open loop), stagegate in enforce on every endpoint."""
+    p = bench.ports
+    set_mode(p["sg_admin"], "*", "enforce")
+    targets = {"nginx proxy_pass": (p["nginx"], bench.nginx.pid), "bare aiohttp proxy": (p["bare"], bench.bare.pid),
+               "stagegate enforce": (p["sg"], bench.sg.pid)}
+    samples: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    try:
+        for _ in range(reps):
+            base = open_loop(p["upstream"], "/api/v1/deals", bench.canonical, rate, seconds)
+            for name, (port, pid) in targets.items():
+                before = cpu_seconds(pid)
+                fixed = open_loop(port, "/api/v1/deals", bench.canonical, rate, seconds)
+                used = cpu_seconds(pid) - before
+                one = samples[name]
+                one["vcpu_per_1k"].append(used / fixed["requests"] * 1000)
+                one["rss_mib"].append(rss_kib(pid) / 1024)
+                one["p90_added_ms"].append(fixed["p90_ms"] - base["p90_ms"])
+                one["p99_added_ms"].append(fixed["p99_ms"] - base["p99_ms"])
+                one["errors"].append(fixed["errors"])
+                print(f"  sidecar {name}: {one['vcpu_per_1k'][-1]:.3f} vCPU per 1k req/s, "
+                      f"+{one['p90_added_ms'][-1]:.2f} ms p90", flush=True)
+    finally:
+        set_mode(p["sg_admin"], "*", "off")
+    return {name: {key: round(statistics.median(values), 3) for key, values in metrics.items()}
+            for name, metrics in samples.items()}
+
+
+def worst_end_to_end(bench: Bench, repeats: int) -> list[dict[str, Any]]:
+    """Each of the validator's worst 1 MiB bodies sent ``repeats`` times to import_deals in enforce: the proxy
+    process's CPU per request (read, inspect in the worker thread, answer or forward), mean over the repeats (the
+    kernel counts CPU in 10 ms ticks)."""
+    p = bench.ports
+    set_mode(p["sg_admin"], "*", "enforce")
+    rows = []
+    try:
+        for name, raw in validator.WORST.items():
+            statuses = set()
+            before = cpu_seconds(bench.sg.pid)
+            for _ in range(repeats):
+                request = urllib.request.Request(f"http://127.0.0.1:{p['sg']}/api/v1/deals/import", data=raw,
+                                                 method="POST", headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as answer:
+                        statuses.add(answer.status)
+                except urllib.error.HTTPError as refused:
+                    statuses.add(refused.code)
+            cpu_ms = (cpu_seconds(bench.sg.pid) - before) * 1000 / repeats
+            rows.append({"case": name, "bytes": len(raw), "status": sorted(statuses), "cpu_ms": round(cpu_ms, 1)})
+            print(f"  {name}: {cpu_ms:.1f} ms of proxy CPU per request", flush=True)
+    finally:
+        set_mode(p["sg_admin"], "*", "off")
+    return rows
+
+
 def memory(bench: Bench, total: int) -> list[dict[str, int]]:
     """stagegate RSS at idle, then after every quarter of ``total`` enforce requests."""
     port, pid = bench.ports["sg"], bench.sg.pid
@@ -278,6 +344,41 @@ def render(results: dict[str, Any]) -> str:
     for name, m in e2e.items():
         lines.append(f"| {name} | {m['rps']:.0f} | {m['rps'] / bare['rps']:.2f} | {m['rps'] / ngx['rps']:.2f} | "
                      f"{m['p50_ms']:.3f} | {m['p99_ms']:.3f} | {m['p50_ms'] - up['p50_ms']:+.3f} |")
+    if "sidecar" in results:
+        lines += ["", f"## Sidecar cost at {results['rate']} req/s (as users compare sidecars)", "",
+                  f"Open loop at {results['rate']} req/s, 1 KB JSON POSTs to `create_deal`, every endpoint in "
+                  "`enforce`; CPU is the proxy's (all threads and workers) per 1000 requests, i.e. vCPU at 1000 "
+                  "req/s; latency added over the upstream measured alone in the same repetition; medians of the "
+                  "repetitions.", "",
+                  "| proxy | vCPU per 1000 req/s | RSS MiB | p90 added ms | p99 added ms |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, m in results["sidecar"].items():
+            lines.append(f"| {name} | {m['vcpu_per_1k']:.3f} | {m['rss_mib']:.0f} | {m['p90_added_ms']:+.2f} | "
+                         f"{m['p99_added_ms']:+.2f} |")
+        lines.append(f"| Envoy in Istio (published) | {ENVOY['vcpu_per_1k']:.2f} | {ENVOY['rss_mib']:.0f} | "
+                     f"{ENVOY['p90_added_ms']:+.2f} | – |")
+        lines += ["", "Envoy's figures (istio.io, Performance and Scalability) are for a sidecar pair on a service "
+                  "mesh call — mutual TLS, routing, retries and telemetry, client and server sidecars together in "
+                  "the latency — measured on their cluster; stagegate is one plain-HTTP hop on loopback that parses, "
+                  "classifies and (in `enforce`) rewrites or refuses JSON bodies on three endpoints and streams the "
+                  "rest. The memory column is the process's whole RSS at this rate, not a per-1000-req/s slope (it "
+                  "stays flat: see Memory). The Kubernetes requests are derived from the stagegate row "
+                  "(deploy/kubernetes/README.md, Sizing)."]
+    if "worst_e2e" in results:
+        lines += ["", "## Worst 1 MiB bodies end to end (enforce, `import_deals`)", "",
+                  "Each body of the validator's worst set sent several times; the proxy process's CPU per request "
+                  "(reading it, inspecting it in the worker thread, answering or forwarding it), mean. Goal: "
+                  "≤ 120 ms.", "", "| case | bytes | status | proxy CPU per request |", "|---|---:|---|---:|",
+                  *[f"| {r['case']} | {r['bytes']} | {', '.join(map(str, r['status']))} | {r['cpu_ms']} ms |"
+                    for r in results["worst_e2e"]]]
+    if "worst_search" in results:
+        found = results["worst_search"]
+        lines += ["", "## Searching for costlier bodies (bench/worst.py)", "",
+                  f"An evolutionary fuzzer maximising validator CPU per byte tried {found['tried']} element shapes "
+                  f"in {found['seconds']:g} s (`.venv/bin/python -m bench.worst --seconds {found['seconds']:g}`); "
+                  "the costliest, timed at 1 MiB (best of three):", "",
+                  "| shape | bytes | validator CPU |", "|---|---:|---:|",
+                  *[f"| {r['shape']} | {r['bytes']} | {r['cpu_ms']} ms |" for r in found["rows"]]]
     if "propagation" in results:
         prop = results["propagation"]
         lines += ["", "## Mode propagation (PUT on replica A → applied on replica B, Redis pub/sub)", "",
@@ -326,10 +427,18 @@ def main() -> int:
                                "rate": args.rate}
     print("validator micro-benchmark …", flush=True)
     results["validator"] = validator.measure(args.quick)
+    print("searching for costlier bodies (bench/worst.py) …", flush=True)
+    search_s = 10.0 if args.quick else 45.0
+    found = worst.search(search_s, 1)
+    results["worst_search"] = {"seconds": search_s, "tried": len(found), "rows": worst.confirm(found)}
     with workdir() as work, ExitStack() as stack:
         bench = Bench(work, stack, args.workers)
         print("end to end …", flush=True)
         results["e2e"] = bench.measure(reps, seconds, args.rate)
+        print(f"sidecar cost at {args.rate} req/s …", flush=True)
+        results["sidecar"] = sidecar(bench, args.rate, 5 if args.quick else 10, 1 if args.quick else 3)
+        print("worst bodies end to end …", flush=True)
+        results["worst_e2e"] = worst_end_to_end(bench, 3 if args.quick else 8)
         print("propagation …", flush=True)
         results["propagation"] = propagation(work, 20 if args.quick else 100)
         if not args.quick:

@@ -130,6 +130,18 @@ def open_loop(port: int, path: str, body_file: Path, rate: int, seconds: float) 
     return result
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (all its threads) and its children (nginx or stagegate workers) have
+    used so far."""
+    pids = [pid, *(int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
+                                                   text=True).stdout.split())]
+    ticks = 0
+    for one in pids:
+        fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of a process and its children (workers), in KiB."""
     pids = [pid, *(int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,

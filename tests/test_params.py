@@ -29,3 +29,17 @@ def test_method_overrides(text: str, methods: tuple[str, ...]) -> None:
 def test_names_key(text: str, key: str, found: bool) -> None:
     """The field's top-level name in a query, however a framework nests or mangles it."""
     assert names_key(text, key) is found
+
+
+@pytest.mark.parametrize(("raw", "found"), [
+    (b'{"_method":"patch"}', ("PATCH",)), (b'{"\\u005fmethod":"PUT"}', ("PUT",)), (b'{"_METHOD":"put"}', ("PUT",)),
+    (b'{"_m\\u0065thod":"patch","x":1}', ("PATCH",)), (b'{"stage":"lead"}', ()), (b'{"x":"_method"}', ()),
+    (b'[{"_method":"PATCH"}]', ()), (b'{"_method":', None),
+])
+def test_a_json_body_names_its_method_override_in_any_spelling(raw: bytes, found: tuple[str, ...] | None) -> None:
+    """A JSON body is parsed for ``_method`` only when some spelling of the key is in its bytes (escaped or in
+    another case still is); one without it is not parsed at all, and a broken one that has it cannot be read."""
+    from proxy.dataplane.routing import body_overrides
+
+    assert body_overrides("application/json", raw, False) == found
+    assert body_overrides("application/json", b"not json", False) == ()  # no key can be in it: not parsed

@@ -221,7 +221,7 @@ class DataPlane:
         if not request.body_exists:
             return route, None
         raw, too_large = await read_limited(request, self.max_body_bytes, self.body_timeout_s)
-        found = body_overrides(request.headers.get("Content-Type"), raw, too_large)
+        found = await self._off_loop_if_large(raw, body_overrides, request.headers.get("Content-Type"), raw, too_large)
         if found is None:
             route = router.unreadable_override(request, path, query)
         elif found:

@@ -20,7 +20,8 @@ from proxy.catalog.keys import fold_key
 from proxy.catalog.params import METHOD_PARAM, method_overrides, names_key
 from proxy.catalog.paths import PathMatch, RouteTable, is_ops_path
 from proxy.catalog.stages import Catalog, Endpoint
-from proxy.dataplane.body import is_json_media, parse_json
+from proxy.dataplane.body import COLLECTOR_PAUSE_BYTES, collector_paused, is_json_media, parse_json
+from proxy.dataplane.jsonscan import spelling_count
 
 # Honoured by Rails, Laravel, Spring's HiddenHttpMethodFilter variants, ASP.NET, Express method-override.
 OVERRIDE_HEADERS: Final = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
@@ -72,7 +73,15 @@ def body_overrides(content_type: str | None, raw: bytes, too_large: bool) -> tup
     if mime in ("", FORM):
         return None if too_large else method_overrides(raw.decode("utf-8", "replace"))
     if is_json_media(mime):
-        document, reason = (None, "too_large") if too_large else parse_json(raw)
+        if too_large:
+            return None
+        if not spelling_count(raw, METHOD_PARAM, any_case=True):  # no key can read _method: nothing to parse
+            return ()
+        if len(raw) >= COLLECTOR_PAUSE_BYTES:
+            with collector_paused():
+                document, reason = parse_json(raw)
+        else:
+            document, reason = parse_json(raw)
         if reason is not None:
             return None
         if type(document) is not dict:

@@ -86,3 +86,29 @@ class PostgresServer:
 
     def stop(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop", check=False)
+
+    def allow_replication(self) -> None:
+        """Let a standby connect for streaming replication (pg_basebackup, walreceiver) over loopback."""
+        hba = self.data / "pg_hba.conf"
+        hba.write_text("host replication all 127.0.0.1/32 trust\n" + hba.read_text())
+        self.psql("SELECT pg_reload_conf()")
+
+
+class StandbyServer(PostgresServer):
+    """A real streaming standby of ``primary``: ``pg_basebackup -R`` (standby.signal and primary_conninfo
+    written by it), started on its own port. Replies to the primary every second, so its lag shows there."""
+
+    def __init__(self, base: Path, primary: PostgresServer) -> None:
+        super().__init__(base)
+        self.primary = primary
+
+    def start(self) -> None:
+        if self.user:
+            shutil.chown(self.base, self.user)
+        self.primary.allow_replication()
+        self._run(str(self.bin / "pg_basebackup"), "-D", str(self.data), "-R", "-X", "stream", "-c", "fast",
+                  "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "pg.log"), "-w", "-o",
+                  f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c hot_standby=on "
+                  "-c wal_receiver_status_interval=1 -c hot_standby_feedback=off", "start")
+
