@@ -131,16 +131,20 @@ async def _unfinished_apply(db: asyncpg.Connection) -> bool:
                                   "AND status <> 'completed'"))
 
 
-async def test_sigkill_at_random_points_then_resume(database: str, db: asyncpg.Connection) -> None:
-    """Killed with SIGKILL ten times mid-run and resumed: the result equals the reference, each change logged once."""
+@pytest.mark.parametrize(("parallel", "batch"), [("1", "100"), ("2", "50")])
+async def test_sigkill_at_random_points_then_resume(database: str, db: asyncpg.Connection, parallel: str,
+                                                    batch: str) -> None:
+    """Killed with SIGKILL ten times mid-run and resumed, walking the keys in one range or two at once: the result
+    equals the reference, each change logged once."""
     await seeded(database, 100_000)
     before = await table(db)
     expected = await reference(db)
     rng = random.Random(7)
     kills = 0
     for _ in range(40):
-        # >= 10 s of batches in all, while ten kills can use at most ~8 s of it: the kills always land mid-run
-        args = ["migrate", "--apply", "--batch-size", "100", "--sleep-ms", "10"]
+        # >= 15 s of batches in all (1000 pauses of 15 ms in each of `parallel` ranges), while ten kills can use at
+        # most 11 s of it: the kills always land mid-run
+        args = ["migrate", "--apply", "--batch-size", batch, "--sleep-ms", "15", "--parallel", parallel]
         if await _unfinished_apply(db):
             args.append("--resume")
         proc = subprocess.Popen(command(database, *args), cwd=REPO, stdout=subprocess.DEVNULL,

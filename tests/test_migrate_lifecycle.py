@@ -35,8 +35,11 @@ async def status(dsn: str, *extra: str) -> list[dict[str, object]]:
 
 async def start_slow_run(dsn: str, db: asyncpg.Connection, *extra: str,
                          output: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
-    """A run with small batches and pauses, returned once it has committed a few batches."""
-    proc = subprocess.Popen(command(dsn, "migrate", "--apply", "--batch-size", "200", "--sleep-ms", "40", *extra),
+    """A run with small batches and pauses (one key range unless ``extra`` says otherwise: its control row counts
+    every batch as it commits), returned once it has committed a few batches."""
+    ranges = () if "--parallel" in extra else ("--parallel", "1")
+    proc = subprocess.Popen(command(dsn, "migrate", "--apply", "--batch-size", "200", "--sleep-ms", "40", *ranges,
+                                    *extra),
                             cwd=REPO, stdout=output, stderr=output)
 
     async def going() -> bool:

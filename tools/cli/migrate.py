@@ -39,7 +39,11 @@ RUN: Final = (  # how a migration runs (stagectl migrate and stagectl normalize 
     opt("--retries", "timeouts tolerated per batch (default 5)", NOT_NEGATIVE, type=int, default=5),
     opt("--transactional", "the whole run in one transaction (all or nothing)", action="store_true"),
     opt("--progress-interval-s", "JSON progress line interval when not on a terminal (0: every batch)",
-        NOT_NEGATIVE, type=float, default=5.0))
+        NOT_NEGATIVE, type=float, default=5.0),
+    opt("--parallel", "key ranges walked at once, each on its own connection (default: the server's cores, at "
+        "most 8; 1: one after another)", AT_LEAST_1, type=int, metavar="N"),
+    opt("--max-replica-lag-ms", "wait between batches while a standby's replay lag is over this; go on under half "
+        "(default 1000; 0: do not watch)", NOT_NEGATIVE, type=float, default=1000.0))
 
 
 async def load_catalog(args: argparse.Namespace) -> catalogs.ChosenCatalog:
@@ -66,7 +70,8 @@ def run_options(args: argparse.Namespace) -> Options:
                    sleep_ms=args.sleep_ms, lock_timeout_ms=args.lock_timeout_ms,
                    statement_timeout_ms=args.statement_timeout_ms, retries=args.retries, resume=args.resume,
                    resume_from=args.resume_from, transactional=args.transactional,
-                   progress_interval_s=args.progress_interval_s)
+                   progress_interval_s=args.progress_interval_s, parallel=args.parallel,
+                   max_replica_lag_ms=args.max_replica_lag_ms or None)
 
 
 def where(args: argparse.Namespace) -> Where:
@@ -124,7 +129,12 @@ def render_status(runs: list[dict[str, Any]]) -> str:
                      str(r["rows_changed"]), str(r["last_id"] or "-"), r.get("catalog_version") or "-"))
         run = f"run {r['run_id']}"
         if r["holder_pid"]:
-            notes.append(f"{run}: running in {r['holder'] or 'a stagectl process'}")
+            ranges = f", {r['parallel']} key ranges at once" if (r.get("parallel") or 1) > 1 else ""
+            notes.append(f"{run}: running in {r['holder'] or 'a stagectl process'}{ranges}")
+            if r.get("waiting"):
+                notes.append(f"{run}: waiting: {r['waiting']}")
+            elif r.get("pause_requested"):
+                notes.append(f"{run}: pause requested: it holds after the batch in flight")
         if r["reverted_at"]:
             notes.append(f"{run}: reverted at {_when(r['reverted_at'])}")
         if r["error"] and r["status"] != "completed":
@@ -143,6 +153,26 @@ async def run_status(args: argparse.Namespace) -> int:
     async with database(where(args).dsn) as connection:
         runs = await migrate_admin.status(connection, args.run, args.limit)
     emit(args, runs, render_status(runs))
+    return EXIT_OK
+
+
+async def run_pause(args: argparse.Namespace) -> int:
+    return await _hold(args, True)
+
+
+async def run_unpause(args: argparse.Namespace) -> int:
+    return await _hold(args, False)
+
+
+async def _hold(args: argparse.Namespace, pause: bool) -> int:
+    async with database(where(args).dsn) as connection:
+        row, changed = await migrate_admin.hold(connection, args.run, pause)
+    if pause:
+        text = (f"run {args.run}: pause requested; it holds after the batch in flight (go on with `stagectl migrate "
+                f"resume --run {args.run}`)" if changed else f"run {args.run} is already paused")
+    else:
+        text = f"run {args.run}: going on after its pause" if changed else f"run {args.run} is not paused"
+    emit(args, {"run_id": args.run, "paused": pause, "changed": changed, "status": row["status"]}, text)
     return EXIT_OK
 
 
@@ -209,6 +239,10 @@ COMMANDS: Final = (
         Command("verify", "distinct stages with counts; exit 1 if any is not canonical", run_verify),
         Command("abandon", "close an unfinished run so new runs may start (its changes stay)", run_abandon,
                 options=(opt("--run", "the unfinished run", type=int, required=True),)),
+        Command("pause", "hold a running run after its batch in flight, from any terminal", run_pause,
+                options=(opt("--run", "the running run", type=int, required=True),)),
+        Command("resume", "let a paused run go on", run_unpause,
+                options=(opt("--run", "the paused run", type=int, required=True),)),
         Command("revert", "restore a run's old values (dry by default)", run_revert, options=(
             opt("--run", "the run to revert", type=int, required=True),
             opt("--apply", "write (default: report)", action="store_true", default=argparse.SUPPRESS),

@@ -15,7 +15,7 @@ from tools.shared.errors import EXIT_USAGE, CommandError
 STATUS_COLUMNS = ("run_id", "table_name", "column_name", "dry_run", "transactional", "batch_no",
                   "rows_scanned", "rows_changed", "rows_unknown", "rows_null", "rows_skipped", "last_id",
                   "started_at", "updated_at", "finished_at", "interrupted_at", "abandoned_at", "reverted_at",
-                  "resumes", "error", "catalog_version")
+                  "resumes", "error", "catalog_version", "parallel", "pause_requested", "waiting")
 
 
 async def status(connection: asyncpg.Connection, run_id: int | None, limit: int) -> list[dict[str, Any]]:
@@ -40,6 +40,25 @@ async def status(connection: asyncpg.Connection, run_id: int | None, limit: int)
     else:
         rows = await connection.fetch(f"{select} ORDER BY c.run_id DESC LIMIT $2", unfinished, limit)
     return [_described(row) for row in rows]
+
+
+async def hold(connection: asyncpg.Connection, run_id: int, pause: bool) -> tuple[asyncpg.Record, bool]:
+    """Ask a running run to pause between batches (or to go on): (its row, whether anything changed). Only a
+    running run can be paused; ``--resume`` clears a pause left on a run that was stopped while paused."""
+    if not await runs.has_control(connection):
+        raise CommandError(f"run {run_id} does not exist", EXIT_USAGE)
+    await runs.reconcile(connection)
+    row = await connection.fetchrow("SELECT run_id, status, pause_requested FROM stage_migration_control "
+                                    "WHERE run_id = $1", run_id)
+    if row is None:
+        raise CommandError(f"run {run_id} does not exist", EXIT_USAGE)
+    if pause and row["status"] != "running":
+        raise CommandError(f"run {run_id} is not running ({row['status']}): there is nothing to pause", EXIT_USAGE)
+    if row["pause_requested"] == pause:
+        return row, False
+    await connection.execute("UPDATE stage_migration_control SET pause_requested = $2 WHERE run_id = $1",
+                             run_id, pause)
+    return row, True
 
 
 def _described(row: asyncpg.Record) -> dict[str, Any]:

@@ -29,7 +29,10 @@ CREATE TABLE IF NOT EXISTS stage_migration_control (
     interrupted_at timestamptz,                  -- when the run was found running without its lock holder
     abandoned_at   timestamptz,
     resumes        integer     NOT NULL DEFAULT 0,
-    holder         text                          -- the stagectl process: "pid 123 on host"
+    holder         text,                         -- the stagectl process: "pid 123 on host"
+    parallel       integer     NOT NULL DEFAULT 1,  -- key ranges walked at once (stage_migration_ranges when > 1)
+    pause_requested boolean    NOT NULL DEFAULT false,  -- `stagectl migrate pause`: hold between batches
+    waiting        text                          -- why a running run waits now (paused, replica lag), NULL if not
 );
 -- Tables created before runs had a lifecycle gain its columns and states; checked first so a routine run
 -- takes no ACCESS EXCLUSIVE lock on the control table.
@@ -60,6 +63,37 @@ BEGIN
     END IF;
 END
 $$;
+-- Tables of stagegate 0.2 gain parallel runs, pausing and the reason a run waits.
+DO $$
+DECLARE
+    control regclass := to_regclass('stage_migration_control');
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = control AND attname = 'waiting' AND NOT attisdropped)
+    THEN
+        ALTER TABLE stage_migration_control ADD COLUMN IF NOT EXISTS parallel integer NOT NULL DEFAULT 1,
+            ADD COLUMN IF NOT EXISTS pause_requested boolean NOT NULL DEFAULT false,
+            ADD COLUMN IF NOT EXISTS waiting text;
+    END IF;
+END
+$$;
+-- A parallel run (--parallel N) splits the key space into N ranges, (after_id, upto_id], each walked by its own
+-- connection. A batch advances its range's row in the statement that writes its data and log rows, so ranges
+-- never wait on each other's row locks; the control row's counts are the ranges' sums (refreshed as it runs).
+CREATE TABLE IF NOT EXISTS stage_migration_ranges (
+    run_id       bigint  NOT NULL,
+    range_no     integer NOT NULL,
+    after_id     text,                           -- exclusive lower bound, NULL: from the first key
+    upto_id      text,                           -- inclusive upper bound, NULL: to the last key
+    last_id      text,                           -- keyset position in the range, NULL before its first batch
+    batch_no     integer NOT NULL DEFAULT 0,
+    rows_scanned bigint  NOT NULL DEFAULT 0,
+    rows_changed bigint  NOT NULL DEFAULT 0,
+    rows_unknown bigint  NOT NULL DEFAULT 0,
+    rows_null    bigint  NOT NULL DEFAULT 0,
+    rows_skipped bigint  NOT NULL DEFAULT 0,
+    done         boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (run_id, range_no)
+);
 -- --resume finds the latest unfinished run of a table/column quickly.
 CREATE INDEX IF NOT EXISTS stage_migration_control_target
     ON stage_migration_control (table_name, column_name, dry_run, run_id DESC);

@@ -64,7 +64,7 @@ async def perform(where: Where, options: Options, chosen: ChosenCatalog, stop: a
             loop.add_signal_handler(signum, stop.set)
     async with database(where.dsn) as connection:
         target = await introspect(connection, where.table, where.column, where.pk)
-        migration = Migration(connection, target, catalog, options, stop, chosen.version)
+        migration = Migration(connection, target, catalog, options, stop, chosen.version, where.dsn)
         migration.chosen = chosen if say_catalog else None
         await migration.prepare()
         progress = Progress(await migration.total_rows(), interval_s=options.progress_interval_s)

@@ -97,7 +97,7 @@ async def unfinished(connection: asyncpg.Connection, target: Target, dry_run: bo
     """The latest unfinished run of this kind on the target (after reconcile, none of them is live)."""
     return await connection.fetchrow(
         "SELECT run_id, status, last_id, batch_no, rows_scanned, rows_changed, updated_at, reverted_at, "
-        "catalog_version "
+        "catalog_version, parallel "
         "FROM stage_migration_control WHERE table_name = $1 AND column_name = $2 AND dry_run = $3 "
         "AND status = ANY($4::text[]) ORDER BY run_id DESC LIMIT 1",
         f"{target.schema}.{target.table}", target.column, dry_run, list(UNFINISHED))

@@ -29,31 +29,52 @@ REMEMBER = ("INSERT INTO stage_known (v, result, new) SELECT * FROM unnest($1::t
 
 @dataclass(frozen=True, slots=True)
 class BatchSql:
-    """Statements with ``$1`` = last key (``next`` variants only) and the page size after it."""
+    """The batch statement in its four shapes: with or without a lower key (``$1``: after it) and an upper key
+    (then the next parameter: up to and including it), then the page size, run id, batch number, settle and,
+    for a parallel run's range, the range number."""
 
-    write_first: str
-    write_next: str
+    shapes: dict[tuple[bool, bool], str]
+
+    def statement(self, lower: bool, upper: bool) -> str:
+        return self.shapes[(lower, upper)]
 
 
-def _page(target: Target, first: bool) -> str:
+def _page(target: Target, lower: bool, upper: bool) -> tuple[str, int]:
+    """The page CTE and how many parameters it takes."""
     t, col, pk = target.qualified, quote_ident(target.column), quote_ident(target.pk)
-    where = "" if first else f"WHERE t.{pk} > $1::text::{target.pk_type} "
-    size = "$1" if first else "$2"
-    return f"page AS (SELECT t.{pk} AS k, t.{col} AS v FROM {t} AS t {where}ORDER BY t.{pk} LIMIT {size})"
+    bounds, n = [], 0
+    if lower:
+        n += 1
+        bounds.append(f"t.{pk} > ${n}::text::{target.pk_type}")
+    if upper:
+        n += 1
+        bounds.append(f"t.{pk} <= ${n}::text::{target.pk_type}")
+    where = f"WHERE {' AND '.join(bounds)} " if bounds else ""
+    n += 1
+    return f"page AS (SELECT t.{pk} AS k, t.{col} AS v FROM {t} AS t {where}ORDER BY t.{pk} LIMIT ${n})", n
 
 
-def _write(target: Target, first: bool, apply: bool) -> str:
+def _write(target: Target, apply: bool, lower: bool, upper: bool, ranged: bool) -> str:
     t, col, pk = target.qualified, quote_ident(target.column), quote_ident(target.pk)
-    n = 1 if first else 2  # parameters after the page's: run id, batch number, settle
-    run, batch, settle = f"${n + 1}", f"${n + 2}", f"${n + 3}::boolean"
+    page, n = _page(target, lower, upper)  # parameters after the page's: run id, batch number, settle, range
+    run, batch, settle, part = f"${n + 1}", f"${n + 2}", f"${n + 3}::boolean", f"${n + 4}"
     if apply:
         changed = (f"changed AS (UPDATE {t} AS t SET {col} = plan.new FROM plan WHERE t.{pk} = plan.k "
                    f"AND t.{col} = plan.old RETURNING plan.k, plan.old, plan.new), ")
         source, dry = "changed", "false"
     else:
         changed, source, dry = "", "plan", "true"
+    if ranged:  # the range's row, never the control row: ranges do not wait on each other's row locks
+        progress = (f"control AS (UPDATE stage_migration_ranges c SET last_id = coalesce(tally.last_id, c.last_id), "
+                    f"batch_no = {batch}, rows_scanned = rows_scanned + tally.scanned, ")
+        which = (f"c.run_id = {run} AND c.range_no = {part} "  # and the run itself still there (deleted: roll back)
+                 f"AND EXISTS (SELECT 1 FROM stage_migration_control r WHERE r.run_id = {run})")
+    else:
+        progress = (f"control AS (UPDATE stage_migration_control c SET last_id = coalesce(tally.last_id, c.last_id), "
+                    f"batch_no = {batch}, rows_scanned = rows_scanned + tally.scanned, ")
+        which = f"c.run_id = {run}"
     return (
-        f"WITH {_page(target, first)}, "
+        f"WITH {page}, "
         # One pass over the page for every count, and the values not classified yet (distinct).
         "counts AS (SELECT count(*) AS scanned, count(*) FILTER (WHERE page.v IS NULL) AS nulls, "
         "count(*) FILTER (WHERE known.result = 'unknown') AS unknown, "
@@ -72,15 +93,15 @@ def _write(target: Target, first: bool, apply: bool) -> str:
         "counts.scanned, (SELECT count(*) FROM plan) AS planned, (SELECT count(*) FROM logged) AS changed, "
         "counts.nulls, counts.unknown, counts.unseen, counts.unseen_rows, (SELECT go.ok FROM go) AS written "
         "FROM counts), "
-        "control AS (UPDATE stage_migration_control c SET last_id = coalesce(tally.last_id, c.last_id), "
-        f"batch_no = {batch}, rows_scanned = rows_scanned + tally.scanned, "
+        f"{progress}"
         "rows_changed = rows_changed + tally.changed, rows_unknown = rows_unknown + tally.unknown, "
         "rows_null = rows_null + tally.nulls, "
-        "rows_skipped = rows_skipped + tally.planned - tally.changed + coalesce(tally.unseen_rows, 0), "
-        f"updated_at = now() FROM tally WHERE c.run_id = {run} AND tally.scanned > 0 AND tally.written "
-        "RETURNING 1) "
+        "rows_skipped = rows_skipped + tally.planned - tally.changed + coalesce(tally.unseen_rows, 0)"
+        + ("" if ranged else ", updated_at = now()")
+        + f" FROM tally WHERE {which} AND tally.scanned > 0 AND tally.written RETURNING 1) "
         "SELECT tally.*, (SELECT count(*) FROM control) AS control_rows FROM tally")
 
 
-def batch_sql(target: Target, apply: bool) -> BatchSql:
-    return BatchSql(_write(target, True, apply), _write(target, False, apply))
+def batch_sql(target: Target, apply: bool, ranged: bool = False) -> BatchSql:
+    return BatchSql({(lower, upper): _write(target, apply, lower, upper, ranged)
+                     for lower in (False, True) for upper in (False, True)})
