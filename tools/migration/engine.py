@@ -94,6 +94,7 @@ class Migration:
         self.resumed: str | None = None  # what --resume picked up, for the operator
         self.sql = batch_sql(target, options.apply)
         self.gate = Gate(0, options.max_replica_lag_ms, lambda _reason: None)
+        self.progress: Progress | None = None  # where the run says it waits (set by run())
 
     @property
     def last_id(self) -> str | None:
@@ -189,7 +190,13 @@ class Migration:
                          self._say_waiting)
 
     def _say_waiting(self, reason: str | None) -> None:
-        print(f"run {self.run_id}: " + (f"waiting: {reason}" if reason else "going on"), file=sys.stderr, flush=True)
+        text = f"run {self.run_id}: " + (f"waiting: {reason}" if reason else "going on")
+        if self.progress is None:
+            print(text, file=sys.stderr, flush=True)
+        elif reason is None:
+            self.progress.event(text, event="going_on", run_id=self.run_id)
+        else:
+            self.progress.event(text, event="waiting", run_id=self.run_id, waiting=reason)
 
     async def _check_resume_from(self, value: str) -> None:
         t, pk = self.target.qualified, quote_ident(self.target.pk)
@@ -220,7 +227,13 @@ class Migration:
 
     async def run(self, progress: Progress) -> str:
         """Batches until the table is done or a stop is asked for; returns the final status."""
+        self.progress = progress
         progress.starting_at(self.done_before)
+        await self.gate.check(self.db, force=True)
+        if self.gate.unreadable_lag:
+            text = ("warning: this role cannot read the standbys' replay lag (grant it pg_monitor): "
+                    "--max-replica-lag-ms cannot hold the run for them")
+            progress.event(text, event="warning", run_id=self.run_id, warning=text)
         if self.parallel > 1:
             return await self._run_ranges(progress)
         cursor = self.cursors[0]

@@ -45,6 +45,15 @@ class Progress:
             self.stream.write(orjson.dumps(line).decode() + "\n")
         self.stream.flush()
 
+    def event(self, text: str, **fields: object) -> None:
+        """Something the operator should know now (a run waits, goes on): ``text`` on a terminal, a JSON line of
+        ``fields`` otherwise."""
+        if self.tty:
+            self.stream.write(f"\r\033[K{text}\n")
+        else:
+            self.stream.write(orjson.dumps(fields).decode() + "\n")
+        self.stream.flush()
+
     def finish(self, done: int) -> None:
         self._last = 0.0
         self.update(done)
