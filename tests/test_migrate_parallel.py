@@ -86,6 +86,18 @@ async def test_integer_keys_split_by_value(database: str, db: asyncpg.Connection
     assert [(c.after, c.upto) for c in split] == [(None, "25"), ("25", "50"), ("50", None)]
 
 
+@pytest.mark.parametrize("rows", [0, 1])
+async def test_too_few_keys_to_split_make_one_range(database: str, db: asyncpg.Connection, rows: int) -> None:
+    """An empty table or a single row: one range whatever --parallel says (the control row carries it)."""
+    await db.execute("CREATE TABLE deals (id bigint PRIMARY KEY, stage text)")
+    await db.execute("INSERT INTO deals SELECT i, 'won' FROM generate_series(1, $1) i", rows)
+    result = await stagectl(database, "migrate", "--apply", "--parallel", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    row = await control(db)
+    assert (row["status"], row["parallel"], row["rows_scanned"], row["rows_changed"]) == ("completed", 1, rows, rows)
+    assert await db.fetchval("SELECT count(*) FROM stage_migration_ranges") == 0
+
+
 async def test_parallel_excludes_transactional(database: str, db: asyncpg.Connection) -> None:
     await seeded(database, 100)
     one_line_error(await stagectl(database, "migrate", "--apply", "--parallel", "2", "--transactional"), 2,

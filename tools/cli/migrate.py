@@ -30,7 +30,7 @@ TARGET: Final = (shared("dsn"),
                  shared("config", CATALOG_HELP), shared("admin_url", ADMIN_FOR_CATALOG), shared("json"))
 RUN: Final = (  # how a migration runs (stagectl migrate and stagectl normalize take the same)
     opt("--apply", "write the changes (default: dry run, plan logged for review)", action="store_true"),
-    opt("--batch-size", "rows per batch (default 1000)", POSITIVE, type=int, default=1000),
+    opt("--batch-size", "rows per batch (default 5000)", POSITIVE, type=int, default=5000),
     opt("--target-batch-ms", "auto-tune the batch size towards this batch time", POSITIVE, type=float),
     opt("--sleep-ms", "pause between batches", NOT_NEGATIVE, type=float, default=0.0),
     opt("--lock-timeout-ms", "per batch (default 2000; 0 none); on timeout the batch halves", NOT_NEGATIVE,

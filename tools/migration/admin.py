@@ -46,7 +46,7 @@ async def hold(connection: asyncpg.Connection, run_id: int, pause: bool) -> tupl
     """Ask a running run to pause between batches (or to go on): (its row, whether anything changed). Only a
     running run can be paused; ``--resume`` clears a pause left on a run that was stopped while paused."""
     if not await runs.has_control(connection):
-        raise CommandError(f"run {run_id} does not exist", EXIT_USAGE)
+        raise CommandError("no migration has run on this database", EXIT_USAGE)
     await runs.reconcile(connection)
     row = await connection.fetchrow("SELECT run_id, status, pause_requested FROM stage_migration_control "
                                     "WHERE run_id = $1", run_id)

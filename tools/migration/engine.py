@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import socket
 import sys
@@ -41,7 +42,7 @@ class Options:
     """What the operator asked for (stagectl migrate …)."""
 
     apply: bool = False
-    batch_size: int = 1000
+    batch_size: int = 5000  # rows; a batch holds its row locks ~15-30 ms (bench/results/migrate.md)
     target_batch_ms: float | None = None
     sleep_ms: float = 0.0
     lock_timeout_ms: int = 2000
@@ -133,12 +134,12 @@ class Migration:
         after = self.options.resume_from
         if after is not None:
             await self._check_resume_from(after)
-        if self.parallel > 1:
-            cursors = ranges.split(await ranges.boundaries(self.db, self.target, self.parallel, after), after,
-                                   self.options.batch_size)
-        else:
+        cuts = await ranges.boundaries(self.db, self.target, self.parallel, after) if self.parallel > 1 else []
+        if cuts:
+            cursors = ranges.split(cuts, after, self.options.batch_size)
+        else:  # one range (asked for, or too few keys to split): the control row carries the progress
             cursors = [Cursor(None, last_id=after, size=self.options.batch_size)]
-        self.parallel = len(cursors) if self.parallel > 1 else 1
+        self.parallel = len(cursors)
         async with self.db.transaction():  # a run and its ranges exist together or not at all (a kill in between)
             self.run_id = await self.db.fetchval(
                 "INSERT INTO stage_migration_control (table_name, column_name, pk_name, dry_run, transactional, "
@@ -229,6 +230,19 @@ class Migration:
         """Batches until the table is done or a stop is asked for; returns the final status."""
         self.progress = progress
         progress.starting_at(self.done_before)
+        await self._timeouts(self.db)
+        try:
+            return await self._run(progress)
+        finally:
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):  # a failed run says why
+                await self.db.execute("RESET lock_timeout; RESET statement_timeout")  # the summary scans it all
+
+    async def _timeouts(self, db: asyncpg.Connection) -> None:
+        """Every batch's lock and statement limits, set once for the connection (not per batch: a round trip)."""
+        await db.execute(f"SET lock_timeout = {int(self.options.lock_timeout_ms)}; "
+                         f"SET statement_timeout = {int(self.options.statement_timeout_ms)}")
+
+    async def _run(self, progress: Progress) -> str:
         await self.gate.check(self.db, force=True)
         if self.gate.unreadable_lag:
             text = ("warning: this role cannot read the standbys' replay lag (grant it pg_monitor): "
@@ -264,6 +278,7 @@ class Migration:
                 connection = await connect(self.dsn)
                 connections.append(connection)
                 await connection.execute(CREATE_KNOWN)
+                await self._timeouts(connection)
             walkers = [asyncio.create_task(self._walk(connection, sql, cursor, progress))
                        for connection, cursor in zip(connections, self.cursors, strict=True)]
             watcher = asyncio.create_task(self._watch(walkers))
@@ -332,8 +347,6 @@ class Migration:
         tail = (self.run_id, cursor.batch_no + 1)
         part = () if cursor.range_no is None else (cursor.range_no,)
         async with db.transaction():
-            await db.execute(f"SET LOCAL lock_timeout = {int(self.options.lock_timeout_ms)}; "
-                             f"SET LOCAL statement_timeout = {int(self.options.statement_timeout_ms)}")
             tally = await db.fetchrow(statement, *self._args(cursor), *tail, False, *part)
             if tally is not None and tally["unseen"]:  # new values: nothing was written; classify, then settle
                 await self._remember(db, list(tally["unseen"]))

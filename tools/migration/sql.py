@@ -75,15 +75,18 @@ def _write(target: Target, apply: bool, lower: bool, upper: bool, ranged: bool) 
         which = f"c.run_id = {run}"
     return (
         f"WITH {page}, "
-        # One pass over the page for every count, and the values not classified yet (distinct).
-        "counts AS (SELECT count(*) AS scanned, count(*) FILTER (WHERE page.v IS NULL) AS nulls, "
-        "count(*) FILTER (WHERE known.result = 'unknown') AS unknown, "
-        "count(*) FILTER (WHERE page.v IS NOT NULL AND known.v IS NULL) AS unseen_rows, "
-        "array_agg(DISTINCT page.v) FILTER (WHERE page.v IS NOT NULL AND known.v IS NULL) AS unseen "
-        "FROM page LEFT JOIN stage_known known ON known.v = page.v), "
+        # The page's values with their class (one join), then one pass over it for every count and the values
+        # not classified yet (distinct), and the plan from the same rows.
+        "joined AS (SELECT page.k, page.v, known.v AS seen, known.result, known.new FROM page "
+        "LEFT JOIN stage_known known ON known.v = page.v), "
+        "counts AS (SELECT count(*) AS scanned, count(*) FILTER (WHERE joined.v IS NULL) AS nulls, "
+        "count(*) FILTER (WHERE joined.result = 'unknown') AS unknown, "
+        "count(*) FILTER (WHERE joined.v IS NOT NULL AND joined.seen IS NULL) AS unseen_rows, "
+        "array_agg(DISTINCT joined.v) FILTER (WHERE joined.v IS NOT NULL AND joined.seen IS NULL) AS unseen "
+        "FROM joined), "
         "go AS (SELECT " + settle + " OR counts.unseen IS NULL AS ok FROM counts), "
-        "plan AS (SELECT page.k, page.v AS old, known.new FROM page JOIN stage_known known ON known.v = page.v "
-        "WHERE known.result = 'alias' AND (SELECT go.ok FROM go)), "
+        "plan AS (SELECT joined.k, joined.v AS old, joined.new FROM joined "
+        "WHERE joined.result = 'alias' AND (SELECT go.ok FROM go)), "
         f"{changed}"
         "logged AS (INSERT INTO stage_normalization_log (run_id, row_id, old_value, new_value, batch_no, dry_run) "
         f"SELECT {run}, k::text, old, new, {batch}, {dry} FROM {source} RETURNING 1), "
