@@ -268,3 +268,23 @@ def test_the_collector_is_paused_only_while_a_large_body_is_read() -> None:
     leave.set()
     holder.join(10)
     assert gc.isenabled()
+
+
+def test_findings_are_kept_per_kind_and_all_are_counted() -> None:
+    """Past MAX_FINDINGS of a kind, findings are only counted; an unknown value after hundreds of aliases is still
+    kept with its pointer (the problem answer names it), and every alias is still rewritten."""
+    from proxy.dataplane.body import MAX_FINDINGS
+
+    deals = [{"stage": "won"}] * 300 + [{"stage": "banana"}] + [{"stage": 7}] * 300
+    inspection = inspect(orjson.dumps({"deals": deals}), CATALOG, IMPORT)
+    assert inspection.result == "invalid"
+    assert (inspection.count("alias"), inspection.count("unknown"), inspection.count("invalid")) == (300, 1, 300)
+    kinds = [f.result for f in inspection.findings]
+    assert kinds.count("alias") == MAX_FINDINGS and kinds.count("unknown") == 1
+    assert kinds.count("invalid") == MAX_FINDINGS - 1  # the unknown took one of the unknown-or-invalid places
+    unknown = next(f for f in inspection.findings if f.result == "unknown")
+    assert (unknown.pointer, unknown.leaf_index) == ("/deals/300/stage", 300)
+    assert len(inspection.aliases) == 300 and inspection.alias_values == {"won": 300}
+    rewritten = orjson.loads(rewrite(orjson.dumps({"deals": deals[:300]}), IMPORT,
+                                     inspect(orjson.dumps({"deals": deals[:300]}), CATALOG, IMPORT)))
+    assert {d["stage"] for d in rewritten["deals"]} == {"closed_won"}

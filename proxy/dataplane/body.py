@@ -62,7 +62,7 @@ class Inspection:
     """
 
     result: Result
-    findings: tuple[Finding, ...] = ()  # the first MAX_FINDINGS non-canonical values, in document order
+    findings: tuple[Finding, ...] = ()  # the first MAX_FINDINGS aliases and unknown/invalid values, document order
     reason: str | None = None
     leaves: int = 0  # values present at the end of the path, canonical ones included
     literal_keys: bool = False  # every occurrence of the leaf key in the bytes is a path key (fast splice)
@@ -201,7 +201,7 @@ class _Walker:
     """
 
     __slots__ = ("catalog", "canonical", "parts", "required", "findings", "key_counts", "leaves", "memo", "counts",
-                 "aliases", "alias_values", "odd_leaves", "odd_values")
+                 "aliases", "alias_values", "odd_leaves", "odd_values", "seen", "kept_alias", "kept_bad")
 
     def __init__(self, catalog: Catalog, endpoint: Endpoint, memo: dict[str, tuple[Result, str | None]]) -> None:
         self.catalog = catalog
@@ -217,6 +217,9 @@ class _Walker:
         self.alias_values: dict[str, int] = {}
         self.odd_leaves: list[int] = []  # every non-canonical string leaf: its ordinal …
         self.odd_values: list[str] = []  # … and its value (tallied once per distinct value by finish())
+        self.seen: dict[str, tuple[Result, str | None]] = {}  # this body's classifications, by value
+        self.kept_alias = 0  # findings kept with pointers, up to MAX_FINDINGS of each kind: an unknown value
+        self.kept_bad = 0  # after hundreds of aliases is still named in the answer
 
     def walk(self, node: object, index: int, pointer: str) -> None:
         if index == len(self.parts):
@@ -243,25 +246,29 @@ class _Walker:
         self.walk(child, index + 1, f"{pointer}/{escape_pointer(part)}")
 
     def _leaf_objects(self, items: list[object], pointer: str, key: str) -> None:  # noqa: C901 - one loop on purpose
-        """The hot loop of ``deals[*].stage``: pointers are built only for kept findings, non-canonical strings
-        only noted (finish() tallies them per distinct value), wrong and missing items only counted once
-        MAX_FINDINGS are kept. One flat loop: a helper call per item costs ~60 ns, +30 ms on a 1 MiB body of half
-        a million items (bench/validator.py)."""
+        """The hot loop of ``deals[*].stage``: pointers are built only for kept findings (MAX_FINDINGS aliases and
+        MAX_FINDINGS unknown or invalid values; once the latter are full, aliases no longer matter for the answer
+        and nothing more is kept), non-canonical strings noted (finish() tallies them, classifying each distinct
+        value once), wrong and missing items counted. One flat loop: a helper call per item
+        costs ~60 ns, +30 ms on a 1 MiB body of half a million items (bench/validator.py)."""
         canonical, escaped, required, findings = self.canonical, escape_pointer(key), self.required, self.findings
-        odd_leaves, odd_values = self.odd_leaves, self.odd_values
+        odd_leaves, odd_values, seen = self.odd_leaves, self.odd_values, self.seen
+        kept_alias, kept_bad = self.kept_alias, self.kept_bad
         present = invalid = 0
         leaf = self.leaves
         for position, item in enumerate(items):
             if type(item) is not dict:
                 invalid += 1
-                if len(findings) < MAX_FINDINGS:
+                if kept_bad < MAX_FINDINGS:
+                    kept_bad += 1
                     findings.append(_wrong(item, f"{pointer}/{position}", "object"))
                 continue
             value = item.get(key, MISSING)
             if value is MISSING:
                 if required:
                     invalid += 1
-                    if len(findings) < MAX_FINDINGS:
+                    if kept_bad < MAX_FINDINGS:
+                        kept_bad += 1
                         findings.append(Finding(f"{pointer}/{position}/{escaped}", None, "invalid",
                                                 detail="required field is missing"))
                 continue
@@ -269,17 +276,27 @@ class _Walker:
             leaf += 1
             if type(value) is not str:  # not a stage at all: invalid
                 invalid += 1
-                if len(findings) < MAX_FINDINGS:
+                if kept_bad < MAX_FINDINGS:
+                    kept_bad += 1
                     findings.append(Finding(f"{pointer}/{position}/{escaped}", value, "invalid", None,
                                             f"expected a string, got {type_name(value)}", leaf - 1))
             elif value not in canonical:
                 odd_leaves.append(leaf - 1)
                 odd_values.append(value)
-                if len(findings) < MAX_FINDINGS:
-                    result, normalized = self._classify(value)
-                    findings.append(Finding(f"{pointer}/{position}/{escaped}", value, result, normalized, None,
-                                            leaf - 1))
-        self.leaves = leaf
+                if kept_bad < MAX_FINDINGS:  # past it the answer names enough: the rest is tallied by finish()
+                    verdict = seen.get(value)
+                    if verdict is None:
+                        verdict = seen[value] = self._classify(value)
+                    if verdict[0] == "alias":
+                        if kept_alias < MAX_FINDINGS:
+                            kept_alias += 1
+                            findings.append(Finding(f"{pointer}/{position}/{escaped}", value, "alias", verdict[1],
+                                                    None, leaf - 1))
+                    elif kept_bad < MAX_FINDINGS:
+                        kept_bad += 1
+                        findings.append(Finding(f"{pointer}/{position}/{escaped}", value, verdict[0], verdict[1],
+                                                None, leaf - 1))
+        self.leaves, self.kept_alias, self.kept_bad = leaf, kept_alias, kept_bad
         if invalid:
             self.counts["invalid"] = self.counts.get("invalid", 0) + invalid
         self.key_counts[key] += present
@@ -289,9 +306,9 @@ class _Walker:
         alias leaf mapped to its canonical stage for the rewrite."""
         if not self.odd_values:
             return
-        counts, canonical_of = self.counts, {}
+        counts, canonical_of, seen = self.counts, {}, self.seen
         for value, times in Counter(self.odd_values).items():
-            result, normalized = self._classify(value)
+            result, normalized = seen.get(value) or self._classify(value)
             counts[result] = counts.get(result, 0) + times
             if normalized is not None:
                 canonical_of[value] = normalized
@@ -324,14 +341,22 @@ class _Walker:
             return
         self.odd_leaves.append(position)
         self.odd_values.append(node)
-        if len(self.findings) < MAX_FINDINGS:
-            result, normalized = self._classify(node)
-            self.findings.append(Finding(pointer, node, result, normalized, None, leaf_index=position))
+        verdict = self.seen.get(node)
+        if verdict is None:
+            verdict = self.seen[node] = self._classify(node)
+        alias = verdict[0] == "alias"
+        if (self.kept_alias if alias else self.kept_bad) < MAX_FINDINGS:
+            if alias:
+                self.kept_alias += 1
+            else:
+                self.kept_bad += 1
+            self.findings.append(Finding(pointer, node, verdict[0], verdict[1], None, leaf_index=position))
 
     def _add(self, result: Result, finding: Callable[[], Finding]) -> None:
-        """Count a finding; keep it (made only then) while fewer than MAX_FINDINGS are kept."""
+        """Count an unknown or invalid finding; keep it (made only then) while fewer than MAX_FINDINGS are kept."""
         self.counts[result] = self.counts.get(result, 0) + 1
-        if len(self.findings) < MAX_FINDINGS:
+        if self.kept_bad < MAX_FINDINGS:
+            self.kept_bad += 1
             self.findings.append(finding())
 
     def _missing(self, pointer: str) -> None:
