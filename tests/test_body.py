@@ -288,3 +288,19 @@ def test_findings_are_kept_per_kind_and_all_are_counted() -> None:
     rewritten = orjson.loads(rewrite(orjson.dumps({"deals": deals[:300]}), IMPORT,
                                      inspect(orjson.dumps({"deals": deals[:300]}), CATALOG, IMPORT)))
     assert {d["stage"] for d in rewritten["deals"]} == {"closed_won"}
+
+
+def test_a_stage_key_outside_the_array_still_lets_the_array_be_spliced_by_its_spellings() -> None:
+    """A stage key off the path but outside the deals array: the scanner proves the body, and the rewrite splices
+    by the key's spellings inside the array alone (no span per leaf); one inside an element needs the spans."""
+    deals = b",".join([b'{"stage":"won"}', b'{"stage":"lead"}', b'{"st\\u0061ge":"WON"}'])
+    outside = b'{"x":{"stage":"won"},"deals":[' + deals + b'],"y":"\\"stage\\":\\"won\\""}'
+    inspection = inspect(outside, CATALOG, IMPORT)
+    assert not inspection.literal_keys and inspection.spans is None and inspection.region is not None
+    assert outside[inspection.region[0]:inspection.region[1]].startswith(b"[") and inspection.region[1] < len(outside)
+    assert rewrite(outside, IMPORT, inspection) == outside.replace(
+        b'[{"stage":"won"}', b'[{"stage":"closed_won"}').replace(b'"WON"', b'"closed_won"')
+    inside = b'{"deals":[{"stage":"won","x":{"stage":"won"}},{"stage":"lead"}]}'
+    nested = inspect(inside, CATALOG, IMPORT)
+    assert nested.region is None and nested.spans is not None
+    assert rewrite(inside, IMPORT, nested) == b'{"deals":[{"stage":"closed_won","x":{"stage":"won"}},{"stage":"lead"}]}'

@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
@@ -28,6 +29,17 @@ async def db(database: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(database)
     yield connection
     await connection.close()
+
+
+def events(err: bytes) -> list[dict[str, Any]]:
+    """The JSON events a run wrote on stderr (the catalog it uses, waiting, going on, warnings)."""
+    return [orjson.loads(line) for line in err.splitlines() if line.startswith(b'{"event":"')]
+
+
+def stop_if_running(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
 
 
 async def control(db: asyncpg.Connection, run_id: int = 1) -> asyncpg.Record:
@@ -134,15 +146,13 @@ async def test_pause_and_resume_from_another_terminal(database: str, db: asyncpg
         assert proc.poll() is None
         going_on = await stagectl(database, "migrate", "resume", "--run", "1")
         assert going_on.returncode == 0 and "going on" in going_on.stdout
-        out, err = await asyncio.to_thread(proc.communicate, timeout=120)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop_if_running(proc)
     assert proc.returncode == 0, err
-    events = [orjson.loads(line) for line in err.splitlines() if line.startswith(b'{"event":"')]
-    assert [e["event"] for e in events if e["event"] != "catalog"] == ["waiting", "going_on"]
-    assert events[-2]["waiting"].startswith("paused by `stagectl migrate pause --run 1`")
+    said = events(err)
+    assert [e["event"] for e in said if e["event"] != "catalog"] == ["waiting", "going_on"]
+    assert said[-2]["waiting"].startswith("paused by `stagectl migrate pause --run 1`")
     row = await control(db)
     assert (row["status"], row["rows_scanned"], row["waiting"], row["pause_requested"]) == ("completed", 30_000,
                                                                                              None, False)
@@ -216,16 +226,14 @@ async def test_a_run_waits_while_a_standby_lags_and_goes_on_under_half(
             assert await db.fetchval("SELECT rows_scanned FROM stage_migration_control") == held < 20_000
             resumed_at = time.monotonic()
             standby.psql("SELECT pg_wal_replay_resume()")
-            out, err = await asyncio.to_thread(proc.communicate, timeout=120)
+            _, err = await asyncio.to_thread(proc.communicate, timeout=120)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            stop_if_running(proc)
         assert proc.returncode == 0, err
-        events = [orjson.loads(line) for line in err.splitlines() if line.startswith(b'{"event":"')]
-        waits = [e for e in events if e["event"] == "waiting"]
+        said = events(err)
+        waits = [e for e in said if e["event"] == "waiting"]
         assert waits and waits[0]["run_id"] == 1 and waits[0]["waiting"].startswith("replica lag")
-        assert events[-1] == {"event": "going_on", "run_id": 1}
+        assert said[-1] == {"event": "going_on", "run_id": 1}
         assert time.monotonic() - resumed_at < 60
         row = await db.fetchrow("SELECT status, rows_scanned, rows_changed, waiting FROM stage_migration_control")
         assert row is not None and (row["status"], row["rows_scanned"], row["waiting"]) == ("completed", 20_000, None)
@@ -250,7 +258,7 @@ async def test_a_role_that_cannot_read_the_lag_is_told_so(replicated: tuple[Post
     await seeded(dsn, 2000)
     result = await stagectl(dsn, "migrate", "--apply", "--parallel", "1")
     assert result.returncode == 0, result.stderr
-    warnings = [orjson.loads(line) for line in result.stderr.splitlines() if line.startswith('{"event":"warning"')]
+    warnings = [e for e in events(result.stderr.encode()) if e["event"] == "warning"]
     assert len(warnings) == 1 and "grant it pg_monitor" in warnings[0]["warning"]
     primary.psql("GRANT pg_monitor TO plain")
     again = await stagectl(dsn, "migrate", "--apply", "--parallel", "1")

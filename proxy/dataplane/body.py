@@ -67,6 +67,7 @@ class Inspection:
     leaves: int = 0  # values present at the end of the path, canonical ones included
     literal_keys: bool = False  # every occurrence of the leaf key in the bytes is a path key (fast splice)
     spans: Spans | None = None  # leaf value spans, when the Scanner had to run (the rewrite reuses them)
+    region: tuple[int, int] | None = None  # the one array of leaf objects, where the literal proof holds
     counts: Mapping[Result, int] = field(default_factory=dict)  # result -> how many values had it (all of them)
     aliases: Mapping[int, str] = field(default_factory=dict)  # leaf ordinal -> canonical stage, for every alias
     alias_values: Mapping[str, int] = field(default_factory=dict)  # alias as sent -> how often (temporary ones)
@@ -458,21 +459,36 @@ class Inspector:
         walker.walk(document, 0, "")
         walker.finish()
         literal = self._keys_are_literal(raw, walker.key_counts)
-        spans = None
+        spans = region = None
         if not literal:
-            scan = Scanner(self.endpoint.field_path, spans=bool(walker.aliases)).scan(raw)  # spans: to rewrite
+            scan = Scanner(self.endpoint.field_path, spans=False).scan(raw)
             if scan.duplicate:
                 return unreadable("duplicate_key")
             if scan.too_deep:
                 return unreadable("nesting_too_deep")
             if scan.case_variant:
                 return unreadable("ambiguous_key")
-            spans = scan.spans if walker.aliases else None  # pragma: no mutate - else the rewrite scans again
+            if walker.aliases:  # to rewrite: the literal proof on the leaf array alone, else every leaf's span
+                region = self._literal_region(raw, scan, walker.leaves)
+                if region is None:  # pragma: no mutate - else the rewrite scans again
+                    spans = Scanner(self.endpoint.field_path).scan(raw).spans
         if not walker.counts:
             return Inspection("canonical" if walker.leaves else "absent", leaves=walker.leaves, literal_keys=literal)
         worst = max(walker.counts, key=SEVERITY.__getitem__)
         return Inspection(worst, tuple(walker.findings), leaves=walker.leaves, literal_keys=literal, spans=spans,
-                          counts=walker.counts, aliases=walker.aliases, alias_values=walker.alias_values)
+                          counts=walker.counts, aliases=walker.aliases, alias_values=walker.alias_values,
+                          region=region)
+
+    def _literal_region(self, raw: bytes, scan: Scanner, leaves: int) -> tuple[int, int] | None:
+        """The byte range of the one array of leaf objects when the literal proof holds inside it: the leaf key
+        is spelled there (in any case) exactly as often as the document has leaves, so the n-th spelling in it
+        is the n-th leaf (a stage key elsewhere — the reason the whole body needed the scanner — is outside)."""
+        key = self.endpoint.field_path[-1]
+        needle = self._needles.get(key)
+        if needle is None or len(scan.leaf_arrays) != 1:
+            return None
+        start, end = scan.leaf_arrays[0]
+        return (start, end) if _spelled_exactly(raw[start:end], key, needle, leaves) else None
 
 
 CANONICAL_ONE: Final = Inspection("canonical", leaves=1, literal_keys=True)
@@ -485,20 +501,24 @@ def inspect(raw: bytes, catalog: Catalog, endpoint: Endpoint) -> Inspection:
 
 def rewrite(raw: bytes, endpoint: Endpoint, inspection: Inspection) -> bytes:
     """Splice canonical values over alias values; every other byte stays as it was."""
-    aliases = inspection.aliases
+    aliases = inspection.aliases  # leaf ordinal -> canonical stage, ordinals ascending (document order)
     encoded = {stage: orjson.dumps(stage) for stage in set(aliases.values())}  # a handful, each encoded once
-    targets = {ordinal: encoded[stage] for ordinal, stage in aliases.items()}  # leaf ordinal -> canonical JSON
     # Both pragmas: a mutant that skips the splice falls back to scanning, with the same bytes (only slower).
-    if inspection.spans is None and inspection.literal_keys:  # pragma: no mutate
-        spliced = splice_literal(raw, endpoint.field_path[-1], inspection.leaves, targets)  # pragma: no mutate
+    if inspection.spans is None and (inspection.literal_keys or inspection.region):  # pragma: no mutate
+        targets = {ordinal: encoded[stage] for ordinal, stage in aliases.items()}  # pragma: no mutate
+        start, end = inspection.region or (0, len(raw))  # pragma: no mutate
+        spliced = splice_literal(raw[start:end], endpoint.field_path[-1], inspection.leaves,  # pragma: no mutate
+                                 targets)
         if spliced is not None:
-            return spliced
+            return raw[:start] + spliced + raw[end:] if inspection.region else spliced
     spans = inspection.spans if inspection.spans is not None else Scanner(endpoint.field_path).scan(raw).spans
     pieces: list[bytes] = []
+    add = pieces.append
     cursor = 0
-    for ordinal in sorted(targets):  # leaf ordinals are document order, as the spans are
+    for ordinal in sorted(aliases):  # the spans are in document order too (sorted: cheap when already so)
         start, end = spans[ordinal]
-        pieces += (raw[cursor:start], targets[ordinal])
+        add(raw[cursor:start])
+        add(encoded[aliases[ordinal]])
         cursor = end
-    pieces.append(raw[cursor:])
+    add(raw[cursor:])
     return b"".join(pieces)

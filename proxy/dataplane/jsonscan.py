@@ -304,6 +304,7 @@ class Scanner:
         self.duplicate = False  # a path object holds the path key twice
         self.case_variant = False  # a path object holds a key equal to the path key but for ASCII case
         self.too_deep = False  # a value nests deeper than _DEPTH levels (the walk stopped there)
+        self.leaf_arrays: list[tuple[int, int]] = []  # (start, end) of each array whose elements are leaf objects
         self._folded = tuple(fold_key(part) for part in parts)
         self._needles = tuple(b'"' + part.encode() + b'"' for part in parts)
         self._fast = _fast(parts, True)  # pragma: no mutate - only faster: the walk reads the same without it
@@ -337,7 +338,12 @@ class Scanner:
             return end
         opener = self._raw[pos]
         if self.parts[level] == "*":
-            return self._array(level, pos) if opener == 0x5B else self._skip(pos)  # '['
+            if opener != 0x5B:  # '['
+                return self._skip(pos)
+            end = self._array(level, pos)
+            if level + 2 == len(self.parts):
+                self.leaf_arrays.append((pos, end))
+            return end
         if opener != 0x7B:  # '{'
             return self._skip(pos)
         whole = self._fast.leaf_objects[level] if fast else None
