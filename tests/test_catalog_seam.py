@@ -84,7 +84,8 @@ async def test_a_run_does_not_resume_under_another_catalog(database: str, db: as
     signed = tmp_path / "signed.toml"
     signed.write_text(WITH_SIGNED)
     proc = subprocess.Popen(command(database, "migrate", "--apply", "--config", str(signed), "--batch-size", "200",
-                                    "--sleep-ms", "100"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--sleep-ms", "100", "--parallel", "1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not await db.fetchval("SELECT max(batch_no) >= 2 FROM stage_migration_control"
                                 if await db.fetchval("SELECT to_regclass('stage_migration_control') IS NOT NULL")
                                 else "SELECT false"):

@@ -284,8 +284,8 @@ async def test_sigint_finishes_the_batch_and_marks_aborted(database: str, db: as
     """SIGINT: the batch in flight commits, the run is aborted, exit 130; --resume finishes the job."""
     await seeded(database, 60_000)
     expected = await reference(db)
-    proc = subprocess.Popen(command(database, "migrate", "--apply", "--batch-size", "300", "--sleep-ms", "20"),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(database, "migrate", "--apply", "--batch-size", "300", "--sleep-ms", "20",
+                                    "--parallel", "1"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     await until(lambda: batch_reached(db, 5), timeout_s=60, what="the run's fifth committed batch")
     proc.send_signal(signal.SIGINT)
     await asyncio.to_thread(proc.communicate, timeout=60)

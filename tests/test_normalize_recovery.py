@@ -72,7 +72,7 @@ async def test_ctrl_c_in_migrate_then_resume_as_printed(database: str, db: async
     """Ctrl-C while migrating: 130 naming the step, the batch finished, the hint printed; that hint, run as
     printed, continues the same run on the first backup (no second dump, no second restore test) and verifies."""
     backups = tmp_path / "backups"
-    proc = normalize(database, backups, "--batch-size", "200", "--sleep-ms", "50")
+    proc = normalize(database, backups, "--batch-size", "200", "--sleep-ms", "50", "--parallel", "1")
 
     async def migrating() -> bool:
         if not await db.fetchval("SELECT to_regclass('stage_migration_control') IS NOT NULL"):
@@ -156,7 +156,7 @@ async def test_resume_refuses_when_its_run_is_not_the_latest_unfinished(database
                                                                          tmp_path: Path) -> None:
     """The receipt's run was abandoned meanwhile: --resume says so and changes nothing (exit 2)."""
     backups = tmp_path / "backups"
-    proc = normalize(database, backups, "--batch-size", "200", "--sleep-ms", "50")
+    proc = normalize(database, backups, "--batch-size", "200", "--sleep-ms", "50", "--parallel", "1")
 
     async def migrating() -> bool:
         if not await db.fetchval("SELECT to_regclass('stage_migration_control') IS NOT NULL"):
