@@ -118,6 +118,11 @@ class _CollectorPause:
 collector_paused: Final = _CollectorPause()
 
 
+def collector_paused_for(raw: bytes) -> contextlib.AbstractContextManager[None]:
+    """The collector paused while ``raw`` is read if it is large (COLLECTOR_PAUSE_BYTES), else nothing."""
+    return collector_paused() if len(raw) >= COLLECTOR_PAUSE_BYTES else contextlib.nullcontext()
+
+
 def unreadable(reason: str) -> Inspection:
     return Inspection("unreadable", reason=reason)
 
@@ -416,10 +421,8 @@ class Inspector:
 
     def inspect(self, raw: bytes) -> Inspection:
         """Classify a JSON body (headers already checked)."""
-        if len(raw) >= COLLECTOR_PAUSE_BYTES:
-            with collector_paused():
-                return self._inspect(raw)
-        return self._inspect(raw)
+        with collector_paused_for(raw):
+            return self._inspect(raw)
 
     def _inspect(self, raw: bytes) -> Inspection:
         try:
@@ -506,11 +509,11 @@ def rewrite(raw: bytes, endpoint: Endpoint, inspection: Inspection) -> bytes:
     # Both pragmas: a mutant that skips the splice falls back to scanning, with the same bytes (only slower).
     if inspection.spans is None and (inspection.literal_keys or inspection.region):  # pragma: no mutate
         targets = {ordinal: encoded[stage] for ordinal, stage in aliases.items()}  # pragma: no mutate
-        start, end = inspection.region or (0, len(raw))  # pragma: no mutate
+        start, end = inspection.region or (0, len(raw))  # pragma: no mutate - the whole body: raw itself
         spliced = splice_literal(raw[start:end], endpoint.field_path[-1], inspection.leaves,  # pragma: no mutate
                                  targets)
         if spliced is not None:
-            return raw[:start] + spliced + raw[end:] if inspection.region else spliced
+            return raw[:start] + spliced + raw[end:]
     spans = inspection.spans if inspection.spans is not None else Scanner(endpoint.field_path).scan(raw).spans
     pieces: list[bytes] = []
     add = pieces.append

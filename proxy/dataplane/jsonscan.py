@@ -32,12 +32,10 @@ Spans = list[tuple[int, int]]  # (start, end) of each leaf value token, in docum
 
 _WS: Final = rb"[ \t\n\r]*"
 _STRING: Final = rb'"[^"\\]*(?:\\.[^"\\]*)*"'  # "unrolled loop" (Friedl): linear, no per-character alternation
-_STRING_RE: Final = re.compile(_STRING, re.DOTALL)
 _MEMBER: Final = re.compile(_WS + rb"(" + _STRING + rb")" + _WS + rb":" + _WS, re.DOTALL)
 _NEXT: Final = re.compile(_WS + rb"([,}\]])")
 _EMPTY: Final = re.compile(_WS + rb"([}\]])")
 _WHITESPACE: Final = frozenset(b" \t\n\r")
-_SCALAR: Final = rb'(?:' + _STRING + rb'|-?[0-9][0-9.eE+-]*|true|false|null)'
 
 
 def _escapes(char: str) -> list[bytes]:

@@ -20,7 +20,7 @@ from proxy.catalog.keys import fold_key
 from proxy.catalog.params import METHOD_PARAM, method_overrides, names_key
 from proxy.catalog.paths import PathMatch, RouteTable, is_ops_path
 from proxy.catalog.stages import Catalog, Endpoint
-from proxy.dataplane.body import COLLECTOR_PAUSE_BYTES, collector_paused, is_json_media, parse_json
+from proxy.dataplane.body import collector_paused_for, is_json_media, parse_json
 from proxy.dataplane.jsonscan import spelling_count
 
 # Honoured by Rails, Laravel, Spring's HiddenHttpMethodFilter variants, ASP.NET, Express method-override.
@@ -77,10 +77,7 @@ def body_overrides(content_type: str | None, raw: bytes, too_large: bool) -> tup
             return None
         if not spelling_count(raw, METHOD_PARAM, any_case=True):  # no key can read _method: nothing to parse
             return ()
-        if len(raw) >= COLLECTOR_PAUSE_BYTES:
-            with collector_paused():
-                document, reason = parse_json(raw)
-        else:
+        with collector_paused_for(raw):
             document, reason = parse_json(raw)
         if reason is not None:
             return None

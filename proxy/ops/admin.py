@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import orjson
 from aiohttp import web
@@ -37,6 +37,7 @@ from proxy.wire import leases as wire_leases
 from proxy.wire import modes as wire
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PUT_FIELDS: Final = frozenset({"endpoint", "mode", "percent", "reason", "actor", "force"})
 MAX_REASON: Final = 500
@@ -295,14 +296,9 @@ async def delete_block(request: web.Request) -> web.Response:
     """Clear one block by fingerprint (a resolve Alertmanager lost); ``reason`` required, written to history."""
     ctx = request.app[OPS]
     fingerprint = request.match_info["fingerprint"]
-    given = await _authorized_reason(request, ctx)
-    if isinstance(given, web.Response):
-        return given
-    reason, actor = given
-    try:
-        cleared = await ctx.changes.clear_block(fingerprint, actor, reason)
-    except StoreUnavailable:
-        return _store_unavailable()
+    cleared = await _reasoned(request, ctx, lambda actor, reason: ctx.changes.clear_block(fingerprint, actor, reason))
+    if isinstance(cleared, web.Response):
+        return cleared
     if cleared is None:
         return problem(404, "no-such-block", "Not Found",
                        f"no enforce block has fingerprint {safe_text(fingerprint, 80)!r}")
@@ -363,17 +359,27 @@ async def delete_exemption(request: web.Request) -> web.Response:
     """End an exemption before its time; ``reason`` required, written to the history."""
     ctx = request.app[OPS]
     exemption_id = request.match_info["id"]
+    removed = await _reasoned(request, ctx,
+                              lambda actor, reason: ctx.changes.remove_exemption(exemption_id, actor, reason))
+    if isinstance(removed, web.Response):
+        return removed
+    if removed is None:
+        return problem(404, "no-such-exemption", "Not Found", f"no exemption has id {safe_text(exemption_id, 80)!r}")
+    return _json(wire_exemptions.ExemptionRemoved(_exemption(removed)).to_json())
+
+
+async def _reasoned(request: web.Request, ctx: OpsContext,
+                    change: Callable[[str, str], Awaitable[T]]) -> T | web.Response:
+    """A mutation that takes only a reason: the caller authorized and its reason read, then ``change(actor,
+    reason)``; the answer instead when either fails or the store is down."""
     given = await _authorized_reason(request, ctx)
     if isinstance(given, web.Response):
         return given
     reason, actor = given
     try:
-        removed = await ctx.changes.remove_exemption(exemption_id, actor, reason)
+        return await change(actor, reason)
     except StoreUnavailable:
         return _store_unavailable()
-    if removed is None:
-        return problem(404, "no-such-exemption", "Not Found", f"no exemption has id {safe_text(exemption_id, 80)!r}")
-    return _json(wire_exemptions.ExemptionRemoved(_exemption(removed)).to_json())
 
 
 async def _authorized_reason(request: web.Request, ctx: OpsContext) -> tuple[str, str] | web.Response:

@@ -97,14 +97,6 @@ class Migration:
         self.gate = Gate(0, options.max_replica_lag_ms, lambda _reason: None)
         self.progress: Progress | None = None  # where the run says it waits (set by run())
 
-    @property
-    def last_id(self) -> str | None:
-        return self.cursors[0].last_id if self.cursors else None
-
-    @property
-    def batch_no(self) -> int:
-        return sum(cursor.batch_no for cursor in self.cursors)
-
     # -- setting up ----------------------------------------------------------
 
     async def prepare(self) -> None:

@@ -51,26 +51,17 @@ BEGIN
     END IF;
 END
 $$;
--- Tables of stagegate 0.1 gain the catalog version and the holding process.
-DO $$
-DECLARE
-    control regclass := to_regclass('stage_migration_control');
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = control AND attname = 'holder' AND NOT attisdropped)
-    THEN
-        ALTER TABLE stage_migration_control ADD COLUMN IF NOT EXISTS catalog_version text,
-            ADD COLUMN IF NOT EXISTS holder text;
-    END IF;
-END
-$$;
--- Tables of stagegate 0.2 gain parallel runs, pausing and the reason a run waits.
+-- Tables of earlier releases gain the catalog version and the holding process (0.1), parallel runs, pausing and
+-- the reason a run waits (0.2): checked by the newest column, each added only where missing.
 DO $$
 DECLARE
     control regclass := to_regclass('stage_migration_control');
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = control AND attname = 'waiting' AND NOT attisdropped)
     THEN
-        ALTER TABLE stage_migration_control ADD COLUMN IF NOT EXISTS parallel integer NOT NULL DEFAULT 1,
+        ALTER TABLE stage_migration_control ADD COLUMN IF NOT EXISTS catalog_version text,
+            ADD COLUMN IF NOT EXISTS holder text,
+            ADD COLUMN IF NOT EXISTS parallel integer NOT NULL DEFAULT 1,
             ADD COLUMN IF NOT EXISTS pause_requested boolean NOT NULL DEFAULT false,
             ADD COLUMN IF NOT EXISTS waiting text;
     END IF;
