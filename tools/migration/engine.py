@@ -16,7 +16,6 @@ import collections
 import contextlib
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,10 +182,10 @@ class Migration:
                          self._say_waiting)
 
     def _say_waiting(self, reason: str | None) -> None:
+        """The gate changed (it is only checked while the run goes, so there is a progress output to say it on)."""
+        assert self.progress is not None
         text = f"run {self.run_id}: " + (f"waiting: {reason}" if reason else "going on")
-        if self.progress is None:
-            print(text, file=sys.stderr, flush=True)
-        elif reason is None:
+        if reason is None:
             self.progress.event(text, event="going_on", run_id=self.run_id)
         else:
             self.progress.event(text, event="waiting", run_id=self.run_id, waiting=reason)
