@@ -64,7 +64,9 @@ def _deep(depth: int) -> bytes:
 # and by bench/worst.py (a fuzzer maximising CPU per byte): every deal an alias, keys \u-escaped (the byte-count
 # proof goes through regular expressions); nested "stage" keys in every deal, which defeat the proof and send the
 # body through the token scanner; values nested as deep as the scanner reads (128: every byte a bracket, half a
-# million arrays to parse); distinct unknown values; a case-variant key amid half a million escaped quotes.
+# million arrays to parse); distinct unknown values; a case-variant key amid half a million escaped quotes; a stage
+# key after the array (the scanner takes every leaf's span); an escaped stage key, a value 128 deep and a nested
+# stage key in every element (bench/worst.py's costliest on 2026-12-06: the body was walked twice, 190 ms).
 WORST: dict[str, bytes] = {
     "1 MiB worst: escaped keys, every stage an alias": _import_of(b'{"st\\u0061ge":"Closed Won"}',
                                                                   head=b'{"d\\u0065als":['),
@@ -75,6 +77,10 @@ WORST: dict[str, bytes] = {
     "1 MiB worst: distinct unknown values": _distinct_unknowns(),
     "1 MiB worst: escaped quotes and a case variant": _import_of(
         '{"stage":"u","ſtage":"'.encode() + b'\\"' * 24 + b'"}'),
+    "1 MiB worst: shortest aliases, a stage key after the array": _import_of(
+        b'{"stage":"won"}', size=(1 << 20) - 16)[:-1] + b',"y":{"stage":1}}',
+    "1 MiB worst: escaped stage key, value 128 deep, nested stage key": _import_of(
+        b'{"st\\u0061ge":"won","x":' + _deep(128) + b',"x":"won","x":{"stage":1}}', head=_NESTED_HEAD),
 }
 
 

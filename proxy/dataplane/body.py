@@ -388,20 +388,25 @@ def _no_unicode_escapes(raw: bytes) -> bool:
     return b"\\" not in raw or b"\\u" not in raw  # pragma: no mutate - the memchr first is only faster
 
 
-def _spelled_exactly(raw: bytes, key: str, needle: bytes, count: int) -> bool:
-    """The literal proof for one key: it is spelled in the bytes ``count`` times, and in no other case.
+def _spellings(raw: bytes, key: str, needle: bytes) -> int:
+    """How often ``key`` is spelled in the bytes, in any case (the literal proof's count).
 
-    ``count`` is how often the parsed document has the key on the path, each occurrence spelled at least once.
-    Without ``\\u`` escapes and non-ASCII lookalikes every spelling is the plain needle, so counting the
-    lower-cased needle in the lower-cased bytes proves both at once (one pass: any extra spelling, in any case,
-    makes it larger). Otherwise every spelling JSON allows is counted by a regular expression. Case-insensitive
-    decoders (Go's encoding/json) read ``"Stage"`` and ``"ſtage"`` as the stage field (proxy.catalog.keys), so
-    no other case may occur either.
+    Case-insensitive decoders (Go's encoding/json) read ``"Stage"`` and ``"ſtage"`` as the stage field
+    (proxy.catalog.keys), so every case counts. Without ``\\u`` escapes and non-ASCII lookalikes every spelling is
+    the needle in some ASCII case: the lower-cased needle counted in the lower-cased bytes (one pass). Otherwise
+    every spelling JSON allows is counted by regular expressions. No spelling crosses a byte that is not part of
+    one (a bracket): the count of a body is the sum of the counts of its pieces cut there.
     """
     if _no_unicode_escapes(raw) and (raw.isascii() or not any(char in raw for char in lookalike_bytes(key))):
-        return raw.lower().count(needle.lower()) == count
-    return (spelling_count(raw, key) == count
-            and spelling_count(raw, key, any_case=True) == count)
+        return raw.lower().count(needle.lower())
+    return spelling_count(raw, key, any_case=True)
+
+
+def _spelled_exactly(raw: bytes, key: str, needle: bytes, count: int) -> bool:
+    """The literal proof for one key: ``count`` is how often the parsed document has the key on the path, each
+    occurrence spelled at least once (exactly, with or without escapes); the proof holds when the bytes spell
+    it no more often, in any case (a spelling in another case counts as one more)."""
+    return _spellings(raw, key, needle) == count
 
 
 class Inspector:
@@ -443,28 +448,38 @@ class Inspector:
         needle = self._needles[key]
         return needle is not None and _no_unicode_escapes(raw) and _spelled_exactly(raw, key, needle, 1)
 
-    def _keys_are_literal(self, raw: bytes, key_counts: dict[str, int]) -> bool:
-        """True when raw bytes prove no key on the path is duplicated (the fast screen).
+    def _keys_are_literal(self, raw: bytes, key_counts: dict[str, int]) -> tuple[bool, int | None]:
+        """Whether raw bytes prove no key on the path is duplicated (the fast screen), and how often the leaf
+        key is spelled in them (None if not counted).
 
         If every spelling of ``stage`` in the bytes is counted and there are
         exactly as many as the parsed document has that key on the path, no path
         object holds it twice (orjson keeps the last duplicate silently, so this
         must be proven, not assumed) and every spelling is a path key.
         """
-        for key, count in key_counts.items():
+        leaf_key = self.endpoint.field_path[-1]
+        spelled = None
+        for key in sorted(key_counts, key=lambda key: key != leaf_key):  # the leaf key first: its count is kept
             needle = self._needles.get(key)
-            if needle is None or not _spelled_exactly(raw, key, needle, count):
-                return False
-        return True
+            if needle is None:
+                return False, spelled
+            times = _spellings(raw, key, needle)
+            if key == leaf_key:
+                spelled = times
+            if times != key_counts[key]:
+                return False, spelled
+        return True, spelled
 
     def _inspect_document(self, raw: bytes, document: object) -> Inspection:
         walker = _Walker(self.catalog, self.endpoint, self._memo)
         walker.walk(document, 0, "")
         walker.finish()
-        literal = self._keys_are_literal(raw, walker.key_counts)
+        literal, spelled = self._keys_are_literal(raw, walker.key_counts)
         spans = region = None
         if not literal:
-            scan = Scanner(self.endpoint.field_path, spans=False).scan(raw)
+            scan = Scanner(self.endpoint.field_path, spans=bool(walker.aliases),
+                           region=self._region_proof(raw, walker.leaves, spelled) if walker.aliases else None)
+            scan.scan(raw)
             if scan.duplicate:
                 return unreadable("duplicate_key")
             if scan.too_deep:
@@ -472,9 +487,9 @@ class Inspector:
             if scan.case_variant:
                 return unreadable("ambiguous_key")
             if walker.aliases:  # to rewrite: the literal proof on the leaf array alone, else every leaf's span
-                region = self._literal_region(raw, scan, walker.leaves)
-                if region is None:  # pragma: no mutate - else the rewrite scans again
-                    spans = Scanner(self.endpoint.field_path).scan(raw).spans
+                region = scan.region
+                if region is None:
+                    spans = scan.spans if scan.complete_spans else Scanner(self.endpoint.field_path).scan(raw).spans
         if not walker.counts:
             return Inspection("canonical" if walker.leaves else "absent", leaves=walker.leaves, literal_keys=literal)
         worst = max(walker.counts, key=SEVERITY.__getitem__)
@@ -482,16 +497,23 @@ class Inspector:
                           counts=walker.counts, aliases=walker.aliases, alias_values=walker.alias_values,
                           region=region)
 
-    def _literal_region(self, raw: bytes, scan: Scanner, leaves: int) -> tuple[int, int] | None:
-        """The byte range of the one array of leaf objects when the literal proof holds inside it: the leaf key
-        is spelled there (in any case) exactly as often as the document has leaves, so the n-th spelling in it
-        is the n-th leaf (a stage key elsewhere — the reason the whole body needed the scanner — is outside)."""
-        key = self.endpoint.field_path[-1]
-        needle = self._needles.get(key)
-        if needle is None or len(scan.leaf_arrays) != 1:
+    def _region_proof(self, raw: bytes, leaves: int, spelled: int | None) -> Callable[[int], bool] | None:
+        """For the scanner, when the path crosses one array (``deals[*].stage``): whether, from an array of leaf
+        objects to the end of the body, the leaf key is spelled (in any case) exactly as often as the document
+        has leaves. Every leaf key lies inside that array, so then its spellings inside it are exactly the leaves,
+        in order, and a rewrite splices by them (a stage key off the path — the reason the body needed the
+        scanner — is before the array). Counted as the body's spellings (``spelled``) less those before the
+        array. None for other paths: the spans are taken."""
+        parts = self.endpoint.field_path
+        key, needle = parts[-1], self._needles.get(parts[-1])
+        if needle is None or parts.count("*") != 1 or parts[-2] != "*":
             return None
-        start, end = scan.leaf_arrays[0]
-        return (start, end) if _spelled_exactly(raw[start:end], key, needle, leaves) else None
+
+        def proven(start: int) -> bool:
+            total = _spellings(raw, key, needle) if spelled is None else spelled
+            return total - _spellings(raw[:start], key, needle) == leaves
+
+        return proven
 
 
 CANONICAL_ONE: Final = Inspection("canonical", leaves=1, literal_keys=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -295,10 +296,18 @@ class Scanner:
     a body is unreadable for is the duplicate then).
     """
 
-    def __init__(self, parts: tuple[str, ...], *, spans: bool = True) -> None:
+    def __init__(self, parts: tuple[str, ...], *, spans: bool = True,
+                 region: Callable[[int], bool] | None = None) -> None:
         self.parts = parts
-        self.spans: Spans = []  # with ``spans`` False, those of some leaves only (runs of leaf objects give none)
+        self.spans: Spans = []  # complete only if ``complete_spans`` (runs of leaf objects read whole give none)
         self._want_spans = spans
+        self.complete_spans = spans
+        # ``region``: asked once, as the walk enters the first array of leaf objects (at its first byte), whether
+        # the literal proof holds from there to the end of the body; if so, that array's elements are read without
+        # spans (a rewrite splices by the key's spellings inside it: ``region``), else with them. One walk either
+        # way: a body whose proof fails inside the array is not walked a second time for its spans.
+        self._region_proof = region
+        self.region: tuple[int, int] | None = None
         self.duplicate = False  # a path object holds the path key twice
         self.case_variant = False  # a path object holds a key equal to the path key but for ASCII case
         self.too_deep = False  # a value nests deeper than _DEPTH levels (the walk stopped there)
@@ -338,9 +347,13 @@ class Scanner:
         if self.parts[level] == "*":
             if opener != 0x5B:  # '['
                 return self._skip(pos)
+            if level + 2 != len(self.parts):
+                return self._array(level, pos)
+            proven = self._prove_region(pos)
             end = self._array(level, pos)
-            if level + 2 == len(self.parts):
-                self.leaf_arrays.append((pos, end))
+            self.leaf_arrays.append((pos, end))
+            if proven:
+                self.region = (pos, end)
             return end
         if opener != 0x7B:  # '{'
             return self._skip(pos)
@@ -352,6 +365,17 @@ class Scanner:
                     self.spans.append(match.span("v"))
                 return match.end()
         return self._object(level, pos, fast=False)
+
+    def _prove_region(self, pos: int) -> bool:
+        """Before an array of leaf objects: whether it will be the proven ``region`` (and is read without spans)."""
+        if self._region_proof is None:
+            return False
+        if self.leaf_arrays or self.region is not None:  # a second array of leaf objects: no single region
+            self.region, self._want_spans = None, True
+            return False
+        proven = self._region_proof(pos)
+        self._want_spans = self.complete_spans = not proven
+        return proven
 
     def _array(self, level: int, pos: int) -> int:
         raw = self._raw
