@@ -79,7 +79,8 @@ http {{
 
 def nginx_upstream(workdir: Path, port: int) -> list[str]:
     body = f"""server {{ listen 127.0.0.1:{port}; location / {{
-      client_body_buffer_size 128k; default_type application/json; return 200 '{{"ok":true}}'; }} }}"""
+      client_body_buffer_size 128k; client_max_body_size 8m; default_type application/json;
+      return 200 '{{"ok":true}}'; }} }}"""
     return ["nginx", "-c", str(nginx_conf(workdir, port, body)), "-p", str(workdir)]
 
 

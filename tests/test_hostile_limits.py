@@ -90,6 +90,24 @@ async def test_slow_and_silent_heads_are_cut_off(raw_upstream: RawRecord) -> Non
     assert raw_upstream.heads == []
 
 
+async def test_each_head_on_a_kept_alive_connection_gets_the_whole_header_timeout(raw_upstream: RawRecord) -> None:
+    """(11) The head clock starts again with every head: a half head sent 1.5 s after a first request on the same
+    connection is not cut off when the first head's 2 s would have run out, but 2 s after its own first byte
+    (one timer per connection follows the deadline; a timer per request cost ~1 µs each)."""
+    with proxy_process(raw_upstream.url, "--header-timeout-s", "2", "--idle-timeout-s", "60") as (main, admin):
+        reader, writer = await asyncio.open_connection("127.0.0.1", main)
+        writer.write(request("GET", "/x", close=False))
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(1.5)
+        writer.write(b"POST /api/v1/deals HTTP/1.1\r\nHost: x\r\n")
+        sent = time.monotonic()
+        assert not await closed_within(reader, 1.2)  # the first head's clock ran out 0.5 s after this one began
+        assert await closed_within(reader, 15)
+        assert time.monotonic() - sent >= 1.9
+        writer.close()
+        assert await metric(admin, 'stage_connections_dropped_total{listener="main",reason="header_timeout"}') == 1
+
+
 async def test_a_stalled_body_gets_408_and_nothing_is_forwarded(raw_upstream: RawRecord) -> None:
     """(11) A body that stops flowing: 408 after --body-timeout-s, connection closed, the upstream got nothing."""
     with proxy_process(raw_upstream.url, "--body-timeout-s", "1") as (main, admin):

@@ -137,6 +137,38 @@ async def test_stall_after_headers_truncates_and_stall_before_is_504(make_proxy:
                 await response.read()
 
 
+async def test_a_reused_connection_times_out_on_its_own_clock(make_proxy: ProxyFactory,
+                                                               http: aiohttp.ClientSession) -> None:
+    """The read timer outlives an exchange to serve the connection's next one: a request answered at once, then,
+    on the same connection 1.2 s later, one the upstream never answers is a 504 after its own 2 s — not when the
+    first exchange's timer fires (0.8 s in) — and a quick answer after it is relayed whole."""
+    connections: list[int] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        connections.append(n)
+        while True:
+            head, _ = await read_request(reader)
+            if b"/stall" in head:
+                await asyncio.sleep(10)  # silent, on purpose, far past the proxy's 2 s
+                return
+            writer.write(OK)
+            await writer.drain()
+
+    async with scripted(script) as (url, _):
+        run = await make_proxy(upstream_url=url, upstream_timeout_s=2.0)
+        async with http.get(f"{run.url}/quick") as response:
+            assert response.status == 200
+        await asyncio.sleep(1.2)
+        started = asyncio.get_running_loop().time()
+        async with http.get(f"{run.url}/stall") as response:
+            waited = asyncio.get_running_loop().time() - started
+            assert response.status == 504
+        assert 1.9 <= waited < 10, waited
+        assert connections == [0]  # the stalled request went on the connection the first one left idle
+        async with http.get(f"{run.url}/quick") as response:
+            assert response.status == 200 and await response.read() == b"ok"
+
+
 async def test_early_answer_to_a_streamed_upload_is_relayed(make_proxy: ProxyFactory,
                                                             http: aiohttp.ClientSession) -> None:
     """The upstream answers 413 after the head, without reading a large streamed body: the client gets the 413."""

@@ -66,6 +66,7 @@ class Guard(asyncio.Protocol):
         self._inner = inner
         self._transport: asyncio.Transport | None = None
         self._header_timer: asyncio.TimerHandle | None = None
+        self._head_deadline: float | None = None  # when the head being waited for is late (None: no clock runs)
         self._write_timer: asyncio.TimerHandle | None = None
         self._heads: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._head_open = False  # a request head has begun and is not complete
@@ -129,7 +130,7 @@ class Guard(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._head_open = True
         self._head_bytes = 0
-        if not self.in_request and self._header_timer is None:
+        if not self.in_request and self._head_deadline is None:
             self._start_header_timer()
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -147,17 +148,32 @@ class Guard(asyncio.Protocol):
 
     def request_finished(self) -> None:
         self.in_request = False
-        if self._head_open and self._header_timer is None:
+        if self._head_open and self._head_deadline is None:
             self._start_header_timer()
+
+    # The head clock starts and stops on every request of a keep-alive connection: it moves a deadline, and one
+    # timer per connection follows it lazily (when it fires early it waits for the deadline, when no clock runs
+    # it ends) — a timer armed and cancelled per request cost ~1 µs of the ~110 µs a request takes.
 
     def _start_header_timer(self) -> None:
         loop = asyncio.get_running_loop()
-        self._header_timer = loop.call_later(self._factory.limits.header_timeout_s, self._expire, "header_timeout")
+        self._head_deadline = deadline = loop.time() + self._factory.limits.header_timeout_s
+        if self._header_timer is None:
+            self._header_timer = loop.call_at(deadline, self._header_due)
 
     def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._head_deadline = None
+
+    def _header_due(self) -> None:
+        self._header_timer = None
+        deadline = self._head_deadline
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._header_timer = loop.call_at(deadline, self._header_due)
+            return
+        self._expire("header_timeout")
 
     def _head_too_large(self) -> None:
         """431 and close; mid-request (a pipelined head), only close: an answer now would interleave."""
@@ -174,7 +190,7 @@ class Guard(asyncio.Protocol):
         transport.close()
 
     def _expire(self, reason: str) -> None:
-        self._header_timer = self._write_timer = None
+        self._cancel_timers()
         if self._transport is not None and not self._transport.is_closing():
             self._factory.count(reason)
             log_event(log, logging.DEBUG, "client_connection_dropped", reason=reason)
@@ -185,6 +201,7 @@ class Guard(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._header_timer = self._write_timer = None
+        self._head_deadline = None
 
 
 def _reset(transport: asyncio.Transport) -> None:
