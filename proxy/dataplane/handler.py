@@ -167,9 +167,10 @@ class DataPlane:
         started = time.perf_counter()
         request_id = accept_request_id(request.headers.get(self.id_header)) or new_request_id()
         call = Call(request, request_id, self.id_header, self.state)
-        refused = await self._refuse_early(call)  # answered here, never timed: no endpoint, no upstream
-        if refused is not None:
-            return refused
+        if request.method == "CONNECT" or "Expect" in request.headers:  # a coroutine only for those (~0.3 µs)
+            refused = await self._refuse_early(call)  # answered here, never timed: no endpoint, no upstream
+            if refused is not None:
+                return refused
         path, query = split_target(request.raw_path)
         if is_ops(path):
             return problem(404, "not-found", "Not Found", "/_ops is served on the admin listener only",
@@ -265,6 +266,9 @@ class DataPlane:
         --max-body-bytes (tens to hundreds of ms of CPU) never stalls the other requests on this event loop."""
         if len(raw) < OFF_LOOP_BYTES:
             return work(*args)
+        return await self._off_loop(work, *args)
+
+    async def _off_loop(self, work: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.inspect_pool, functools.partial(work, *args))
 
     def effective_mode(self, endpoint: str, request_id: str, canary_key: str | None = None) -> Mode:
@@ -298,7 +302,8 @@ class DataPlane:
         elif reason is not None:
             inspection = bodies.unreadable(reason)
         else:
-            inspection = await self._off_loop_if_large(raw, call.state.inspectors[endpoint.name].inspect, raw)
+            inspect = call.state.inspectors[endpoint.name].inspect
+            inspection = inspect(raw) if len(raw) < OFF_LOOP_BYTES else await self._off_loop(inspect, raw)
         self.metrics.validator_children[endpoint.name].observe(time.perf_counter() - started)
         return Verdict(endpoint, mode, inspection, raw, too_large, exemption)
 

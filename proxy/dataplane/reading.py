@@ -44,9 +44,19 @@ async def read_limited(request: web.BaseRequest, limit: int, timeout_s: float) -
     declared = request.content_length
     if declared is not None and declared > limit:
         return b"", True
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await read_chunk(request.content, timeout_s):
+    content = request.content
+    if declared is not None and content.is_eof():  # the whole body came with its head (nearly always): no await
+        try:
+            whole = content.read_nowait()
+        except _GONE as exc:
+            raise ClientGone(type(exc).__name__) from exc
+        if len(whole) == declared:
+            return whole, False
+        chunks = [whole]
+        size = len(whole)
+    else:
+        chunks, size = [], 0
+    while chunk := await read_chunk(content, timeout_s):
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
