@@ -70,16 +70,16 @@ class Bench:
         env = {"STAGE_OPS_TOKEN": TOKEN}
         upstream = stack.enter_context(process(nginx_upstream(work, p["upstream"]), p["upstream"],
                                                work / "upstream.log"))
-        self.nginx = stack.enter_context(process(nginx_proxy(work, p["nginx"], p["upstream"]), p["nginx"],
-                                                 work / "nginx.log"))
-        self.bare = stack.enter_context(process([PY, str(REPO / "bench" / "bare_proxy.py"), str(p["bare"]),
-                                                 f"http://127.0.0.1:{p['upstream']}"], p["bare"], work / "bare.log"))
+        nginx = stack.enter_context(process(nginx_proxy(work, p["nginx"], p["upstream"]), p["nginx"],
+                                            work / "nginx.log"))
+        bare = stack.enter_context(process([PY, str(REPO / "bench" / "bare_proxy.py"), str(p["bare"]),
+                                            f"http://127.0.0.1:{p['upstream']}"], p["bare"], work / "bare.log"))
         command = stagegate(p["sg"], p["sg_admin"], p["upstream"], "--log-level", "WARNING")
         self.sg = stack.enter_context(process(command, p["sg"], work / "stagegate.log", env))
         wait_port(p["sg_admin"])
         self.workers = workers
         # whose CPU a target's requests cost (the process and its children: nginx's and stagegate's workers)
-        self.pids = {p["upstream"]: upstream.pid, p["nginx"]: self.nginx.pid, p["bare"]: self.bare.pid,
+        self.pids = {p["upstream"]: upstream.pid, p["nginx"]: nginx.pid, p["bare"]: bare.pid,
                      p["sg"]: self.sg.pid}
         if workers > 1:
             stack.enter_context(process(["redis-server", "--port", str(p["redis"]), "--save", "", "--appendonly", "no"],
@@ -207,10 +207,17 @@ async def _small_while_large(port: int, large: bytes, rounds: int) -> dict[str, 
 
 def hostile(bench: Bench, rounds: int) -> dict[str, float]:
     """Small requests while four of the worst 1 MiB bodies (the token-scanner case) are inspected in enforce."""
-    set_mode(bench.ports["sg_admin"], "*", "enforce")
     large = validator.WORST["1 MiB worst: nested stage keys (token scanner)"]
-    try:
+    with enforcing(bench):
         return asyncio.run(_small_while_large(bench.ports["sg"], large, rounds))
+
+
+@contextmanager
+def enforcing(bench: Bench) -> Iterator[None]:
+    """Every endpoint of the main stagegate in enforce for the block, off again after it."""
+    set_mode(bench.ports["sg_admin"], "*", "enforce")
+    try:
+        yield
     finally:
         set_mode(bench.ports["sg_admin"], "*", "off")
 
@@ -225,14 +232,13 @@ def sidecar(bench: Bench, rate: int, seconds: float, reps: int) -> dict[str, dic
     """What a sidecar costs as users compare it: CPU per 1000 req/s (CPU seconds per 1000 requests), RSS, and
     p90/p99 added over the upstream at ``rate`` req/s (open loop), stagegate in enforce on every endpoint."""
     p = bench.ports
-    set_mode(p["sg_admin"], "*", "enforce")
-    targets = {"nginx proxy_pass": (p["nginx"], bench.nginx.pid), "bare aiohttp proxy": (p["bare"], bench.bare.pid),
-               "stagegate enforce": (p["sg"], bench.sg.pid)}
+    targets = {"nginx proxy_pass": p["nginx"], "bare aiohttp proxy": p["bare"], "stagegate enforce": p["sg"]}
     samples: dict[str, dict[str, list[float]]] = collections.defaultdict(lambda: collections.defaultdict(list))
-    try:
+    with enforcing(bench):
         for _ in range(reps):
             base = open_loop(p["upstream"], "/api/v1/deals", bench.canonical, rate, seconds)
-            for name, (port, pid) in targets.items():
+            for name, port in targets.items():
+                pid = bench.pids[port]
                 before = cpu_seconds(pid)
                 fixed = open_loop(port, "/api/v1/deals", bench.canonical, rate, seconds)
                 used = cpu_seconds(pid) - before
@@ -244,8 +250,6 @@ def sidecar(bench: Bench, rate: int, seconds: float, reps: int) -> dict[str, dic
                 one["errors"].append(fixed["errors"])
                 print(f"  sidecar {name}: {one['vcpu_per_1k'][-1]:.3f} vCPU per 1k req/s, "
                       f"+{one['p90_added_ms'][-1]:.2f} ms p90", flush=True)
-    finally:
-        set_mode(p["sg_admin"], "*", "off")
     return {name: {key: round(statistics.median(values), 3) for key, values in metrics.items()}
             for name, metrics in samples.items()}
 
@@ -255,9 +259,8 @@ def worst_end_to_end(bench: Bench, repeats: int) -> list[dict[str, Any]]:
     process's CPU per request (read, inspect in the worker thread, answer or forward), mean over the repeats (the
     kernel counts CPU in 10 ms ticks)."""
     p = bench.ports
-    set_mode(p["sg_admin"], "*", "enforce")
     rows = []
-    try:
+    with enforcing(bench):
         for name, raw in validator.WORST.items():
             statuses = set()
             before = cpu_seconds(bench.sg.pid)
@@ -272,8 +275,6 @@ def worst_end_to_end(bench: Bench, repeats: int) -> list[dict[str, Any]]:
             cpu_ms = (cpu_seconds(bench.sg.pid) - before) * 1000 / repeats
             rows.append({"case": name, "bytes": len(raw), "status": sorted(statuses), "cpu_ms": round(cpu_ms, 1)})
             print(f"  {name}: {cpu_ms:.1f} ms of proxy CPU per request", flush=True)
-    finally:
-        set_mode(p["sg_admin"], "*", "off")
     return rows
 
 

@@ -21,6 +21,7 @@ import orjson
 
 from tests.support.ports import free_port as free_port
 from tests.support.ports import wait_for_port
+from tests.support.proxies import children
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -134,10 +135,8 @@ def open_loop(port: int, path: str, body_file: Path, rate: int, seconds: float) 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process (all its threads) and its children (nginx or stagegate workers) have
     used so far."""
-    pids = [pid, *(int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
-                                                   text=True).stdout.split())]
     ticks = 0
-    for one in pids:
+    for one in [pid, *children(pid)]:
         fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
         ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
     return ticks / os.sysconf("SC_CLK_TCK")
@@ -145,10 +144,8 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_kib(pid: int) -> int:
     """Resident set size of a process and its children (workers), in KiB."""
-    pids = [pid, *(int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
-                                                   text=True).stdout.split())]
     total = 0
-    for one in pids:
+    for one in [pid, *children(pid)]:
         for line in Path(f"/proc/{one}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1])

@@ -4,7 +4,7 @@ On N seeded rows (default 1 000 000), in one run, on identical vacuumed copies o
 the table: the single statement — the set-based UPDATE of the catalog's mapping
 plus a log row per changed row (what the tool writes, into a log table of the
 same shape), one backend on one core, holding its locks for the whole run — and
-the tool with its default options (batches of 1000, key ranges at once from the
+the tool with its default options (batches of 5000, key ranges at once from the
 server's cores, each batch holding its locks only for itself), then the tool
 walking one range. Reports seconds end to end, the ratio and the batch-time
 percentiles (the time each batch holds its row locks).
@@ -31,6 +31,7 @@ import orjson
 
 from proxy.catalog.stages import default_catalog
 from tests.support.servers import PostgresServer
+from tools.migration import runs
 from tools.migration.engine import Options
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,9 +68,8 @@ async def copy_table(dsn: str) -> None:
         for copy in ("deals_copy", "deals_one"):
             await db.execute(f"DROP TABLE IF EXISTS {copy}; CREATE TABLE {copy} AS SELECT * FROM deals; "
                              f"ALTER TABLE {copy} ADD PRIMARY KEY (id)")
-        await db.execute("CREATE TABLE single_log (run_id bigint NOT NULL, row_id text COLLATE \"C\" NOT NULL, "
-                         "old_value text, new_value text, batch_no integer NOT NULL, dry_run boolean NOT NULL, "
-                         "logged_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (run_id, row_id))")
+        await runs.create_tables(db)  # the statement's log table has the tool's log's shape, whatever it becomes
+        await db.execute("CREATE TABLE single_log (LIKE stage_normalization_log INCLUDING ALL)")
         for table in ("deals", "deals_copy", "deals_one"):  # the same start: visibility map and statistics fresh
             await db.execute(f"VACUUM ANALYZE {table}")
     finally:

@@ -24,14 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.validator import IMPORT, validate
+from bench.validator import IMPORT, _deep, validate
 from proxy.dataplane.jsonscan import _DEPTH
 
 MIB = 1 << 20
-
-
-def _deep(depth: int) -> bytes:
-    return b"[" * depth + b"0" + b"]" * depth
 
 
 KEYS: dict[str, bytes] = {

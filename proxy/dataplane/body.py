@@ -484,8 +484,8 @@ class Inspector:
         literal, spelled = self._keys_are_literal(raw, walker.key_counts)
         spans = region = None
         if not literal:
-            scan = Scanner(self.endpoint.field_path, spans=bool(walker.aliases),
-                           region=self._region_proof(raw, walker.leaves, spelled) if walker.aliases else None)
+            prove = self._region_proof(raw, walker.leaves, spelled) if walker.aliases and spelled is not None else None
+            scan = Scanner(self.endpoint.field_path, spans=bool(walker.aliases), region=prove)
             scan.scan(raw)
             if scan.duplicate:
                 return unreadable("duplicate_key")
@@ -504,7 +504,7 @@ class Inspector:
                           counts=walker.counts, aliases=walker.aliases, alias_values=walker.alias_values,
                           region=region)
 
-    def _region_proof(self, raw: bytes, leaves: int, spelled: int | None) -> Callable[[int], bool] | None:
+    def _region_proof(self, raw: bytes, leaves: int, spelled: int) -> Callable[[int], bool] | None:
         """For the scanner, when the path crosses one array (``deals[*].stage``): whether, from an array of leaf
         objects to the end of the body, the leaf key is spelled (in any case) exactly as often as the document
         has leaves. Every leaf key lies inside that array, so then its spellings inside it are exactly the leaves,
@@ -516,11 +516,7 @@ class Inspector:
         if needle is None or parts.count("*") != 1 or parts[-2] != "*":
             return None
 
-        def proven(start: int) -> bool:
-            total = _spellings(raw, key, needle) if spelled is None else spelled
-            return total - _spellings(raw[:start], key, needle) == leaves
-
-        return proven
+        return lambda start: spelled - _spellings(raw[:start], key, needle) == leaves
 
 
 CANONICAL_ONE: Final = Inspection("canonical", leaves=1, literal_keys=True)

@@ -266,9 +266,6 @@ class DataPlane:
         --max-body-bytes (tens to hundreds of ms of CPU) never stalls the other requests on this event loop."""
         if len(raw) < OFF_LOOP_BYTES:
             return work(*args)
-        return await self._off_loop(work, *args)
-
-    async def _off_loop(self, work: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.inspect_pool, functools.partial(work, *args))
 
     def effective_mode(self, endpoint: str, request_id: str, canary_key: str | None = None) -> Mode:
@@ -302,8 +299,7 @@ class DataPlane:
         elif reason is not None:
             inspection = bodies.unreadable(reason)
         else:
-            inspect = call.state.inspectors[endpoint.name].inspect
-            inspection = inspect(raw) if len(raw) < OFF_LOOP_BYTES else await self._off_loop(inspect, raw)
+            inspection = await self._off_loop_if_large(raw, call.state.inspectors[endpoint.name].inspect, raw)
         self.metrics.validator_children[endpoint.name].observe(time.perf_counter() - started)
         return Verdict(endpoint, mode, inspection, raw, too_large, exemption)
 

@@ -311,7 +311,7 @@ class Scanner:
         self.duplicate = False  # a path object holds the path key twice
         self.case_variant = False  # a path object holds a key equal to the path key but for ASCII case
         self.too_deep = False  # a value nests deeper than _DEPTH levels (the walk stopped there)
-        self.leaf_arrays: list[tuple[int, int]] = []  # (start, end) of each array whose elements are leaf objects
+        self._leaf_arrays = 0  # arrays of leaf objects entered so far
         self._folded = tuple(fold_key(part) for part in parts)
         self._needles = tuple(b'"' + part.encode() + b'"' for part in parts)
         self._fast = _fast(parts, True)  # pragma: no mutate - only faster: the walk reads the same without it
@@ -351,7 +351,6 @@ class Scanner:
                 return self._array(level, pos)
             proven = self._prove_region(pos)
             end = self._array(level, pos)
-            self.leaf_arrays.append((pos, end))
             if proven:
                 self.region = (pos, end)
             return end
@@ -368,9 +367,10 @@ class Scanner:
 
     def _prove_region(self, pos: int) -> bool:
         """Before an array of leaf objects: whether it will be the proven ``region`` (and is read without spans)."""
+        self._leaf_arrays += 1
         if self._region_proof is None:
             return False
-        if self.leaf_arrays or self.region is not None:  # a second array of leaf objects: no single region
+        if self._leaf_arrays > 1:  # a second array of leaf objects: no single region
             self.region, self._want_spans = None, True
             return False
         proven = self._region_proof(pos)

@@ -45,17 +45,14 @@ async def read_limited(request: web.BaseRequest, limit: int, timeout_s: float) -
     if declared is not None and declared > limit:
         return b"", True
     content = request.content
-    if declared is not None and content.is_eof():  # the whole body came with its head (nearly always): no await
+    if content.is_eof():  # the whole body came with its head (nearly always): taken without awaiting
         try:
             whole = content.read_nowait()
         except _GONE as exc:
             raise ClientGone(type(exc).__name__) from exc
-        if len(whole) == declared:
-            return whole, False
-        chunks = [whole]
-        size = len(whole)
-    else:
-        chunks, size = [], 0
+        return whole, len(whole) > limit
+    chunks: list[bytes] = []
+    size = 0
     while chunk := await read_chunk(content, timeout_s):
         chunks.append(chunk)
         size += len(chunk)

@@ -116,7 +116,6 @@ class Connection(asyncio.Protocol):
         self._paused_reading = False
         self._paused_writing = False
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_due = 0.0
 
     @property
     def exchange(self) -> Exchange:
@@ -244,7 +243,7 @@ class Connection(asyncio.Protocol):
         failure. The body is then read with :meth:`read_chunk`."""
         now = self.loop.time()
         x = self.x = Exchange(self, self.loop.create_future(), head_only, timeout_s, now)
-        if self._timer is None or self._timer_due > now + timeout_s:  # else the last exchange's timer serves
+        if self._timer is None or self._timer.when() > now + timeout_s:  # else the last exchange's timer serves
             self._arm(now + timeout_s)  # this one too: when it fires early, it waits on (_check_timeout)
         try:
             try:
@@ -410,7 +409,6 @@ class Connection(asyncio.Protocol):
     def _arm(self, due: float) -> None:
         self._cancel_timer()
         self._timer = self.loop.call_at(due, self._check_timeout)
-        self._timer_due = due
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -72,10 +72,13 @@ class PostgresServer:
         (self.data / "pg_hba.conf").write_text(
             f"host all {self.PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 trust\n"
             "local all all trust\n")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "pg.log"), "-w", "-o",
-                  f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                  "-c synchronous_commit=off -c full_page_writes=off", "start")
+        self._pg_ctl_start("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         self.psql(f"CREATE ROLE {self.PASSWORD_ROLE} LOGIN SUPERUSER PASSWORD '{self.PASSWORD}'")
+
+    def _pg_ctl_start(self, settings: str) -> None:
+        """Start the server on its port and socket directory, loopback only, with ``settings`` (``-c k=v`` …)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "pg.log"), "-w", "-o",
+                  f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 {settings}", "start")
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = subprocess.run(["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", self.dsn(database), "-c", sql],
@@ -108,7 +111,5 @@ class StandbyServer(PostgresServer):
         self.primary.allow_replication()
         self._run(str(self.bin / "pg_basebackup"), "-D", str(self.data), "-R", "-X", "stream", "-c", "fast",
                   "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", "postgres")
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.base / "pg.log"), "-w", "-o",
-                  f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c hot_standby=on "
-                  "-c wal_receiver_status_interval=1 -c hot_standby_feedback=off", "start")
+        self._pg_ctl_start("-c hot_standby=on -c wal_receiver_status_interval=1 -c hot_standby_feedback=off")
 

@@ -71,7 +71,7 @@ def run_options(args: argparse.Namespace) -> Options:
                    statement_timeout_ms=args.statement_timeout_ms, retries=args.retries, resume=args.resume,
                    resume_from=args.resume_from, transactional=args.transactional,
                    progress_interval_s=args.progress_interval_s, parallel=args.parallel,
-                   max_replica_lag_ms=args.max_replica_lag_ms or None)
+                   max_replica_lag_ms=args.max_replica_lag_ms)
 
 
 def where(args: argparse.Namespace) -> Where:

@@ -45,13 +45,7 @@ async def status(connection: asyncpg.Connection, run_id: int | None, limit: int)
 async def hold(connection: asyncpg.Connection, run_id: int, pause: bool) -> tuple[asyncpg.Record, bool]:
     """Ask a running run to pause between batches (or to go on): (its row, whether anything changed). Only a
     running run can be paused; ``--resume`` clears a pause left on a run that was stopped while paused."""
-    if not await runs.has_control(connection):
-        raise CommandError("no migration has run on this database", EXIT_USAGE)
-    await runs.reconcile(connection)
-    row = await connection.fetchrow("SELECT run_id, status, pause_requested FROM stage_migration_control "
-                                    "WHERE run_id = $1", run_id)
-    if row is None:
-        raise CommandError(f"run {run_id} does not exist", EXIT_USAGE)
+    row = await _run_row(connection, run_id, "run_id, status, pause_requested", reconcile=True)
     if pause and row["status"] != "running":
         raise CommandError(f"run {run_id} is not running ({row['status']}): there is nothing to pause", EXIT_USAGE)
     if row["pause_requested"] == pause:
@@ -105,13 +99,22 @@ async def verify(connection: asyncpg.Connection, target: Target, catalog: Catalo
     return verdict
 
 
-async def _run_target(connection: asyncpg.Connection, run_id: int) -> tuple[Target, bool]:
+async def _run_row(connection: asyncpg.Connection, run_id: int, columns: str, *,
+                   reconcile: bool = False) -> asyncpg.Record:
+    """``columns`` of the run's control row (runs that died reconciled first, if asked); a clear error when no
+    migration has run here or this one does not exist."""
     if not await runs.has_control(connection):
         raise CommandError("no migration has run on this database", EXIT_USAGE)
-    row = await connection.fetchrow("SELECT table_name, column_name, pk_name, dry_run FROM stage_migration_control "
-                                    "WHERE run_id = $1", run_id)
+    if reconcile:
+        await runs.reconcile(connection)
+    row = await connection.fetchrow(f"SELECT {columns} FROM stage_migration_control WHERE run_id = $1", run_id)
     if row is None:
         raise CommandError(f"run {run_id} does not exist", EXIT_USAGE)
+    return row
+
+
+async def _run_target(connection: asyncpg.Connection, run_id: int) -> tuple[Target, bool]:
+    row = await _run_row(connection, run_id, "table_name, column_name, pk_name, dry_run")
     target = await introspect(connection, row["table_name"], row["column_name"], row["pk_name"])
     return target, bool(row["dry_run"])
 

@@ -185,10 +185,8 @@ class Migration:
         """The gate changed (it is only checked while the run goes, so there is a progress output to say it on)."""
         assert self.progress is not None
         text = f"run {self.run_id}: " + (f"waiting: {reason}" if reason else "going on")
-        if reason is None:
-            self.progress.event(text, event="going_on", run_id=self.run_id)
-        else:
-            self.progress.event(text, event="waiting", run_id=self.run_id, waiting=reason)
+        self.progress.event(text, event="waiting" if reason else "going_on", run_id=self.run_id,
+                            **({"waiting": reason} if reason else {}))
 
     async def _check_resume_from(self, value: str) -> None:
         t, pk = self.target.qualified, quote_ident(self.target.pk)

@@ -19,7 +19,7 @@ import asyncpg
 
 from tools.clients.db import Target, quote_ident
 
-MAX_PARALLEL: Final = 16
+MAX_PARALLEL: Final = 8  # ranges at once by default at most: more connections than a server has cores queue
 INTEGER_KEYS: Final = frozenset({"smallint", "integer", "bigint"})
 
 
@@ -32,7 +32,7 @@ class Cursor:
     upto: str | None = None  # inclusive upper bound (None: the last key)
     last_id: str | None = None
     batch_no: int = 0
-    size: int = 1000
+    size: int = 5000  # rows per batch (--batch-size)
     done: bool = False
 
     @property
@@ -115,4 +115,4 @@ async def default_parallel(db: asyncpg.Connection, dsn: str) -> int:
     except (asyncpg.PostgresError, OSError):
         host = urlsplit(dsn).hostname or ""
         cores = (os.cpu_count() or 2) if _LOCAL.match(host) else 2
-    return max(1, min(8, cores or 2))
+    return max(1, min(MAX_PARALLEL, cores or 2))

@@ -64,14 +64,14 @@ def _write(target: Target, apply: bool, lower: bool, upper: bool, ranged: bool) 
         source, dry = "changed", "false"
     else:
         changed, source, dry = "", "plan", "true"
-    if ranged:  # the range's row, never the control row: ranges do not wait on each other's row locks
-        progress = (f"control AS (UPDATE stage_migration_ranges c SET last_id = coalesce(tally.last_id, c.last_id), "
-                    f"batch_no = {batch}, rows_scanned = rows_scanned + tally.scanned, ")
+    # A range's progress goes to its own row, never the control row: ranges do not wait on each other's row locks.
+    table = "stage_migration_ranges" if ranged else "stage_migration_control"
+    progress = (f"control AS (UPDATE {table} c SET last_id = coalesce(tally.last_id, c.last_id), "
+                f"batch_no = {batch}, rows_scanned = rows_scanned + tally.scanned, ")
+    if ranged:
         which = (f"c.run_id = {run} AND c.range_no = {part} "  # and the run itself still there (deleted: roll back)
                  f"AND EXISTS (SELECT 1 FROM stage_migration_control r WHERE r.run_id = {run})")
     else:
-        progress = (f"control AS (UPDATE stage_migration_control c SET last_id = coalesce(tally.last_id, c.last_id), "
-                    f"batch_no = {batch}, rows_scanned = rows_scanned + tally.scanned, ")
         which = f"c.run_id = {run}"
     return (
         f"WITH {page}, "
